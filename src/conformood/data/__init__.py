@@ -1,0 +1,19 @@
+"""Datasets, seeded splits and OOD protocols."""
+
+from .arrays import ImageArrays, to_float_images
+from .digits import load_digits_dataset
+from .image_folder import default_cache_dir, load_image_folder
+from .protocols import OODTask, one_vs_rest
+from .splits import Split, train_calibration_test_split
+
+__all__ = [
+    "ImageArrays",
+    "OODTask",
+    "Split",
+    "default_cache_dir",
+    "load_digits_dataset",
+    "load_image_folder",
+    "one_vs_rest",
+    "to_float_images",
+    "train_calibration_test_split",
+]

@@ -1,0 +1,99 @@
+"""Figures shared by every report (matplotlib, written without a display)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise ImportError("plots need matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def roc_points(scores: np.ndarray, is_inlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(FPR, TPR) of the ROC curve, in-distribution positive."""
+    from ..metrics.ood import _roc
+
+    fpr, tpr, _ = _roc(np.asarray(scores, dtype=np.float64), np.asarray(is_inlier, dtype=bool))
+    return fpr, tpr
+
+
+def _grid(n: int):
+    plt = _pyplot()
+    cols = min(5, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return plt, fig, axes.flat
+
+
+def plot_roc_grid(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], path: str | Path, title: str = ""
+) -> None:
+    """One ROC panel per key of ``panels``; each maps a method name to (scores, is_inlier)."""
+    plt, fig, axes = _grid(len(panels))
+    for ax, (panel, curves) in zip(axes, panels.items()):
+        for method, (scores, is_inlier) in curves.items():
+            fpr, tpr = roc_points(scores, is_inlier)
+            ax.plot(fpr, tpr, label=method, lw=1.5)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("FPR (OOD accepted)", fontsize=8)
+        ax.set_ylabel("TPR (inliers accepted)", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_score_histograms(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = ""
+) -> None:
+    """Inlier vs OOD score histograms per panel, with the conformal threshold as a vertical line."""
+    plt, fig, axes = _grid(len(panels))
+    for ax, (panel, (scores, is_inlier, threshold)) in zip(axes, panels.items()):
+        scores = np.asarray(scores, dtype=np.float64)
+        is_inlier = np.asarray(is_inlier, dtype=bool)
+        bins = np.histogram_bin_edges(scores, bins=30)
+        ax.hist(scores[~is_inlier], bins=bins, alpha=0.6, density=True, label="anomaly", color="tab:red")
+        ax.hist(scores[is_inlier], bins=bins, alpha=0.6, density=True, label="inlier", color="tab:blue")
+        if np.isfinite(threshold):
+            ax.axvline(threshold, color="black", lw=1.0, ls="--", label="threshold")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("score (higher = more normal)", fontsize=8)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
+    """Line plot of several named series against their index (e.g. training loss per epoch)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if len(curves) <= 12:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+
+from conformood.augment import SimCLRViews, ViewConfig
+from conformood.models import small_contrastive_model
+from conformood.train import FIRMRotationObjective, NTXentObjective, TrainConfig, Trainer, warmup_cosine_lr
+
+
+def test_warmup_cosine_schedule():
+    lrs = [warmup_cosine_lr(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    with pytest.raises(ValueError):
+        warmup_cosine_lr(0, 10, 11, 1.0)
+
+
+def _setup(tmp_path=None, epochs=4, seed=0, callbacks=()):
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = small_contrastive_model(1, widths=(4, 8, 8), projection_dim=8)
+    views = SimCLRViews((8, 8), ViewConfig(crop_scale=(0.6, 1.0), flip_p=0.0))
+    trainer = Trainer(
+        model,
+        FIRMRotationObjective(views),
+        TrainConfig(epochs=epochs, batch_size=8, lr=0.05, warmup_epochs=1, seed=seed),
+        checkpoint=None if tmp_path is None else tmp_path / "ckpt.safetensors",
+        progress=False,
+        callbacks=callbacks,
+    )
+    return model, trainer
+
+
+@pytest.fixture
+def images():
+    return torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def test_training_is_seeded_and_changes_weights(images):
+    m1, t1 = _setup()
+    before = [p.detach().clone() for p in m1.parameters()]
+    h1 = t1.fit(images)
+    m2, t2 = _setup()
+    t2.fit(images)
+    assert len(h1.loss) == 4 and all(math.isfinite(v) for v in h1.loss)
+    assert any(not torch.equal(a, p) for a, p in zip(before, m1.parameters()))
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, images):
+    full, t_full = _setup(epochs=4)
+    t_full.fit(images)
+
+    def interrupt_after_two(trainer):
+        if trainer.epoch == 2:
+            raise KeyboardInterrupt  # as Ctrl-C would, half-way through
+
+    part, t_part = _setup(tmp_path, epochs=4, callbacks=[interrupt_after_two])
+    with pytest.raises(KeyboardInterrupt):
+        t_part.fit(images)
+    resumed, t_res = _setup(tmp_path, epochs=4)
+    t_res.fit(images, resume=True)
+    assert t_res.epoch == 4 and len(t_res.history.loss) == 4
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_loss_decreases_on_a_learnable_problem():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = small_contrastive_model(1, widths=(8, 16, 16), projection_dim=16)
+    images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    views = SimCLRViews((8, 8), ViewConfig(crop_scale=(0.8, 1.0), flip_p=0.0, jitter=(0.1, 0.1, 0, 0)))
+    hist = Trainer(model, NTXentObjective(views), TrainConfig(epochs=15, batch_size=32, lr=0.1, warmup_epochs=1),
+                   progress=False).fit(images)
+    assert min(hist.loss[-3:]) < hist.loss[0] - 0.2
+
+
+def test_trainer_input_validation():
+    _, trainer = _setup()
+    with pytest.raises(ValueError, match="float tensor"):
+        trainer.fit(torch.zeros(4, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        trainer.fit(torch.full((4, 1, 8, 8), float("nan")))
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(epochs=2, warmup_epochs=3)
