@@ -25,7 +25,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and the figures.")] = Path(
         "demo-output"
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per class.")] = 100,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per class.")] = 40,
     classes: Annotated[
         list[str] | None, typer.Option("--classes", help="In-distribution classes (repeat or space-separate); default all 10.")
     ] = None,

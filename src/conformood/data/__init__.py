@@ -1,6 +1,6 @@
 """Datasets, seeded splits and OOD protocols."""
 
-from .arrays import ImageArrays, to_float_images
+from .arrays import ImageArrays, resize_images, to_float_images
 from .digits import load_digits_dataset
 from .image_folder import default_cache_dir, load_image_folder
 from .protocols import OODTask, one_vs_rest
@@ -14,6 +14,7 @@ __all__ = [
     "load_digits_dataset",
     "load_image_folder",
     "one_vs_rest",
+    "resize_images",
     "to_float_images",
     "train_calibration_test_split",
 ]

@@ -41,6 +41,18 @@ def to_float_images(images, name: str = "images") -> torch.Tensor:
     return images.contiguous()
 
 
+def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a float batch (n, c, h, w) to ``size`` = (height, width); a no-op at that size."""
+    import torch.nn.functional as F
+
+    size = (int(size[0]), int(size[1]))
+    if min(size) < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+
+
 @dataclass
 class ImageArrays:
     """Images (n, c, h, w) with integer labels and class names.
