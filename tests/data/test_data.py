@@ -148,3 +148,14 @@ def test_cifar10_archive(shared_data, tmp_path):
     assert np.bincount(test.labels).tolist() == [1000] * 10
     again = load_image_folder(archive, split="test", cache_dir=tmp_path)
     np.testing.assert_array_equal(test.images[:50], again.images[:50])
+
+
+def test_image_arrays_from_numpy_and_torch():
+    rng = np.random.default_rng(0)
+    hwc = rng.integers(0, 256, size=(4, 5, 5, 3), dtype=np.uint8)
+    a = ImageArrays.from_arrays(hwc, [0, 1, 0, 1], ["x", "y"])
+    assert a.images.shape == (4, 3, 5, 5) and a.images.dtype == np.uint8
+    b = ImageArrays.from_arrays(torch.from_numpy(hwc).permute(0, 3, 1, 2).float() / 255, torch.tensor([0, 1, 0, 1]))
+    assert torch.allclose(a.tensor(), b.tensor())
+    assert b.class_names == ["0", "1"]
+    assert a.subset([1, 3]).labels.tolist() == [1, 1]

@@ -79,6 +79,27 @@ class ImageArrays:
         if not self.class_names:
             self.class_names = [str(c) for c in range(int(self.labels.max(initial=-1)) + 1)]
 
+    @classmethod
+    def from_arrays(cls, images, labels, class_names: list[str] | None = None) -> ImageArrays:
+        """Build from numpy arrays or torch tensors in any layout :func:`to_float_images` accepts.
+
+        uint8 images stay uint8 (converted to channels-first); float images must lie in [0, 1].
+        """
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8 or (
+            isinstance(images, np.ndarray) and images.dtype == np.uint8
+        ):
+            t = torch.as_tensor(images)
+            if t.ndim == 3:
+                t = t.unsqueeze(1)
+            elif t.ndim == 4 and t.shape[1] not in (1, 3) and t.shape[-1] in (1, 3):
+                t = t.permute(0, 3, 1, 2)
+            arr = t.contiguous().numpy()
+        else:
+            arr = to_float_images(images).numpy()
+        if isinstance(labels, torch.Tensor):
+            labels = labels.detach().cpu().numpy()
+        return cls(arr, np.asarray(labels), list(class_names or []))
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
