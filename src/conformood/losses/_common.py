@@ -1,9 +1,28 @@
-"""Shared pieces of the contrastive losses: input checks and the masked log-softmax over a view batch."""
+"""Shared pieces of the contrastive losses: input checks and the label-structured view loss."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .. import distributed as dist_utils
+from ._multipositive import multi_positive_loss
+
+
+def check_embeddings(z: torch.Tensor, name: str, min_rows: int = 1) -> None:
+    """Raise ``ValueError`` unless ``z`` is a finite floating-point tensor (n, d) with n >= min_rows."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+    if z.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, d), got {tuple(z.shape)}")
+    if not torch.is_floating_point(z):
+        raise ValueError(f"{name} must be a floating-point tensor, got {z.dtype}")
+    if z.shape[0] < min_rows:
+        raise ValueError(f"{name} needs n >= {min_rows} rows, got n = {z.shape[0]}")
+    if z.shape[1] < 1:
+        raise ValueError(f"{name} has zero dimensions")
+    if not torch.isfinite(z).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
 
 
 def check_views(z1: torch.Tensor, z2: torch.Tensor) -> None:
@@ -13,33 +32,66 @@ def check_views(z1: torch.Tensor, z2: torch.Tensor) -> None:
             raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
         if z.ndim != 2:
             raise ValueError(f"{name} must have shape (n, d), got {tuple(z.shape)}")
-        if not torch.is_floating_point(z):
-            raise ValueError(f"{name} must be a floating-point tensor, got {z.dtype}")
     if z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.shape[0] < 2:
-        raise ValueError(f"a contrastive batch needs n >= 2 samples per view, got n = {z1.shape[0]}")
-    if z1.shape[1] < 1:
-        raise ValueError("projections have zero dimensions")
-    if not (torch.isfinite(z1).all() and torch.isfinite(z2).all()):
-        raise ValueError("z1 or z2 contains NaN or infinite values")
+    check_embeddings(z1, "z1", min_rows=2)
+    check_embeddings(z2, "z2", min_rows=2)
 
 
-def view_log_probs(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-softmax of cosine similarities / temperature over all other views.
-
-    Returns L of shape (2n, 2n) with L[i, a] = log( exp(z_i.z_a/T) / sum_{b != i} exp(z_i.z_b/T) ) for
-    a != i and L[i, i] = 0 (the anchor is never its own candidate). Rows 0..n-1 are the first view,
-    n..2n-1 the second, so the positive of anchor i is (i + n) mod 2n. O(n^2 d) time, O(n^2) memory.
-    """
-    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
-    logits = (z @ z.T) / temperature
-    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-    logits = logits.masked_fill(eye, float("-inf"))
-    log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    return log_probs.masked_fill(eye, 0.0)
+def check_sample_vector(x: torch.Tensor, name: str, n: int, dtype: torch.dtype | None = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor of shape (n,) (and of ``dtype`` if given)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape ({n},), got {type(x).__name__}")
+    if dtype is torch.bool and x.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor of shape ({n},), got dtype {x.dtype}")
+    if dtype is torch.long and (torch.is_floating_point(x) or x.dtype == torch.bool or torch.is_complex(x)):
+        raise ValueError(f"{name} must be an integer tensor of shape ({n},), got dtype {x.dtype}")
+    if tuple(x.shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
 
 
 def pair_index(n: int, device: torch.device) -> torch.Tensor:
     """Index of each anchor's paired view in the stacked (2n) batch: (i + n) mod 2n."""
     return torch.cat([torch.arange(n, 2 * n, device=device), torch.arange(0, n, device=device)])
+
+
+def global_sample_offset(n: int) -> int:
+    """Index of this rank's first sample in the global batch (0 outside distributed runs)."""
+    return dist_utils.rank() * n
+
+
+def _rectangular_loss(
+    z_local: torch.Tensor, z_all: torch.Tensor, labels_local: torch.Tensor, labels_all: torch.Tensor,
+    self_index: torch.Tensor, inv_t: float,
+) -> torch.Tensor:
+    """Local anchors x global candidates: the masked log-softmax of :func:`multi_positive_loss`."""
+    rows = torch.arange(z_local.shape[0], device=z_local.device)
+    logits = (z_local @ z_all.T) * inv_t
+    logits[rows, self_index] = float("-inf")
+    log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    log_probs = log_probs.index_put((rows, self_index), torch.zeros((), dtype=log_probs.dtype, device=log_probs.device))
+    mask = labels_local[:, None] == labels_all[None, :]
+    mask[rows, self_index] = False
+    n_pos = mask.sum(dim=1)
+    if bool((n_pos == 0).any()):
+        raise ValueError("every anchor needs at least one positive (another view with its label)")
+    return -((log_probs * mask).sum(dim=1) / n_pos).mean()
+
+
+def view_label_loss(
+    z1: torch.Tensor, z2: torch.Tensor, sample_labels: torch.Tensor, temperature: float, gather_distributed: bool
+) -> torch.Tensor:
+    """Contrastive loss over the 2n views where two views are positives iff their samples share a label.
+
+    ``sample_labels`` (n,) are integers, global across ranks in distributed runs. With
+    ``gather_distributed`` inside a process group, local anchors are contrasted with all ranks' views.
+    """
+    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    labels = torch.cat([sample_labels, sample_labels]).to(z.device)
+    if gather_distributed and dist_utils.is_distributed():
+        z_all = dist_utils.gather_with_grad(z)
+        labels_all = dist_utils.gather_no_grad(labels)
+        self_index = torch.arange(z.shape[0], device=z.device) + dist_utils.rank() * z.shape[0]
+        return _rectangular_loss(z, z_all, labels, labels_all, self_index, 1.0 / temperature)
+    _, compact = torch.unique(labels, return_inverse=True)
+    return multi_positive_loss(z, compact, temperature)
