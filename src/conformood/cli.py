@@ -50,6 +50,50 @@ def demo(
     _print_summary(result, out)
 
 
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Folder for checkpoint.safetensors, model.safetensors, train.json.")] = Path(
+        "train-output"
+    ),
+    data: Annotated[str, typer.Option(help="'digits' or an image folder / .tar(.gz) laid out split/class/*.jpg.")] = "digits",
+    split: Annotated[str, typer.Option(help="Sub-folder of the image folder to train on.")] = "train",
+    normal_class: Annotated[
+        str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
+    ] = None,
+    objective: Annotated[str, typer.Option(help="'firm' (rotations as synthetic outliers) or 'ntxent'.")] = "firm",
+    epochs: Annotated[int, typer.Option(min=1)] = 40,
+    batch_size: Annotated[int, typer.Option(min=2, help="Global batch size (split over torchrun processes).")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
+    temperature: Annotated[float, typer.Option()] = 0.2,
+    image_size: Annotated[int, typer.Option(min=4, help="Images are resized to this square size.")] = 16,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="'cpu', 'cuda' or 'auto'.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.safetensors if present.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
+    import torch
+
+    from .train.run import TrainRunConfig, run_training
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        cfg = TrainRunConfig(
+            data=data, split=split if data != "digits" else None, normal_class=normal_class, objective=objective,
+            epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, image_size=image_size,
+            seed=seed, device=device,
+        )
+        result = run_training(cfg, out, resume=resume, progress=progress)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if result["rank"] == 0:
+        typer.echo(
+            f"trained {cfg.objective} on {result['n_train']} images with {result['world_size']} process(es): "
+            f"final loss {result['history']['loss'][-1]:.4f}, {result['wall_time_s']:.1f} s -> {out}"
+        )
+
+
 def _print_summary(result: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table

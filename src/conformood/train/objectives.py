@@ -24,8 +24,7 @@ class FIRMRotationObjective:
     """FIRM (eq. 2) on in-distribution images plus rotated copies as synthetic outliers (FIRM section 2.1).
 
     Every in-distribution image in the batch contributes one synthetic outlier rotated by an angle drawn
-    from ``angles`` (``outliers_per_inlier=1``) or all of its rotations (``outliers_per_inlier="all"``).
-    Both groups get two SimCLR views.
+    from ``angles``, or all of its rotations with ``all_rotations=True``. Both groups get two SimCLR views.
     """
 
     def __init__(
@@ -34,9 +33,10 @@ class FIRMRotationObjective:
         temperature: float = 0.2,
         angles: tuple[int, ...] = ROTATION_ANGLES,
         all_rotations: bool = False,
+        gather_distributed: bool = False,
     ) -> None:
         self.views = views
-        self.loss = FIRMLoss(temperature)
+        self.loss = FIRMLoss(temperature, gather_distributed=gather_distributed)
         self.angles = tuple(angles)
         self.all_rotations = all_rotations
 
@@ -56,10 +56,11 @@ class NTXentObjective:
     """SimCLR's NT-Xent (FIRM eq. 1) on two views of the in-distribution batch, optionally with rotations."""
 
     def __init__(
-        self, views: SimCLRViews, temperature: float = 0.2, angles: tuple[int, ...] = ()
+        self, views: SimCLRViews, temperature: float = 0.2, angles: tuple[int, ...] = (),
+        gather_distributed: bool = False,
     ) -> None:
         self.views = views
-        self.loss = NTXentLoss(temperature)
+        self.loss = NTXentLoss(temperature, gather_distributed=gather_distributed)
         self.angles = tuple(angles)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""One trainer for every contrastive recipe: SGD + momentum, warm-up + cosine, atomic checkpoints, resume."""
+"""One trainer for every contrastive recipe: SGD + momentum, warm-up + cosine, atomic checkpoints, resume,
+and data-parallel training under ``torchrun``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed as dist_utils
 from .._validation import check_positive_float, check_positive_int
 from ..io import load_state, save_state
 from .objectives import Objective
@@ -22,7 +24,10 @@ CHECKPOINT_KIND = "checkpoint"
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (FIRM appendix A: SGD, momentum 0.9, linear warm-up then cosine, L2 decay)."""
+    """Optimisation settings (FIRM appendix A: SGD, momentum 0.9, linear warm-up then cosine, L2 decay).
+
+    ``batch_size`` is the global batch: under ``torchrun`` each of the W processes takes batch_size / W.
+    """
 
     epochs: int = 100
     batch_size: int = 64
@@ -54,14 +59,23 @@ class TrainHistory:
     lr: list[float] = field(default_factory=list)
 
 
+def _augmentation_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0])
+
+
 class Trainer:
     """Trains ``model`` on in-distribution images with an :class:`Objective`.
 
-    Randomness (shuffling, synthetic outliers, views) comes from one ``torch.Generator`` seeded with
-    ``config.seed``; the global generators are never reseeded. With ``checkpoint`` set, the model, the
-    optimiser, the generator and the history are saved atomically after every ``checkpoint_every``
-    epochs (and when interrupted), and ``fit(resume=True)`` continues from the last one.
-    Each callback is called as ``callback(trainer)`` after every epoch (after the checkpoint is written).
+    Randomness comes from two ``torch.Generator``s seeded from ``config.seed``: one shuffles the data (the
+    same on every process) and one drives synthetic outliers and views (one stream per process). The
+    global generators are never reseeded. With ``checkpoint`` set, the model, the optimiser, the generators
+    and the history are saved atomically every ``checkpoint_every`` epochs, at the end and when
+    interrupted (Ctrl-C), and ``fit(resume=True)`` continues from the last one, reproducing the
+    uninterrupted run. Each callback is called as ``callback(trainer)`` after every epoch.
+
+    Under ``torchrun`` (an initialised process group) the model is wrapped in DistributedDataParallel,
+    each process trains on its slice of every global batch, and only rank 0 writes checkpoints. Give the
+    objective losses built with ``gather_distributed=True`` so anchors see the negatives of every rank.
     """
 
     def __init__(
@@ -85,7 +99,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.history = TrainHistory()
         self.epoch = 0
+        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.aug_generator = torch.Generator().manual_seed(_augmentation_seed(self.config.seed, self.rank))
         self.optimizer = torch.optim.SGD(
             model.parameters(),
             lr=self.config.lr,
@@ -93,9 +109,16 @@ class Trainer:
             weight_decay=self.config.weight_decay,
         )
 
-    def _steps_per_epoch(self, n: int) -> int:
-        bs = self.config.batch_size
+    def _steps_per_epoch(self, n: int, bs: int) -> int:
         return max(1, n // bs) if self.config.drop_last else max(1, math.ceil(n / bs))
+
+    def _training_model(self) -> nn.Module:
+        if self.world_size == 1:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [torch.device(self.config.device).index or 0] if self.config.device.startswith("cuda") else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
     def fit(self, images: torch.Tensor, resume: bool = False) -> TrainHistory:
         """Train on float images (n, c, h, w) in [0, 1]; returns the per-epoch history."""
@@ -107,22 +130,31 @@ class Trainer:
             raise ValueError(f"need at least 2 training images, got {images.shape[0]}")
         if not torch.isfinite(images).all():
             raise ValueError("training images contain NaN or infinite values")
+        cfg = self.config
+        if cfg.batch_size % self.world_size != 0:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes")
         if resume and self.checkpoint is not None and self.checkpoint.is_file():
             self.load_checkpoint(self.checkpoint)
-        cfg = self.config
         device = torch.device(cfg.device)
         self.model.to(device)
+        train_model = self._training_model()
         n = images.shape[0]
-        bs = min(cfg.batch_size, n)
-        steps = self._steps_per_epoch(n)
+        bs = min(cfg.batch_size, n - n % self.world_size)
+        local = bs // self.world_size
+        if local < 2:
+            raise ValueError(f"each of the {self.world_size} processes needs at least 2 images per batch")
+        steps = self._steps_per_epoch(n, bs)
         total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
         bar = tqdm(
             total=cfg.epochs, initial=self.epoch, desc=self.description, unit="epoch",
-            disable=not self.progress, leave=False,
+            disable=not self.progress or self.rank != 0, leave=False,
         )
+        lr = cfg.lr
         try:
             while self.epoch < cfg.epochs:
-                self.model.train()
+                train_model.train()
+                if hasattr(self.objective, "set_epoch"):
+                    self.objective.set_epoch(self.epoch)
                 order = torch.randperm(n, generator=self.generator)
                 losses = []
                 for s in range(steps):
@@ -130,9 +162,10 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     idx = order[s * bs : (s + 1) * bs]
-                    if idx.numel() < 2:
-                        continue
-                    loss = self.objective(self.model, images[idx].to(device), self.generator)
+                    if idx.numel() < bs and self.world_size > 1 or idx.numel() < 2:
+                        continue  # a ragged last batch cannot be split evenly over processes
+                    idx = idx[self.rank * local : (self.rank + 1) * local] if self.world_size > 1 else idx
+                    loss = self.objective(train_model, images[idx].to(device), self.aug_generator)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}")
                     self.optimizer.zero_grad(set_to_none=True)
@@ -140,7 +173,7 @@ class Trainer:
                     self.optimizer.step()
                     losses.append(float(loss.detach()))
                 self.epoch += 1
-                self.history.loss.append(float(np.mean(losses)))
+                self.history.loss.append(self._mean_over_processes(float(np.mean(losses))))
                 self.history.lr.append(lr)
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.history.loss[-1]:.3f}")
@@ -159,23 +192,53 @@ class Trainer:
         self.model.eval()
         return self.history
 
+    def _mean_over_processes(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+    def _collective_device(self) -> torch.device:
+        import torch.distributed as dist
+
+        return torch.device(self.config.device) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def _all_aug_states(self) -> list[torch.Tensor]:
+        state = self.aug_generator.get_state()
+        if self.world_size == 1:
+            return [state]
+        gathered = dist_utils.gather_no_grad(state[None].to(self._collective_device()))
+        return [s.cpu() for s in gathered]
+
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Atomically save model, optimiser state, generator state and history (safetensors + JSON)."""
-        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        opt = self.optimizer.state_dict()
-        for pid, state in opt["state"].items():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{pid}.{key}"] = value
-        tensors["generator"] = self.generator.get_state()
-        config = {
-            "epoch": self.epoch,
-            "train_config": asdict(self.config),
-            "param_groups": opt["param_groups"],
-            "history": asdict(self.history),
-        }
-        save_state(path, tensors, config, kind=CHECKPOINT_KIND)
+        """Atomically save model, optimiser, generators and history (safetensors + JSON); rank 0 writes."""
+        aug_states = self._all_aug_states()  # a collective: every process takes part
+        if self.rank == 0:
+            tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+            opt = self.optimizer.state_dict()
+            for pid, state in opt["state"].items():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"optim.{pid}.{key}"] = value
+            tensors["generator"] = self.generator.get_state()
+            for r, s in enumerate(aug_states):
+                tensors[f"aug_generator.{r}"] = s
+            config = {
+                "epoch": self.epoch,
+                "world_size": self.world_size,
+                "train_config": asdict(self.config),
+                "param_groups": opt["param_groups"],
+                "history": asdict(self.history),
+            }
+            save_state(path, tensors, config, kind=CHECKPOINT_KIND)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore what :meth:`save_checkpoint` wrote; the model's architecture must match."""
@@ -190,4 +253,9 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.generator.set_state(tensors["generator"])
         self.epoch = int(meta["epoch"])
+        aug_key = f"aug_generator.{self.rank}"
+        if meta.get("world_size", 1) == self.world_size and aug_key in tensors:
+            self.aug_generator.set_state(tensors[aug_key])
+        else:  # resumed on another number of processes: fresh, still seeded, augmentation streams
+            self.aug_generator.manual_seed(_augmentation_seed(self.config.seed * 1_000 + self.epoch, self.rank))
         self.history = TrainHistory(**meta["history"])

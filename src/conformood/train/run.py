@@ -1,0 +1,128 @@
+"""``conformood train``: train a contrastive encoder on a dataset, on one process or under ``torchrun``."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .. import distributed as dist_utils
+from .._validation import check_positive_int
+from ..augment import SimCLRViews, ViewConfig
+from ..data import (
+    ImageArrays,
+    load_digits_dataset,
+    load_image_folder,
+    resize_images,
+    train_calibration_test_split,
+)
+from ..io import save_state, write_json
+from ..models import small_contrastive_model
+from .objectives import FIRMRotationObjective, NTXentObjective
+from .trainer import TrainConfig, Trainer
+
+OBJECTIVES = ("firm", "ntxent")
+MODEL_KIND = "ContrastiveModel"
+
+
+@dataclass
+class TrainRunConfig:
+    """What ``conformood train`` trains: data, objective, model size and optimisation."""
+
+    data: str = "digits"
+    split: str | None = "train"
+    normal_class: str | None = None
+    objective: str = "firm"
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 0.1
+    temperature: float = 0.2
+    image_size: int = 16
+    crop_scale_min: float = 0.6
+    flip: bool = False
+    widths: tuple[int, int, int] = (32, 64, 128)
+    projection_dim: int = 64
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        check_positive_int(self.image_size, "image_size", minimum=4)
+        self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
+
+
+def _load(cfg: TrainRunConfig) -> ImageArrays:
+    if cfg.data == "digits":
+        data = load_digits_dataset()
+        split = train_calibration_test_split(data.labels, seed=cfg.seed)
+        return data.subset(split.train)
+    return load_image_folder(cfg.data, split=cfg.split)
+
+
+def _init_process_group(device: str) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment; False when run alone."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
+
+def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train and write ``checkpoint.safetensors`` (resumable), ``model.safetensors`` and ``train.json``."""
+    import torch.distributed as dist
+
+    out = Path(out_dir)
+    started_group = _init_process_group(cfg.device)
+    device = cfg.device
+    if device.startswith("cuda") and dist_utils.is_distributed():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        start = time.perf_counter()
+        data = _load(cfg)
+        if cfg.normal_class is not None:
+            data = data.subset((data.labels == data.class_index(cfg.normal_class)).nonzero()[0])
+        images = resize_images(data.tensor(), (cfg.image_size, cfg.image_size))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # identical initial weights on every process
+            model = small_contrastive_model(images.shape[1], cfg.widths, cfg.projection_dim)
+        views = SimCLRViews(
+            (cfg.image_size, cfg.image_size),
+            ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5 if cfg.flip else 0.0),
+        )
+        gather = dist_utils.is_distributed()
+        objective = (
+            FIRMRotationObjective(views, cfg.temperature, gather_distributed=gather)
+            if cfg.objective == "firm"
+            else NTXentObjective(views, cfg.temperature, gather_distributed=gather)
+        )
+        train_cfg = TrainConfig(
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            warmup_epochs=max(1, cfg.epochs // 20), seed=cfg.seed, device=device,
+        )
+        trainer = Trainer(
+            model, objective, train_cfg, checkpoint=out / "checkpoint.safetensors",
+            checkpoint_every=max(1, cfg.epochs // 10), progress=progress, description=f"{cfg.objective} training",
+        )
+        history = trainer.fit(images, resume=resume)
+        result = {
+            "config": asdict(cfg),
+            "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim},
+            "n_train": int(images.shape[0]),
+            "world_size": dist_utils.world_size(),
+            "rank": dist_utils.rank(),
+            "history": asdict(history),
+            "wall_time_s": time.perf_counter() - start,
+        }
+        if dist_utils.rank() == 0:
+            save_state(out / "model.safetensors", model.state_dict(), result["model"], kind=MODEL_KIND)
+            write_json(out / "train.json", result)
+        return result
+    finally:
+        if started_group:
+            dist.destroy_process_group()
