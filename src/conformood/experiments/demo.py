@@ -18,14 +18,12 @@ import numpy as np
 import torch
 
 from .._validation import check_alpha, check_positive_int
-from ..augment import SimCLRViews, ViewConfig
 from ..conformal import conformal_threshold
 from ..data import OODTask, load_digits_dataset, one_vs_rest, resize_images, train_calibration_test_split
 from ..io import write_json
 from ..metrics import flagged_rate, ood_metrics
-from ..models import small_contrastive_model
 from ..scores import KNNCosineDetector
-from ..train import FIRMRotationObjective, TrainConfig, Trainer
+from ..train.run import TrainRunConfig, train_contrastive_encoder
 
 METHODS = ("firm", "raw_pixels")
 
@@ -80,27 +78,14 @@ def _encoder_input(part, cfg: DemoConfig) -> torch.Tensor:
 
 
 def _train_firm(task: OODTask, cfg: DemoConfig, seed: int, checkpoint: Path, progress: bool, label: str):
-    train_x = _encoder_input(task.train, cfg)
-    views = SimCLRViews(
-        tuple(train_x.shape[-2:]),
-        ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.0, jitter=(0.4, 0.4, 0.0, 0.0)),
+    run_cfg = TrainRunConfig(
+        objective="firm", epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, temperature=cfg.temperature,
+        image_size=cfg.image_size, crop_scale_min=cfg.crop_scale_min, flip=False, widths=cfg.widths,
+        projection_dim=cfg.projection_dim, seed=seed, device=cfg.device,
     )
-    objective = FIRMRotationObjective(views, temperature=cfg.temperature)
-    config = TrainConfig(
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        warmup_epochs=max(1, cfg.epochs // 20),
-        seed=seed,
-        device=cfg.device,
+    return train_contrastive_encoder(
+        _encoder_input(task.train, cfg), run_cfg, checkpoint, progress=progress, description=label
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # parameter initialisation only; the global state is restored afterwards
-        model = small_contrastive_model(train_x.shape[1], cfg.widths, cfg.projection_dim)
-    trainer = Trainer(model, objective, config, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 5),
-                      progress=progress, description=label)
-    history = trainer.fit(train_x)
-    return model, history
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bool = True) -> dict:

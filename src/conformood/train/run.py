@@ -55,6 +55,45 @@ class TrainRunConfig:
         self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
 
 
+def train_contrastive_encoder(
+    images: torch.Tensor,
+    cfg: TrainRunConfig,
+    checkpoint: Path | None,
+    resume: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    description: str | None = None,
+):
+    """Build the small CNN + projection head and train it on ``images`` with ``cfg``'s objective.
+
+    Returns ``(model, history)``. Initial weights come from ``cfg.seed`` (the same on every process); the
+    global random state is restored afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = small_contrastive_model(images.shape[1], cfg.widths, cfg.projection_dim)
+    views = SimCLRViews(
+        tuple(images.shape[-2:]),
+        ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5 if cfg.flip else 0.0),
+    )
+    gather = dist_utils.is_distributed()
+    objective = (
+        FIRMRotationObjective(views, cfg.temperature, gather_distributed=gather)
+        if cfg.objective == "firm"
+        else NTXentObjective(views, cfg.temperature, gather_distributed=gather)
+    )
+    train_cfg = TrainConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        warmup_epochs=max(1, cfg.epochs // 20), seed=cfg.seed, device=device or cfg.device,
+    )
+    trainer = Trainer(
+        model, objective, train_cfg, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 10),
+        progress=progress, description=description or f"{cfg.objective} training",
+    )
+    history = trainer.fit(images, resume=resume)
+    return model, history
+
+
 def _load(cfg: TrainRunConfig) -> ImageArrays:
     if cfg.data == "digits":
         data = load_digits_dataset()
@@ -88,28 +127,9 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
         if cfg.normal_class is not None:
             data = data.subset((data.labels == data.class_index(cfg.normal_class)).nonzero()[0])
         images = resize_images(data.tensor(), (cfg.image_size, cfg.image_size))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # identical initial weights on every process
-            model = small_contrastive_model(images.shape[1], cfg.widths, cfg.projection_dim)
-        views = SimCLRViews(
-            (cfg.image_size, cfg.image_size),
-            ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5 if cfg.flip else 0.0),
+        model, history = train_contrastive_encoder(
+            images, cfg, out / "checkpoint.safetensors", resume=resume, progress=progress, device=device
         )
-        gather = dist_utils.is_distributed()
-        objective = (
-            FIRMRotationObjective(views, cfg.temperature, gather_distributed=gather)
-            if cfg.objective == "firm"
-            else NTXentObjective(views, cfg.temperature, gather_distributed=gather)
-        )
-        train_cfg = TrainConfig(
-            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-            warmup_epochs=max(1, cfg.epochs // 20), seed=cfg.seed, device=device,
-        )
-        trainer = Trainer(
-            model, objective, train_cfg, checkpoint=out / "checkpoint.safetensors",
-            checkpoint_every=max(1, cfg.epochs // 10), progress=progress, description=f"{cfg.objective} training",
-        )
-        history = trainer.fit(images, resume=resume)
         result = {
             "config": asdict(cfg),
             "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim},
