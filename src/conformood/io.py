@@ -63,7 +63,7 @@ def save_state(
 
     data = {}
     for key, value in tensors.items():
-        t = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+        t = torch.tensor(value) if isinstance(value, np.ndarray) else value  # a copy: inputs may be read-only
         data[key] = t.detach().cpu().contiguous()
     metadata = {
         _FORMAT_KEY: str(FORMAT_VERSION),
@@ -92,3 +92,11 @@ def load_state(path: str | os.PathLike, kind: str | None = None) -> tuple[dict[s
     if kind is not None and meta.get("kind") != kind:
         raise ValueError(f"{path} holds a {meta.get('kind')!r}, expected a {kind!r}")
     return tensors, json.loads(meta.get("config", "{}"))
+
+
+def saved_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` recorded by :func:`save_state` in a file (None for other safetensors files)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("kind")

@@ -1,8 +1,6 @@
-"""k-nearest-neighbour cosine similarity, s_con."""
+"""k-nearest-neighbour scores on normalised features: s_con, s_con* and Sun et al.'s KNN."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
@@ -10,8 +8,12 @@ import torch
 from .._validation import check_features, check_positive_int
 from .base import BaseDetector
 
+# the torch fallback keeps at most this many similarities in memory at once (256 MB in float32)
+_TORCH_BLOCK = 1 << 26
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm; raises when a row is all zeros (its direction is undefined)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ValueError(
@@ -35,25 +37,46 @@ def topk_inner_products_torch(
 
     Memory is bounded by ``query_chunk * (k + bank_chunk)`` similarities whatever the bank's size.
     """
-    q_all = torch.from_numpy(queries)
-    b_all = torch.from_numpy(bank)
+    q_all = torch.from_numpy(np.ascontiguousarray(queries))
+    b_all = torch.from_numpy(np.ascontiguousarray(bank))
     out = np.empty((queries.shape[0], k), dtype=queries.dtype)
     for i in range(0, q_all.shape[0], query_chunk):
         q = q_all[i : i + query_chunk]
         best = torch.full((q.shape[0], 0), float("-inf"), dtype=q.dtype)
         for j in range(0, b_all.shape[0], bank_chunk):
             sims = q @ b_all[j : j + bank_chunk].T
-            best = torch.topk(torch.cat([best, sims], dim=1), k=min(k, best.shape[1] + sims.shape[1]), dim=1).values
+            both = torch.cat([best, sims], dim=1)
+            best = torch.topk(both, k=min(k, both.shape[1]), dim=1).values
         out[i : i + q.shape[0]] = best.numpy()
     return out
 
 
-def topk_inner_products_faiss(queries: np.ndarray, bank: np.ndarray, k: int, query_chunk: int = 65536) -> np.ndarray:
-    """Same as :func:`topk_inner_products_torch` with faiss's exact ``IndexFlatIP`` (float32)."""
+def build_faiss_index(bank: np.ndarray, index: str = "flat", nlist: int = 1024, nprobe: int = 16, seed: int = 0):
+    """A faiss inner-product index over ``bank``: exact ``IndexFlatIP`` or approximate ``IndexIVFFlat``."""
     import faiss
 
-    index = faiss.IndexFlatIP(bank.shape[1])
-    index.add(np.ascontiguousarray(bank, dtype=np.float32))
+    data = np.ascontiguousarray(bank, dtype=np.float32)
+    d = data.shape[1]
+    if index == "flat":
+        idx = faiss.IndexFlatIP(d)
+    elif index == "ivf":
+        nlist = min(nlist, max(1, data.shape[0] // 39))  # faiss wants >= 39 training points per list
+        quantizer = faiss.IndexFlatIP(d)
+        idx = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = data if data.shape[0] <= 256 * nlist else data[rng.choice(data.shape[0], 256 * nlist, replace=False)]
+        idx.cp.seed = seed
+        idx.train(sample)
+        idx.nprobe = nprobe
+    else:
+        raise ValueError(f"index must be 'flat' or 'ivf', got {index!r}")
+    idx.add(data)
+    return idx
+
+
+def topk_inner_products_faiss(queries: np.ndarray, bank_or_index, k: int, query_chunk: int = 16384) -> np.ndarray:
+    """Same as :func:`topk_inner_products_torch` through faiss (float32); accepts a bank or a built index."""
+    index = bank_or_index if not isinstance(bank_or_index, np.ndarray) else build_faiss_index(bank_or_index)
     q32 = np.ascontiguousarray(queries, dtype=np.float32)
     out = np.empty((queries.shape[0], k), dtype=np.float32)
     for i in range(0, q32.shape[0], query_chunk):
@@ -62,7 +85,53 @@ def topk_inner_products_faiss(queries: np.ndarray, bank: np.ndarray, k: int, que
     return out
 
 
-class KNNCosineDetector(BaseDetector):
+class _NormalizedBankDetector(BaseDetector):
+    """Shared machinery: an L2-normalised training bank searched by faiss or chunked torch."""
+
+    def _validate_search_params(self) -> str:
+        check_positive_int(self.k, "k")
+        check_positive_int(self.query_chunk, "query_chunk")
+        if self.index not in ("flat", "ivf"):
+            raise ValueError(f"index must be 'flat' or 'ivf', got {self.index!r}")
+        if self.backend not in ("auto", "faiss", "torch"):
+            raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {self.backend!r}")
+        if self.backend == "faiss" and not _faiss_available():
+            raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu")
+        backend = self.backend if self.backend != "auto" else ("faiss" if _faiss_available() else "torch")
+        if self.index == "ivf" and backend != "faiss":
+            raise ValueError("index='ivf' needs the faiss backend")
+        return backend
+
+    def _fit_bank(self, features) -> np.ndarray:
+        k = check_positive_int(self.k, "k")
+        self._validate_search_params()
+        x = check_features(features, "features")
+        if x.shape[0] < k:
+            raise ValueError(f"k = {k} neighbours requested but only {x.shape[0]} training features given")
+        self.bank_ = l2_normalize(x)
+        self.n_features_in_ = x.shape[1]
+        self._index = None
+        return x
+
+    def _top_similarities(self, features) -> tuple[np.ndarray, np.ndarray]:
+        """(top-k cosine similarities (m, k) sorted decreasing, raw query features)."""
+        self._check_fitted()
+        raw = check_features(features, "features", n_features=self.n_features_in_)
+        q = l2_normalize(raw)
+        if self._validate_search_params() == "faiss":
+            if getattr(self, "_index", None) is None:
+                self._index = build_faiss_index(self.bank_, self.index, self.nlist, self.nprobe)
+            top = topk_inner_products_faiss(q, self._index, self.k, query_chunk=self.query_chunk)
+        else:
+            dtype = np.promote_types(q.dtype, self.bank_.dtype)
+            bank_chunk = max(1, min(self.bank_.shape[0], _TORCH_BLOCK // min(self.query_chunk, 1024)))
+            top = topk_inner_products_torch(
+                q.astype(dtype), self.bank_.astype(dtype), self.k, min(self.query_chunk, 1024), bank_chunk
+            )
+        return top.astype(np.float64), raw
+
+
+class KNNCosineDetector(_NormalizedBankDetector):
     """s_con: mean cosine similarity to the k nearest training features (FIRM paper eq. 3).
 
     ``s_con(x) = 1/k sum_{j in N_k(x)} f~(x) . f~(x_j)`` with f~ = f / ||f||; higher = more in-distribution.
@@ -71,63 +140,56 @@ class KNNCosineDetector(BaseDetector):
     Parameters
     ----------
     k : number of neighbours (FIRM uses k = 1 for its comparisons).
-    backend : ``"auto"`` (faiss when installed, else torch), ``"faiss"`` (exact ``IndexFlatIP``, float32) or
-        ``"torch"`` (chunked matrix products in the features' precision).
+    backend : ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"`` (chunked matrix
+        products in the features' precision, memory bounded whatever the bank's size).
+    index : ``"flat"`` (exact ``IndexFlatIP``) or ``"ivf"`` (approximate ``IndexIVFFlat`` with ``nlist``
+        lists, ``nprobe`` probed) for very large banks.
     query_chunk : queries searched at once, which bounds memory.
     """
 
-    def __init__(self, k: int = 1, backend: str = "auto", query_chunk: int = 1024) -> None:
+    def __init__(
+        self, k: int = 1, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
+        query_chunk: int = 16384,
+    ) -> None:
         self.k = k
         self.backend = backend
+        self.index = index
+        self.nlist = nlist
+        self.nprobe = nprobe
         self.query_chunk = query_chunk
-
-    def _resolved_backend(self) -> str:
-        if self.backend not in ("auto", "faiss", "torch"):
-            raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {self.backend!r}")
-        if self.backend == "auto":
-            return "faiss" if _faiss_available() else "torch"
-        if self.backend == "faiss" and not _faiss_available():
-            raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu")
-        return self.backend
 
     def fit(self, features, labels=None) -> KNNCosineDetector:
         """Store the L2-normalised training features as the neighbour bank (``labels`` is ignored)."""
-        k = check_positive_int(self.k, "k")
-        check_positive_int(self.query_chunk, "query_chunk")
-        self._resolved_backend()
-        x = check_features(features, "features")
-        if x.shape[0] < k:
-            raise ValueError(f"k = {k} neighbours requested but only {x.shape[0]} training features given")
-        self.bank_ = _normalize(x)
-        self.n_features_in_ = x.shape[1]
+        self._fit_bank(features)
         return self
 
     def score_samples(self, features) -> np.ndarray:
         """s_con of each row of ``features``, shape (m,)."""
-        self._check_fitted()
-        q = _normalize(check_features(features, "features", n_features=self.n_features_in_))
-        bank = self.bank_
-        if self._resolved_backend() == "faiss":
-            top = topk_inner_products_faiss(q, bank, self.k, query_chunk=self.query_chunk)
-        else:
-            dtype = np.promote_types(q.dtype, bank.dtype)
-            top = topk_inner_products_torch(q.astype(dtype), bank.astype(dtype), self.k, query_chunk=self.query_chunk)
-        return top.astype(np.float64).mean(axis=1)
+        top, _ = self._top_similarities(features)
+        return top.mean(axis=1)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save the fitted detector (safetensors + JSON parameters)."""
-        from ..io import save_state
 
-        self._check_fitted()
-        save_state(path, {"bank": self.bank_}, self.get_params(), kind=type(self).__name__)
+class KNNCosineNormDetector(KNNCosineDetector):
+    """s_con*: s_con times the feature norm, s_con(x) * ||f(x)|| (FIRM paper eq. 4)."""
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> KNNCosineDetector:
-        """Load a detector written by :meth:`save`."""
-        from ..io import load_state
+    def score_samples(self, features) -> np.ndarray:
+        top, raw = self._top_similarities(features)
+        return top.mean(axis=1) * np.linalg.norm(raw.astype(np.float64), axis=1)
 
-        tensors, params = load_state(path, kind=cls.__name__)
-        det = cls(**params)
-        det.bank_ = tensors["bank"].numpy()
-        det.n_features_in_ = det.bank_.shape[1]
-        return det
+
+class KNNSunDetector(KNNCosineDetector):
+    """Sun et al. (2022) KNN: minus the Euclidean distance to the k-th nearest normalised training feature.
+
+    On unit vectors ||u - v|| = sqrt(2 - 2 u.v), so the k-th largest cosine similarity gives the k-th
+    nearest distance; score = -sqrt(max(0, 2 - 2 cos_k)). Default k = 50 as in the paper.
+    """
+
+    def __init__(
+        self, k: int = 50, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
+        query_chunk: int = 16384,
+    ) -> None:
+        super().__init__(k=k, backend=backend, index=index, nlist=nlist, nprobe=nprobe, query_chunk=query_chunk)
+
+    def score_samples(self, features) -> np.ndarray:
+        top, _ = self._top_similarities(features)
+        return -np.sqrt(np.maximum(0.0, 2.0 - 2.0 * top[:, -1]))

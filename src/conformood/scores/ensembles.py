@@ -1,0 +1,176 @@
+"""Scores that wrap an encoder and average over transformations of the input.
+
+Each takes images (n, c, h, w) in [0, 1] (numpy or torch) and an ``encoder``: any ``torch.nn.Module``
+mapping images to feature vectors (for OECL's norm scores the *unnormalised contrastive features*, i.e.
+the projection head's output; for s_shift / s_ens the representation f_theta).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._validation import check_positive_int
+from ..augment import SimCLRViews, ViewConfig, rotate
+from ..augment._rng import seeded_from
+from ..data.arrays import to_float_images
+from .base import BaseDetector
+from .knn import KNNCosineDetector
+
+ROTATIONS = (0, 90, 180, 270)
+
+
+def _images(x) -> torch.Tensor:
+    return to_float_images(x, "images")
+
+
+@torch.no_grad()
+def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
+    """Features of ``images`` in evaluation mode, in batches, as float64 numpy (n, d)."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        out = [
+            encoder(images[i : i + batch_size].to(device)).double().cpu()
+            for i in range(0, images.shape[0], batch_size)
+        ]
+    finally:
+        encoder.train(was_training)
+    feats = torch.cat(out).numpy()
+    if feats.ndim != 2:
+        raise ValueError(f"the encoder must return (n, d) features, got shape {feats.shape}")
+    return feats
+
+
+class _EncoderDetector(BaseDetector):
+    def _check_encoder(self) -> None:
+        if not isinstance(self.encoder, torch.nn.Module):
+            raise ValueError("this detector needs encoder=<torch.nn.Module mapping images to features>")
+        check_positive_int(self.batch_size, "batch_size")
+
+    def _record_input(self, images: torch.Tensor) -> None:
+        self.image_shape_ = np.asarray(images.shape[1:], dtype=np.int64)
+        self.n_features_in_ = int(np.prod(images.shape[1:]))
+
+    def _check_input(self, x) -> torch.Tensor:
+        self._check_fitted()
+        images = _images(x)
+        if tuple(images.shape[1:]) != tuple(self.image_shape_.tolist()):
+            raise ValueError(f"images must have shape (n, {', '.join(map(str, self.image_shape_))}), got {tuple(images.shape)}")
+        return images
+
+
+class _ViewAverage(_EncoderDetector):
+    def __init__(
+        self, encoder=None, n_views: int = 32, view_config: ViewConfig | None = None, batch_size: int = 256,
+        seed: int = 0, device: str = "cpu",
+    ) -> None:
+        self.encoder = encoder
+        self.n_views = n_views
+        self.view_config = view_config
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+
+    def fit(self, features, labels=None):
+        """Record the image shape; these scores need no training bank."""
+        self._check_encoder()
+        check_positive_int(self.n_views, "n_views")
+        self._record_input(_images(features))
+        return self
+
+    def _view_features(self, images: torch.Tensor):
+        """Yield the encoder's features of each of the ``n_views`` augmented copies (same views every call)."""
+        views = SimCLRViews(tuple(images.shape[-2:]), self.view_config)
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.n_views):
+            with seeded_from(gen):
+                augmented = views(images)
+            yield encode(self.encoder, augmented, self.batch_size, self.device)
+
+
+class SMuDetector(_ViewAverage):
+    """s_mu = ||E_t f(t(x))||_2^2 over ``n_views`` SimCLR augmentations (OECL paper eq. 10 and 16; T = 32)."""
+
+    def score_samples(self, features) -> np.ndarray:
+        images = self._check_input(features)
+        mean = sum(self._view_features(images)) / self.n_views
+        return np.einsum("ij,ij->i", mean, mean)
+
+
+class L2EnsDetector(_ViewAverage):
+    """s_l2-ens = E_t ||f(t(x))||_2^2 over ``n_views`` augmentations (OECL paper eq. 15)."""
+
+    def score_samples(self, features) -> np.ndarray:
+        images = self._check_input(features)
+        return sum(np.einsum("ij,ij->i", f, f) for f in self._view_features(images)) / self.n_views
+
+
+class ShiftDetector(_EncoderDetector):
+    """s_shift (FIRM paper appendix B eq. 5): s_con averaged over rotations R of the input and of the bank,
+
+        s_shift(x) = 1/4 sum_{gamma in {0, 90, 180, 270}} s_con(R_gamma(x), R_gamma({x_m}), k).
+    """
+
+    def __init__(self, encoder=None, k: int = 1, batch_size: int = 256, device: str = "cpu") -> None:
+        self.encoder = encoder
+        self.k = k
+        self.batch_size = batch_size
+        self.device = device
+
+    def fit(self, features, labels=None):
+        """Encode every rotation of the training images into one s_con bank per rotation."""
+        self._check_encoder()
+        images = _images(features)
+        if images.shape[-1] != images.shape[-2]:
+            raise ValueError("rotation ensembles need square images")
+        self._record_input(images)
+        self.banks_ = np.stack([encode(self.encoder, rotate(images, a), self.batch_size, self.device) for a in ROTATIONS])
+        return self
+
+    def _knn(self, r: int) -> KNNCosineDetector:
+        return KNNCosineDetector(k=self.k).fit(self.banks_[r])
+
+    def _query_images(self, images: torch.Tensor, angle: int):
+        yield rotate(images, angle)
+
+    def score_samples(self, features) -> np.ndarray:
+        images = self._check_input(features)
+        total = np.zeros(images.shape[0])
+        count = 0
+        for r, angle in enumerate(ROTATIONS):
+            knn = self._knn(r)
+            for query in self._query_images(images, angle):
+                total += knn.score_samples(encode(self.encoder, query, self.batch_size, self.device))
+                count += 1
+        return total / count
+
+
+class EnsDetector(ShiftDetector):
+    """s_ens (FIRM paper appendix B eq. 6): s_shift with ``n_crops`` random resized crops (scale in
+    ``crop_scale``, default [0.5, 1]) of each rotated input, averaged:
+
+        s_ens(x) = 1/4 sum_theta 1/10 sum_i s_con(C_i(R_theta(x)), R_theta({x_m}), k).
+
+    The crops are drawn from ``seed``, so a score does not change between calls.
+    """
+
+    def __init__(
+        self, encoder=None, k: int = 1, n_crops: int = 10, crop_scale: tuple[float, float] = (0.5, 1.0),
+        batch_size: int = 256, seed: int = 0, device: str = "cpu",
+    ) -> None:
+        super().__init__(encoder=encoder, k=k, batch_size=batch_size, device=device)
+        self.n_crops = n_crops
+        self.crop_scale = crop_scale
+        self.seed = seed
+
+    def _query_images(self, images: torch.Tensor, angle: int):
+        import kornia.augmentation as K
+
+        check_positive_int(self.n_crops, "n_crops")
+        crop = K.RandomResizedCrop(tuple(images.shape[-2:]), scale=tuple(self.crop_scale))
+        gen = torch.Generator().manual_seed(self.seed * 1000 + angle)
+        rotated = rotate(images, angle)
+        for _ in range(self.n_crops):
+            with seeded_from(gen):
+                yield crop(rotated)

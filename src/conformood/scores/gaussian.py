@@ -1,0 +1,129 @@
+"""Gaussian scores on labelled features: class-conditional Gaussians (CLP eq. 2) and Lee et al.'s Mahalanobis."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg
+
+from .._validation import check_features
+from .base import BaseDetector
+
+_CHUNK = 8192
+
+
+def _check_labels(labels, n: int) -> np.ndarray:
+    if labels is None:
+        raise ValueError("this detector needs class labels: call fit(features, labels)")
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    return y
+
+
+def _class_moments(x: np.ndarray, y: np.ndarray, min_count: int):
+    """Per-class means and scatter matrices sum (x - mu)(x - mu)^T, accumulated in float64 chunks."""
+    classes = np.unique(y)
+    counts = np.array([np.count_nonzero(y == c) for c in classes])
+    if counts.min() < min_count:
+        bad = classes[counts < min_count].tolist()
+        raise ValueError(
+            f"classes {bad} have fewer than {min_count} samples: a covariance needs at least {min_count}"
+        )
+    d = x.shape[1]
+    means = np.zeros((classes.size, d))
+    scatters = np.zeros((classes.size, d, d))
+    for i, c in enumerate(classes):
+        idx = np.flatnonzero(y == c)
+        means[i] = x[idx].astype(np.float64).mean(axis=0)
+        for s in range(0, idx.size, _CHUNK):
+            centred = x[idx[s : s + _CHUNK]].astype(np.float64) - means[i]
+            scatters[i] += centred.T @ centred
+    return classes, counts, means, scatters
+
+
+class ClassConditionalGaussianDetector(BaseDetector):
+    """max_c [ -(f - mu_c)^T Sigma_c^-1 (f - mu_c) - log((2 pi)^d det Sigma_c) ] (CLP paper eq. 2).
+
+    One Gaussian per class with its own covariance, estimated in float64 from streamed chunks; a ridge
+    ``ridge * mean(diag Sigma_c)`` is added to each covariance so that it is invertible (and the log
+    determinant finite) even with fewer samples than dimensions. Needs labels; each class needs >= 2 samples.
+    """
+
+    def __init__(self, ridge: float = 1e-6) -> None:
+        self.ridge = ridge
+
+    def fit(self, features, labels=None) -> ClassConditionalGaussianDetector:
+        if not self.ridge > 0:
+            raise ValueError(f"ridge must be > 0, got {self.ridge}")
+        x = check_features(features, "features")
+        y = _check_labels(labels, x.shape[0])
+        classes, counts, means, scatters = _class_moments(x, y, min_count=2)
+        d = x.shape[1]
+        chol = np.empty_like(scatters)
+        logdet = np.empty(classes.size)
+        for i in range(classes.size):
+            cov = scatters[i] / (counts[i] - 1)
+            cov += self.ridge * max(np.trace(cov) / d, np.finfo(np.float64).tiny) * np.eye(d)
+            chol[i] = np.linalg.cholesky(cov)
+            logdet[i] = 2.0 * np.log(np.diag(chol[i])).sum()
+        self.classes_, self.means_, self.cholesky_, self.logdet_ = classes, means, chol, logdet
+        self.n_features_in_ = d
+        return self
+
+    def class_scores(self, features) -> np.ndarray:
+        """Per-class terms of eq. 2, shape (m, n_classes)."""
+        self._check_fitted()
+        x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
+        d = self.n_features_in_
+        out = np.empty((x.shape[0], self.classes_.size))
+        for i in range(self.classes_.size):
+            for s in range(0, x.shape[0], _CHUNK):
+                diff = x[s : s + _CHUNK] - self.means_[i]
+                w = scipy.linalg.solve_triangular(self.cholesky_[i], diff.T, lower=True)
+                out[s : s + _CHUNK, i] = -(w * w).sum(axis=0) - (d * np.log(2 * np.pi) + self.logdet_[i])
+        return out
+
+    def score_samples(self, features) -> np.ndarray:
+        return self.class_scores(features).max(axis=1)
+
+
+class MahalanobisDetector(BaseDetector):
+    """Lee et al. (2018): max_c -(f - mu_c)^T Sigma^-1 (f - mu_c) with one covariance shared by the classes.
+
+    Sigma = 1/N sum_c sum_{i in c} (f_i - mu_c)(f_i - mu_c)^T in float64, inverted with the pseudo-inverse
+    (``solver="pinv"``, as the reference implementation) or with a ridge (``solver="ridge"``). Needs labels.
+    """
+
+    def __init__(self, solver: str = "pinv", ridge: float = 1e-6) -> None:
+        self.solver = solver
+        self.ridge = ridge
+
+    def fit(self, features, labels=None) -> MahalanobisDetector:
+        if self.solver not in ("pinv", "ridge"):
+            raise ValueError(f"solver must be 'pinv' or 'ridge', got {self.solver!r}")
+        x = check_features(features, "features")
+        y = _check_labels(labels, x.shape[0])
+        classes, _, means, scatters = _class_moments(x, y, min_count=1)
+        if x.shape[0] - classes.size < 1:
+            raise ValueError("a shared covariance needs more samples than classes")
+        cov = scatters.sum(axis=0) / x.shape[0]
+        if self.solver == "pinv":
+            precision = np.linalg.pinv(cov, hermitian=True)
+        else:
+            d = cov.shape[0]
+            precision = np.linalg.inv(cov + self.ridge * max(np.trace(cov) / d, np.finfo(np.float64).tiny) * np.eye(d))
+        self.classes_, self.means_, self.precision_ = classes, means, precision
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def score_samples(self, features) -> np.ndarray:
+        self._check_fitted()
+        x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
+        best = np.full(x.shape[0], -np.inf)
+        for mu in self.means_:
+            for s in range(0, x.shape[0], _CHUNK):
+                diff = x[s : s + _CHUNK] - mu
+                best[s : s + _CHUNK] = np.maximum(best[s : s + _CHUNK], -np.einsum("ij,jk,ik->i", diff, self.precision_, diff))
+        return best
