@@ -66,3 +66,12 @@ def test_train_under_torchrun_two_processes(tmp_path):
 
     tensors, model_cfg = load_state(tmp_path / "model.safetensors", kind="ContrastiveModel")
     assert model_cfg["in_channels"] == 1 and any(k.startswith("encoder.") for k in tensors)
+
+
+def test_detectors_command_lists_the_registry():
+    from conformood.scores import list_detectors
+
+    result = CliRunner().invoke(app, ["detectors"])
+    assert result.exit_code == 0, result.output
+    for name in list_detectors():
+        assert name in result.output

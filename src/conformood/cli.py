@@ -94,6 +94,23 @@ def train(
         )
 
 
+@app.command()
+def detectors() -> None:
+    """List the registered detectors: name, input, labels needed, and the paper and equation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .scores import detector_info, list_detectors
+
+    table = Table(title="conformood detectors (higher score = more in-distribution)")
+    for column in ("name", "input", "labels", "reference"):
+        table.add_column(column)
+    for name in list_detectors():
+        info = detector_info(name)
+        table.add_row(name, info.input, "yes" if info.needs_labels else "", info.reference)
+    Console(width=120).print(table)
+
+
 def _print_summary(result: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table

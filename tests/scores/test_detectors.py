@@ -207,7 +207,19 @@ def test_s_mu_and_l2_ens_match_definitions(images):
     assert np.all(l2.score_samples(test) >= s_mu.score_samples(test) - 1e-9)  # Jensen: E||f||^2 >= ||E f||^2
 
 
-FEATURE_DETECTORS = [n for n in list_detectors() if n not in ("s_mu", "l2_ens", "shift", "ens", "vim")]
+def test_sim_plus_s_mu(images):
+    from conformood.scores import SimPlusSMuDetector
+
+    train, test = images
+    enc = _Flatten()
+    det = SimPlusSMuDetector(encoder=enc, n_views=3, seed=1).fit(train)
+    bank = enc(train).detach().double().numpy()
+    sim = (unit(enc(test).detach().double().numpy()) @ unit(bank).T).max(1)
+    s_mu = SMuDetector(encoder=enc, n_views=3, seed=1).fit(train).score_samples(test)
+    np.testing.assert_allclose(det.score_samples(test), sim + s_mu, rtol=1e-6)
+
+
+FEATURE_DETECTORS = [n for n in list_detectors() if n not in ("s_mu", "l2_ens", "sim_s_mu", "shift", "ens", "vim")]
 
 
 @pytest.mark.parametrize("name", FEATURE_DETECTORS)

@@ -22,7 +22,7 @@ from ..conformal import conformal_threshold
 from ..data import OODTask, load_digits_dataset, one_vs_rest, resize_images, train_calibration_test_split
 from ..io import write_json
 from ..metrics import flagged_rate, ood_metrics
-from ..scores import KNNCosineDetector
+from ..scores import get_detector
 from ..train.run import TrainRunConfig, train_contrastive_encoder
 
 METHODS = ("firm", "raw_pixels")
@@ -123,7 +123,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         }
         scores_out[name] = {"is_inlier": task.test_is_inlier.astype(int).tolist()}
         for method, (f_train, f_cal, f_test) in features.items():
-            detector = KNNCosineDetector(k=cfg.k).fit(f_train)
+            detector = get_detector("knn_cosine", k=cfg.k).fit(f_train)
             s_cal, s_test = detector.score_samples(f_cal), detector.score_samples(f_test)
             per_class[name][method] = _method_result(s_test, s_cal, task, cfg.alpha)
             scores_out[name][method] = {"test": s_test.tolist(), "threshold": per_class[name][method]["threshold"]}

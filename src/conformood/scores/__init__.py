@@ -1,7 +1,7 @@
 """Detectors: ``fit(features, labels=None) -> self``, ``score_samples(features)``, higher = more normal."""
 
 from .base import BaseDetector
-from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SMuDetector
+from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SimPlusSMuDetector, SMuDetector
 from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
@@ -28,6 +28,7 @@ __all__ = [
     "MaxLogitDetector",
     "SMuDetector",
     "ShiftDetector",
+    "SimPlusSMuDetector",
     "ViMDetector",
     "detector_info",
     "get_detector",

@@ -106,6 +106,27 @@ class L2EnsDetector(_ViewAverage):
         return sum(np.einsum("ij,ij->i", f, f) for f in self._view_features(images)) / self.n_views
 
 
+class SimPlusSMuDetector(SMuDetector):
+    """"sim + s_mu" (OECL paper appendix, Table VI): cosine similarity to the nearest training sample plus s_mu.
+
+    The paper names the combination (after CSI) without a formula; this detector reads it as
+    max_m cos(f(x), f(x_m)) + ||E_t f(t(x))||^2, with the similarity on the un-augmented input's features and
+    s_mu as in :class:`SMuDetector`. ``fit`` encodes the training images into the similarity bank.
+    """
+
+    def fit(self, features, labels=None):
+        super().fit(features, labels)
+        self.bank_ = encode(self.encoder, _images(features), self.batch_size, self.device)
+        return self
+
+    def score_samples(self, features) -> np.ndarray:
+        images = self._check_input(features)
+        sim = KNNCosineDetector(k=1).fit(self.bank_).score_samples(
+            encode(self.encoder, images, self.batch_size, self.device)
+        )
+        return sim + super().score_samples(images)
+
+
 class ShiftDetector(_EncoderDetector):
     """s_shift (FIRM paper appendix B eq. 5): s_con averaged over rotations R of the input and of the bank,
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from .base import BaseDetector
-from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SMuDetector
+from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SimPlusSMuDetector, SMuDetector
 from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
@@ -42,6 +42,7 @@ _INFOS = [
     DetectorInfo("vim", ViMDetector, "features", False, "Wang et al. 2022 (needs weight=, bias=)"),
     DetectorInfo("s_mu", SMuDetector, "images", False, "s_mu, OECL eq. 10 / 16 (needs encoder=)"),
     DetectorInfo("l2_ens", L2EnsDetector, "images", False, "s_l2-ens, OECL eq. 15 (needs encoder=)"),
+    DetectorInfo("sim_s_mu", SimPlusSMuDetector, "images", False, "sim + s_mu, OECL Table VI (needs encoder=)"),
     DetectorInfo("shift", ShiftDetector, "images", False, "s_shift, FIRM app. B eq. 5 (needs encoder=)"),
     DetectorInfo("ens", EnsDetector, "images", False, "s_ens, FIRM app. B eq. 6 (needs encoder=)"),
 ]
