@@ -1,0 +1,150 @@
+"""Turn any detector's score into decisions with a guaranteed false-alarm rate or false discovery rate."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from .._validation import check_alpha, check_scores
+from .bh import benjamini_hochberg
+from .split import ConformalWarning, conformal_p_values, conformal_rank
+
+KIND = "ConformalDetector"
+
+
+class ConformalDetector:
+    """Split-conformal calibration of a detector (higher score = more in-distribution).
+
+    ``fit`` trains the wrapped detector; ``calibrate`` scores held-out in-distribution data that the
+    detector never saw. Then, for a new in-distribution input exchangeable with the calibration data:
+
+    * :meth:`p_values`: p(x) = (1 + #{calibration scores <= s(x)}) / (n + 1), so P(p(x) <= alpha) <= alpha;
+    * :meth:`predict`: flags p(x) <= alpha, hence P(an in-distribution input is flagged) <= alpha;
+    * :meth:`select`: Benjamini–Hochberg over a batch of p-values, hence FDR <= alpha among the flagged
+      inputs (conformal p-values are PRDS, Bates et al. 2023).
+
+    With ``mondrian=True`` the calibration is class-conditional: calibration scores are grouped by the
+    ``classes`` given to :meth:`calibrate`, and a test input is compared only with the scores of the class
+    given for it, so each class keeps its own guarantee P(flag | in-distribution, class k) <= alpha. Give
+    true classes when they are known at test time, or predicted classes in both places (the guarantee is
+    then conditional on the predicted class).
+    """
+
+    def __init__(self, detector, mondrian: bool = False, min_calibration: int = 1) -> None:
+        self.detector = detector
+        self.mondrian = mondrian
+        self.min_calibration = min_calibration
+
+    # -- training and calibration ------------------------------------------------------------------
+    def fit(self, features, labels=None) -> ConformalDetector:
+        """Fit the wrapped detector on training data (never the calibration data)."""
+        self.detector.fit(features, labels)
+        return self
+
+    def calibrate(self, features, classes=None) -> ConformalDetector:
+        """Score held-out in-distribution data and keep the sorted scores (per class when Mondrian)."""
+        return self.calibrate_scores(self.detector.score_samples(features), classes)
+
+    def calibrate_scores(self, scores, classes=None) -> ConformalDetector:
+        """Calibrate from precomputed scores of held-out in-distribution data."""
+        s = check_scores(scores, "calibration scores", min_size=self.min_calibration)
+        if self.mondrian:
+            c = self._check_classes(classes, s.size, "calibrate")
+            self.classes_ = np.unique(c)
+            self.calibration_ = {int(k): np.sort(s[c == k]) for k in self.classes_}
+            small = {k: v.size for k, v in self.calibration_.items() if v.size < self.min_calibration}
+            if small:
+                raise ValueError(f"classes with fewer than {self.min_calibration} calibration scores: {small}")
+        else:
+            if classes is not None:
+                raise ValueError("classes are only used with mondrian=True")
+            self.calibration_ = {-1: np.sort(s)}
+        return self
+
+    @staticmethod
+    def _check_classes(classes, n: int, where: str) -> np.ndarray:
+        if classes is None:
+            raise ValueError(f"mondrian=True needs the class of every input: {where}(..., classes=...)")
+        c = np.asarray(classes)
+        if c.shape != (n,) or not np.issubdtype(c.dtype, np.integer):
+            raise ValueError(f"classes must be integers of shape ({n},), got dtype {c.dtype} and shape {c.shape}")
+        return c
+
+    def _check_calibrated(self) -> None:
+        if not hasattr(self, "calibration_"):
+            raise ValueError("call calibrate(...) on held-out in-distribution data before testing")
+
+    # -- decisions ---------------------------------------------------------------------------------
+    def p_values_from_scores(self, scores, classes=None) -> np.ndarray:
+        """Conformal p-values of precomputed test scores (small = unusually abnormal)."""
+        self._check_calibrated()
+        s = check_scores(scores, "test scores")
+        if not self.mondrian:
+            return conformal_p_values(self.calibration_[-1], s)
+        c = self._check_classes(classes, s.size, "p_values")
+        unknown = sorted(set(np.unique(c).tolist()) - set(self.calibration_))
+        if unknown:
+            raise ValueError(f"classes {unknown} had no calibration data")
+        p = np.empty(s.size)
+        for k, cal in self.calibration_.items():
+            sel = c == k
+            if sel.any():
+                p[sel] = conformal_p_values(cal, s[sel])
+        return p
+
+    def p_values(self, features, classes=None) -> np.ndarray:
+        """Conformal p-values of new inputs."""
+        self._check_calibrated()
+        return self.p_values_from_scores(self.detector.score_samples(features), classes)
+
+    def predict(self, features, alpha: float, classes=None) -> np.ndarray:
+        """True for inputs flagged as out-of-distribution at level alpha (P(false alarm) <= alpha)."""
+        alpha = check_alpha(alpha)
+        p = self.p_values(features, classes)
+        self._warn_unreachable(alpha)
+        return p <= alpha
+
+    def select(self, features, alpha: float, classes=None) -> np.ndarray:
+        """Benjamini–Hochberg selection over the batch: flagged inputs with FDR <= alpha."""
+        return benjamini_hochberg(self.p_values(features, classes), alpha)
+
+    def _warn_unreachable(self, alpha: float) -> None:
+        small = {k: v.size for k, v in self.calibration_.items() if conformal_rank(alpha, v.size) == 0}
+        if small:
+            where = "" if not self.mondrian else f" in classes {sorted(small)}"
+            n = min(small.values())
+            warnings.warn(
+                f"alpha = {alpha} is below 1/(n+1) with n = {n} calibration scores{where}: nothing can be "
+                "flagged there at this level",
+                ConformalWarning,
+                stacklevel=3,
+            )
+
+    # -- persistence -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the calibration (safetensors + JSON); the wrapped detector goes to ``<path>.detector``."""
+        from ..io import save_state
+
+        self._check_calibrated()
+        path = os.fspath(path)
+        self.detector.save(path + ".detector")
+        tensors = {f"calibration.{k}": v for k, v in self.calibration_.items()}
+        save_state(
+            path, tensors, {"mondrian": self.mondrian, "min_calibration": self.min_calibration,
+                            "detector_file": os.path.basename(path) + ".detector"}, kind=KIND,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ConformalDetector:
+        from ..io import load_state
+        from ..scores import load_detector
+
+        tensors, config = load_state(path, kind=KIND)
+        detector = load_detector(os.path.join(os.path.dirname(os.fspath(path)), config["detector_file"]))
+        obj = cls(detector, mondrian=config["mondrian"], min_calibration=config["min_calibration"])
+        obj.calibration_ = {int(k.split(".", 1)[1]): v.numpy() for k, v in tensors.items()}
+        if obj.mondrian:
+            obj.classes_ = np.array(sorted(obj.calibration_))
+        return obj

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from conformood.conformal import ConformalDetector, ConformalWarning, benjamini_hochberg
+from conformood.scores import get_detector
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bh_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    p = np.r_[rng.uniform(size=40), rng.uniform(size=10) * 0.01]
+    p = np.round(p, 3)  # ties
+    for alpha in (0.05, 0.1, 0.3):
+        expected = stats.false_discovery_control(p, method="bh") <= alpha
+        np.testing.assert_array_equal(benjamini_hochberg(p, alpha), expected)
+
+
+def test_bh_validation():
+    with pytest.raises(ValueError, match="alpha"):
+        benjamini_hochberg([0.1, 0.2], 1.5)
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        benjamini_hochberg([0.1, 1.2], 0.1)
+
+
+class _Identity:
+    """A detector whose score is the first feature (to test calibration in isolation)."""
+
+    def fit(self, features, labels=None):
+        return self
+
+    def score_samples(self, features):
+        return np.asarray(features, dtype=float)[:, 0]
+
+
+def test_p_values_and_predict_match_definition_with_ties():
+    cd = ConformalDetector(_Identity()).calibrate(np.array([[1.0], [1.0], [2.0], [3.0]]))
+    p = cd.p_values(np.array([[0.5], [1.0], [2.5], [9.0]]))
+    np.testing.assert_allclose(p, [0.2, 0.6, 0.8, 1.0])
+    np.testing.assert_array_equal(cd.predict(np.array([[0.5], [1.0]]), alpha=0.2), [True, False])
+
+
+def test_marginal_false_alarm_rate_over_splits():
+    """Mean realised FPR over 200 splits <= alpha + 0.02 (standard error of the mean < 0.005)."""
+    rng = np.random.default_rng(0)
+    rates = []
+    for _ in range(200):
+        cal, test = rng.gamma(2.0, size=(60, 1)), rng.gamma(2.0, size=(200, 1))
+        rates.append(ConformalDetector(_Identity()).calibrate(cal).predict(test, alpha=0.1).mean())
+    assert np.mean(rates) <= 0.1 + 0.02
+
+
+def test_mondrian_keeps_each_class_guarantee_where_marginal_does_not():
+    """Class 1's scores are lower: marginal calibration flags it far above alpha, Mondrian does not."""
+    rng = np.random.default_rng(1)
+    fpr = {"marginal": [], "mondrian": []}
+    for _ in range(200):
+        c_cal = rng.integers(0, 2, 200)
+        s_cal = rng.normal(size=200) - 1.5 * c_cal
+        c_test = np.ones(300, dtype=int)
+        s_test = rng.normal(size=300) - 1.5
+        fpr["marginal"].append(ConformalDetector(_Identity()).calibrate_scores(s_cal).p_values_from_scores(s_test) <= 0.1)
+        mond = ConformalDetector(_Identity(), mondrian=True).calibrate_scores(s_cal, c_cal)
+        fpr["mondrian"].append(mond.p_values_from_scores(s_test, c_test) <= 0.1)
+    assert np.mean(fpr["marginal"]) > 0.15  # about twice alpha
+    assert np.mean(fpr["mondrian"]) <= 0.1 + 0.015
+
+
+def test_bh_fdr_controlled_over_repetitions():
+    """Mean false discovery proportion over 200 batches <= alpha + 0.02."""
+    rng = np.random.default_rng(2)
+    fdp, power = [], []
+    for _ in range(200):
+        cd = ConformalDetector(_Identity()).calibrate(rng.normal(size=(150, 1)))
+        inl, out = rng.normal(size=(90, 1)), rng.normal(size=(10, 1)) - 4.0
+        flagged = cd.select(np.r_[inl, out], alpha=0.1)
+        n_flag = flagged.sum()
+        fdp.append(flagged[:90].sum() / max(n_flag, 1))
+        power.append(flagged[90:].mean())
+    assert np.mean(fdp) <= 0.1 + 0.02
+    assert np.mean(power) > 0.5  # and it does find the outliers
+
+
+def test_with_a_real_detector_and_save_load(tmp_path):
+    rng = np.random.default_rng(3)
+    x, cal, test = rng.normal(size=(200, 5)), rng.normal(size=(80, 5)), rng.normal(size=(20, 5))
+    cd = ConformalDetector(get_detector("knn_cosine", k=3)).fit(x).calibrate(cal)
+    cd.save(tmp_path / "cd.safetensors")
+    loaded = ConformalDetector.load(tmp_path / "cd.safetensors")
+    np.testing.assert_allclose(loaded.p_values(test), cd.p_values(test))
+    y = rng.integers(0, 2, 80)
+    mond = ConformalDetector(get_detector("knn_cosine", k=3), mondrian=True).fit(x).calibrate(cal, y)
+    mond.save(tmp_path / "m.safetensors")
+    t_classes = rng.integers(0, 2, 20)
+    np.testing.assert_allclose(
+        ConformalDetector.load(tmp_path / "m.safetensors").p_values(test, t_classes), mond.p_values(test, t_classes)
+    )
+
+
+def test_errors():
+    cd = ConformalDetector(_Identity())
+    with pytest.raises(ValueError, match="calibrate"):
+        cd.p_values(np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="empty"):
+        cd.calibrate(np.zeros((0, 1)))
+    with pytest.raises(ValueError, match="alpha"):
+        cd.calibrate(np.zeros((5, 1))).predict(np.zeros((2, 1)), alpha=0.0)
+    mond = ConformalDetector(_Identity(), mondrian=True)
+    with pytest.raises(ValueError, match="needs the class"):
+        mond.calibrate(np.zeros((4, 1)))
+    mond.calibrate(np.arange(4.0)[:, None], np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="no calibration data"):
+        mond.p_values(np.zeros((1, 1)), np.array([5]))
+    with pytest.warns(ConformalWarning, match="below 1/\\(n\\+1\\)"):
+        mond.predict(np.zeros((1, 1)), 0.1, np.array([0]))
