@@ -75,3 +75,69 @@ def test_detectors_command_lists_the_registry():
     assert result.exit_code == 0, result.output
     for name in list_detectors():
         assert name in result.output
+
+
+def _write_feature_files(tmp_path, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(3, 6)) * 3
+
+    def part(n, n_ood=0):
+        y = rng.integers(0, 3, n + n_ood)
+        x = means[y[:n]] + rng.normal(size=(n, 6))
+        x = np.r_[x, rng.normal(size=(n_ood, 6)) * 3]
+        logits = x @ means.T
+        return x.astype(np.float32), y, logits
+
+    x, y, lg = part(150)
+    np.savez(tmp_path / "train.npz", features=x, labels=y, logits=lg)
+    x, y, lg = part(100)
+    np.savez(tmp_path / "cal.npz", features=x, labels=y, logits=lg)
+    x, y, lg = part(100, 50)
+    np.savez(tmp_path / "test.npz", features=x, labels=y, logits=lg, is_ood=np.r_[np.zeros(100, bool), np.ones(50, bool)])
+
+
+def test_evaluate_and_score_end_to_end(tmp_path):
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    _write_feature_files(tmp_path)
+    out = tmp_path / "ev"
+    args = ["evaluate", "--train", str(tmp_path / "train.npz"), "--calibration", str(tmp_path / "cal.npz"),
+            "--test", str(tmp_path / "test.npz"), "--detector", "knn_cosine", "--option", "k=3",
+            "--alpha", "0.1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "evaluation.json").read_text())
+    for key in ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "realised_fpr_at_alpha",
+                "bh_discoveries", "bh_fdp", "bh_power"):
+        assert key in r
+    with np.load(out / "test_scores.npz") as z:
+        assert r["auroc"] == roc_auc_score(~z["is_ood"], z["scores"])
+        assert r["realised_fpr_at_alpha"] == float((z["p_values"][~z["is_ood"]] <= 0.1).mean())
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "http" not in html.split("<body>")[1]
+    for name in ("evaluation.md", "roc.png", "score_histogram.png", "guarantee.png"):
+        assert (out / name).is_file()
+    result = CliRunner().invoke(app, ["score", "--detector-file", str(out / "detector.safetensors"),
+                                      "--inputs", str(tmp_path / "test.npz"), "--out", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    with np.load(out / "test_scores.npz") as z:
+        np.testing.assert_allclose(s["p_value"], z["p_values"])
+    assert (tmp_path / "s.csv").read_text().startswith("index,score,p_value,flagged,bh_selected")
+
+
+def test_evaluate_logit_detector_mondrian_and_errors(tmp_path):
+    _write_feature_files(tmp_path)
+    base = ["evaluate", "--train", str(tmp_path / "train.npz"), "--calibration", str(tmp_path / "cal.npz"),
+            "--test", str(tmp_path / "test.npz"), "--out", str(tmp_path / "ev")]
+    result = CliRunner().invoke(app, [*base, "--detector", "energy", "--mondrian"])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert r["mondrian"] and r["detector"] == "energy"
+    result = CliRunner().invoke(app, [*base, "--detector", "nope"])
+    assert result.exit_code != 0 and "unknown detector" in result.output
+    result = CliRunner().invoke(app, [*base, "--alpha", "2"])
+    assert result.exit_code != 0 and "alpha" in result.output

@@ -94,6 +94,68 @@ def train(
         )
 
 
+def _parse_options(items: list[str] | None) -> dict:
+    import json
+
+    options = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--option must be key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+@app.command()
+def evaluate(
+    train: Annotated[Path, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")],
+    calibration: Annotated[Path, typer.Option(help="npz of held-out in-distribution data, same arrays.")],
+    test: Annotated[Path, typer.Option(help="npz with the same arrays plus 'is_ood' (n,) bool.")],
+    detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
+    option: Annotated[list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")] = None,
+    alpha: Annotated[float, typer.Option(help="Level of the false-alarm and FDR guarantees, in (0, 1).")] = 0.1,
+    mondrian: Annotated[bool, typer.Option(help="Calibrate per class ('labels' in calibration and test files).")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json/.md, report.html and figures.")] = Path(
+        "evaluation"
+    ),
+) -> None:
+    """Fit a detector, calibrate it conformally, and measure OOD metrics and the guarantees."""
+    from .experiments.evaluate import evaluate_files
+
+    try:
+        r = evaluate_files(train, calibration, test, detector, _parse_options(option), alpha, out, mondrian)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(
+        f"{detector}: AUROC {r['auroc']:.4f}, FPR@95TPR {r['fpr95']:.4f}, realised FPR at α={alpha}: "
+        f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "
+        f"power {r['bh_power']:.3f}) -> {out / 'evaluation.json'}"
+    )
+
+
+@app.command()
+def score(
+    detector_file: Annotated[Path, typer.Option(help="detector.safetensors written by `conformood evaluate`.")],
+    inputs: Annotated[Path, typer.Option(help="npz with 'features' (or 'logits'), and 'labels' if Mondrian.")],
+    alpha: Annotated[float, typer.Option(help="Level of the decisions, in (0, 1).")] = 0.1,
+    logits: Annotated[bool, typer.Option(help="Score the 'logits' array instead of 'features'.")] = False,
+    out: Annotated[Path, typer.Option(help="JSON file for per-input p-values and decisions (a CSV beside it).")] = Path(
+        "scores.json"
+    ),
+) -> None:
+    """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection."""
+    from .experiments.evaluate import score_file
+
+    try:
+        r = score_file(detector_file, inputs, alpha, out, use_logits=logits)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={alpha}, {r['n_bh_selected']} selected by BH -> {out}")
+
+
 @app.command()
 def detectors() -> None:
     """List the registered detectors: name, input, labels needed, and the paper and equation."""
