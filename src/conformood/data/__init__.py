@@ -3,7 +3,7 @@
 from .arrays import ImageArrays, resize_images, to_float_images
 from .digits import load_digits_dataset
 from .image_folder import default_cache_dir, load_image_folder
-from .protocols import OODTask, one_vs_rest
+from .protocols import OODTask, few_shot_ood, in_vs_out, leave_one_class_out, one_vs_rest, unlabeled_multiclass
 from .splits import Split, train_calibration_test_split
 
 __all__ = [
@@ -13,7 +13,11 @@ __all__ = [
     "default_cache_dir",
     "load_digits_dataset",
     "load_image_folder",
+    "few_shot_ood",
+    "in_vs_out",
+    "leave_one_class_out",
     "one_vs_rest",
+    "unlabeled_multiclass",
     "resize_images",
     "to_float_images",
     "train_calibration_test_split",

@@ -1,5 +1,15 @@
 """Metrics: OOD detection (in-distribution positive) and conformal diagnostics."""
 
+from .clp import (
+    classwise_clp,
+    confusion_dendrogram,
+    confusion_distances,
+    confusion_log_probability,
+    ensemble_predict,
+    ensemble_probabilities,
+    fit_clp_ensemble,
+    ood_rank,
+)
 from .ood import (
     OODMetrics,
     aupr_in,
@@ -13,6 +23,14 @@ from .ood import (
 )
 
 __all__ = [
+    "classwise_clp",
+    "confusion_dendrogram",
+    "confusion_distances",
+    "confusion_log_probability",
+    "ensemble_predict",
+    "ensemble_probabilities",
+    "fit_clp_ensemble",
+    "ood_rank",
     "OODMetrics",
     "aupr_in",
     "aupr_out",
