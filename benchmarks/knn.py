@@ -20,12 +20,11 @@ import argparse
 import gc
 import json
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _memory import measure_in_child, report_peak
 
 D, K = 128, 5
 
@@ -62,29 +61,13 @@ def run_sklearn(bank, queries):
 IMPLS = {"conformood": run_conformood, "faiss": run_faiss, "sklearn": run_sklearn}
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def _memory_probe(name: str, n_bank: int, n_query: int) -> None:
     bank, queries = _data(n_bank, n_query)
-    IMPLS[name](bank[:100], queries[:10])  # lazy initialisation is not the search's memory
-    gc.collect()
-    before = _status_kb("VmRSS")
-    IMPLS[name](bank, queries)
-    print(json.dumps({"peak_mb": (_status_kb("VmHWM") - before) / 1024}))
+    report_peak(lambda: IMPLS[name](bank, queries), lambda: IMPLS[name](bank[:100], queries[:10]))
 
 
 def measure_memory(name: str, n_bank: int, n_query: int) -> float:
-    proc = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", name, str(n_bank), str(n_query)],
-        capture_output=True, text=True, check=True,
-    )
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+    return measure_in_child(__file__, name, n_bank, n_query)
 
 
 def render(result: dict, path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _memory import measure_in_child, report_peak
 
 from conformood.io import write_json
 from conformood.losses import FIRMLoss, NTXentLoss, SupConLoss
@@ -32,14 +33,6 @@ from conformood.losses import FIRMLoss, NTXentLoss, SupConLoss
 D = 128
 T = 0.2
 SUPCON_CLASSES = 10
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def _implementations():
@@ -103,21 +96,12 @@ def measure_time(fn, n: int, budget_s: float, max_reps: int) -> dict:
 def _memory_probe(name: str, n: int) -> None:
     """Child process: print the peak RSS rise (MB) of one forward + backward."""
     fn = _implementations()[name]
-    _step_fn(fn, 4)()  # one-time lazy initialisation (autograd engine, thread pools) is not the loss's memory
-    step = _step_fn(fn, n)
-    gc.collect()
-    before = _status_kb("VmRSS")
-    step()
-    print(json.dumps({"peak_mb": (_status_kb("VmHWM") - before) / 1024}))
+    # one-time lazy initialisation (autograd engine, thread pools) is not the loss's memory
+    report_peak(_step_fn(fn, n), _step_fn(fn, 4))
 
 
 def measure_memory(name: str, n: int) -> float:
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, __file__, "--memory-probe", name, str(n)], capture_output=True, text=True, check=True
-    )
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mb"])
+    return measure_in_child(__file__, name, n)
 
 
 def render(result: dict, path: Path) -> None:
