@@ -141,3 +141,21 @@ def test_evaluate_logit_detector_mondrian_and_errors(tmp_path):
     assert result.exit_code != 0 and "unknown detector" in result.output
     result = CliRunner().invoke(app, [*base, "--alpha", "2"])
     assert result.exit_code != 0 and "alpha" in result.output
+
+
+def test_evaluate_from_a_trained_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--out", str(run), "--epochs", "1", "--normal-class", "5",
+                                      "--image-size", "8", "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "ev"
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"), "--data", "digits",
+                                      "--protocol", "one-vs-rest:5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "evaluation.json").read_text())
+    trained = json.loads((run / "train.json").read_text())
+    assert r["n_train"] == trained["n_train"]  # the same class-5 training images the encoder saw
+    assert 0.5 < r["auroc"] <= 1.0
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"),
+                                      "--protocol", "sideways:1", "--out", str(out)])
+    assert result.exit_code != 0 and "protocol" in result.output

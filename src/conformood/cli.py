@@ -111,9 +111,16 @@ def _parse_options(items: list[str] | None) -> dict:
 
 @app.command()
 def evaluate(
-    train: Annotated[Path, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")],
-    calibration: Annotated[Path, typer.Option(help="npz of held-out in-distribution data, same arrays.")],
-    test: Annotated[Path, typer.Option(help="npz with the same arrays plus 'is_ood' (n,) bool.")],
+    train: Annotated[Path | None, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="npz of held-out in-distribution data, same arrays.")] = None,
+    test: Annotated[Path | None, typer.Option(help="npz with the same arrays plus 'is_ood' (n,) bool.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
+    ] = None,
+    data: Annotated[str, typer.Option(help="With --checkpoint: 'digits' or an image folder / tar.")] = "digits",
+    protocol: Annotated[
+        str, typer.Option(help="With --checkpoint: one-vs-rest:C, leave-one-class-out:C or few-shot:K.")
+    ] = "one-vs-rest:0",
     detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
     option: Annotated[list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")] = None,
     alpha: Annotated[float, typer.Option(help="Level of the false-alarm and FDR guarantees, in (0, 1).")] = 0.1,
@@ -123,9 +130,13 @@ def evaluate(
     ),
 ) -> None:
     """Fit a detector, calibrate it conformally, and measure OOD metrics and the guarantees."""
-    from .experiments.evaluate import evaluate_files
+    from .experiments.evaluate import evaluate_files, feature_files_from_checkpoint
 
     try:
+        if checkpoint is not None:
+            train, calibration, test = feature_files_from_checkpoint(checkpoint, data, protocol, out)
+        elif train is None or calibration is None or test is None:
+            raise ValueError("give --train, --calibration and --test files, or --checkpoint with --data and --protocol")
         r = evaluate_files(train, calibration, test, detector, _parse_options(option), alpha, out, mondrian)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

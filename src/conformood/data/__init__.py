@@ -2,6 +2,7 @@
 
 from .arrays import ImageArrays, resize_images, to_float_images
 from .digits import load_digits_dataset
+from .idx import load_fashion_mnist, read_idx
 from .image_folder import default_cache_dir, load_image_folder
 from .protocols import OODTask, few_shot_ood, in_vs_out, leave_one_class_out, one_vs_rest, unlabeled_multiclass
 from .splits import Split, train_calibration_test_split
@@ -12,11 +13,13 @@ __all__ = [
     "Split",
     "default_cache_dir",
     "load_digits_dataset",
+    "load_fashion_mnist",
     "load_image_folder",
     "few_shot_ood",
     "in_vs_out",
     "leave_one_class_out",
     "one_vs_rest",
+    "read_idx",
     "unlabeled_multiclass",
     "resize_images",
     "to_float_images",

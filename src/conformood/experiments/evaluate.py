@@ -218,3 +218,49 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     ]
     out.with_suffix(".csv").write_text("\n".join(rows) + "\n")
     return result
+
+
+def protocol_task(data, split, protocol: str, seed: int = 0):
+    """``one-vs-rest:C``, ``leave-one-class-out:C`` or ``few-shot:K`` on a labelled dataset."""
+    from ..data import few_shot_ood, leave_one_class_out, one_vs_rest
+
+    name, _, arg = protocol.partition(":")
+    if not arg:
+        raise ValueError(f"protocol must look like 'one-vs-rest:3', 'leave-one-class-out:cat' or 'few-shot:10', got {protocol!r}")
+    if name == "one-vs-rest":
+        return one_vs_rest(data, split, arg)
+    if name == "leave-one-class-out":
+        return leave_one_class_out(data, split, arg)
+    if name == "few-shot":
+        return few_shot_ood(data, split, int(arg), seed=seed)
+    raise ValueError(f"unknown protocol {name!r}: one-vs-rest, leave-one-class-out or few-shot")
+
+
+def feature_files_from_checkpoint(
+    checkpoint: str | os.PathLike, data: str, protocol: str, out_dir: str | os.PathLike, split_name: str = "train",
+) -> tuple[Path, Path, Path]:
+    """Encode a protocol's train / calibration / test images with a model from ``conformood train``.
+
+    The dataset is split with the seed recorded in the model (the split ``conformood train`` used), so the
+    calibration and test images were never trained on. Writes ``features_{train,calibration,test}.npz``.
+    """
+    from ..data import load_digits_dataset, load_image_folder, resize_images, train_calibration_test_split
+    from ..train.run import load_trained_model
+
+    model, cfg = load_trained_model(checkpoint)
+    dataset = load_digits_dataset() if data == "digits" else load_image_folder(data, split=split_name)
+    split = train_calibration_test_split(dataset.labels, seed=int(cfg.get("seed", 0)))
+    task = protocol_task(dataset, split, protocol, seed=int(cfg.get("seed", 0)))
+    size = int(cfg.get("image_size", dataset.image_shape[-1]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for part_name, part in (("train", task.train), ("calibration", task.calibration), ("test", task.test)):
+        feats = model.features(resize_images(part.tensor(), (size, size))).numpy()
+        arrays = {"features": feats, "labels": part.labels}
+        if part_name == "test":
+            arrays["is_ood"] = ~task.test_is_inlier
+        path = out / f"features_{part_name}.npz"
+        np.savez(path, **arrays)
+        paths.append(path)
+    return tuple(paths)  # type: ignore[return-value]

@@ -132,7 +132,8 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
         )
         result = {
             "config": asdict(cfg),
-            "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim},
+            "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
+                      "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data},
             "n_train": int(images.shape[0]),
             "world_size": dist_utils.world_size(),
             "rank": dist_utils.rank(),
@@ -146,3 +147,14 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
     finally:
         if started_group:
             dist.destroy_process_group()
+
+
+def load_trained_model(path: str | os.PathLike):
+    """Rebuild the model written by :func:`run_training` (``model.safetensors``); returns (model, config)."""
+    from ..io import load_state
+
+    tensors, config = load_state(path, kind=MODEL_KIND)
+    model = small_contrastive_model(config["in_channels"], tuple(config["widths"]), config["projection_dim"])
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, config
