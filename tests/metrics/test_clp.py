@@ -42,6 +42,7 @@ def test_confusion_distances_eq5_6_and_dendrogram(tmp_path):
     assert (tmp_path / "dendro.png").is_file()
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_clp_ensemble_separates_near_from_far_ood():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.6, 0.3], [30.0, 30.0]])  # class 2 near class 0, class 3 far
