@@ -159,3 +159,22 @@ def test_evaluate_from_a_trained_checkpoint(tmp_path):
     result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"),
                                       "--protocol", "sideways:1", "--out", str(out)])
     assert result.exit_code != 0 and "protocol" in result.output
+
+
+def test_evaluate_named_pair_from_checkpoint(tmp_path):
+    import pytest
+
+    from conformood.data.idx import FASHION_MNIST_DIR
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--out", str(run), "--epochs", "1", "--image-size", "8",
+                                      "--objective", "ntxent", "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "ev"
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"),
+                                      "--protocol", "pair:digits-vs-fashion-mnist", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads((out / "evaluation.json").read_text())
+    assert r["n_test_ood"] == r["n_test_inliers"] and r["auroc"] > 0.5

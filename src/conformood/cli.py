@@ -55,7 +55,9 @@ def train(
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.safetensors, model.safetensors, train.json.")] = Path(
         "train-output"
     ),
-    data: Annotated[str, typer.Option(help="'digits' or an image folder / .tar(.gz) laid out split/class/*.jpg.")] = "digits",
+    data: Annotated[
+        str, typer.Option(help="digits, fashion-mnist, cifar10, or an image folder / .tar(.gz) laid out split/class/*.jpg.")
+    ] = "digits",
     split: Annotated[str, typer.Option(help="Sub-folder of the image folder to train on.")] = "train",
     normal_class: Annotated[
         str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
@@ -80,7 +82,7 @@ def train(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         cfg = TrainRunConfig(
-            data=data, split=split if data != "digits" else None, normal_class=normal_class, objective=objective,
+            data=data, split=split, normal_class=normal_class, objective=objective,
             epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, image_size=image_size,
             seed=seed, device=device,
         )
@@ -117,9 +119,12 @@ def evaluate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
     ] = None,
-    data: Annotated[str, typer.Option(help="With --checkpoint: 'digits' or an image folder / tar.")] = "digits",
+    data: Annotated[
+        str, typer.Option(help="With --checkpoint: digits, fashion-mnist, cifar10 or an image folder / tar.")
+    ] = "digits",
     protocol: Annotated[
-        str, typer.Option(help="With --checkpoint: one-vs-rest:C, leave-one-class-out:C or few-shot:K.")
+        str, typer.Option(help="With --checkpoint: one-vs-rest:C, leave-one-class-out:C, few-shot:K or pair:NAME "
+                           "(e.g. pair:digits-vs-fashion-mnist).")
     ] = "one-vs-rest:0",
     detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
     option: Annotated[list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")] = None,

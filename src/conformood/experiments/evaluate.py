@@ -221,7 +221,8 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
 
 
 def protocol_task(data, split, protocol: str, seed: int = 0):
-    """``one-vs-rest:C``, ``leave-one-class-out:C`` or ``few-shot:K`` on a labelled dataset."""
+    """``one-vs-rest:C``, ``leave-one-class-out:C`` or ``few-shot:K`` on a labelled dataset (named pairs,
+    ``pair:NAME``, are resolved by :func:`feature_files_from_checkpoint`)."""
     from ..data import few_shot_ood, leave_one_class_out, one_vs_rest
 
     name, _, arg = protocol.partition(":")
@@ -244,14 +245,19 @@ def feature_files_from_checkpoint(
     The dataset is split with the seed recorded in the model (the split ``conformood train`` used), so the
     calibration and test images were never trained on. Writes ``features_{train,calibration,test}.npz``.
     """
-    from ..data import load_digits_dataset, load_image_folder, resize_images, train_calibration_test_split
+    from ..data import DATASETS, load_image_folder, load_named, named_ood_pair, resize_images
+    from ..data import train_calibration_test_split
     from ..train.run import load_trained_model
 
     model, cfg = load_trained_model(checkpoint)
-    dataset = load_digits_dataset() if data == "digits" else load_image_folder(data, split=split_name)
-    split = train_calibration_test_split(dataset.labels, seed=int(cfg.get("seed", 0)))
-    task = protocol_task(dataset, split, protocol, seed=int(cfg.get("seed", 0)))
-    size = int(cfg.get("image_size", dataset.image_shape[-1]))
+    seed = int(cfg.get("seed", 0))
+    if protocol.startswith("pair:"):
+        task = named_ood_pair(protocol.split(":", 1)[1], seed=seed)
+    else:
+        dataset = load_named(data) if data in DATASETS else load_image_folder(data, split=split_name)
+        split = train_calibration_test_split(dataset.labels, seed=seed)
+        task = protocol_task(dataset, split, protocol, seed=seed)
+    size = int(cfg.get("image_size", task.train.image_shape[-1]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

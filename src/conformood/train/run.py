@@ -14,7 +14,6 @@ from .._validation import check_positive_int
 from ..augment import SimCLRViews, ViewConfig
 from ..data import (
     ImageArrays,
-    load_digits_dataset,
     load_image_folder,
     resize_images,
     train_calibration_test_split,
@@ -95,8 +94,11 @@ def train_contrastive_encoder(
 
 
 def _load(cfg: TrainRunConfig) -> ImageArrays:
-    if cfg.data == "digits":
-        data = load_digits_dataset()
+    """The training part of a named data set (seeded 60/20/20 split, as evaluate uses), or an image folder."""
+    from ..data import DATASETS, load_named
+
+    if cfg.data in DATASETS:
+        data = load_named(cfg.data)
         split = train_calibration_test_split(data.labels, seed=cfg.seed)
         return data.subset(split.train)
     return load_image_folder(cfg.data, split=cfg.split)
