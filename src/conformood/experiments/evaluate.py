@@ -82,7 +82,8 @@ def evaluate_files(
         raise ValueError("--mondrian needs 'labels' (true or predicted classes) in the calibration and test files")
     det = get_detector(detector, **(options or {}))
     cd = ConformalDetector(det, mondrian=mondrian)
-    cd.fit(_inputs(tr, info.input, detector, "training"), tr.labels)
+    train_inputs = _inputs(tr, info.input, detector, "training")
+    cd.fit(train_inputs, tr.labels)
     cal_scores = det.score_samples(_inputs(cal, info.input, detector, "calibration"))
     cd.calibrate_scores(cal_scores, cal.labels if mondrian else None)
     test_scores = det.score_samples(_inputs(te, info.input, detector, "test"))
@@ -98,7 +99,7 @@ def evaluate_files(
         "options": options or {},
         "alpha": alpha,
         "mondrian": mondrian,
-        "n_train": int(len(_inputs(tr, info.input, detector, "training"))),
+        "n_train": int(len(train_inputs)),
         "n_calibration": int(cal_scores.size),
         "n_test_inliers": int(is_inlier.sum()),
         "n_test_ood": int((~is_inlier).sum()),
@@ -200,21 +201,22 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     classes = split.labels if cd.mondrian else None
     scores = cd.detector.score_samples(x)
     p = cd.p_values_from_scores(scores, classes)
+    selected = benjamini_hochberg(p, alpha)
     result = {
         "alpha": alpha,
         "n": int(p.size),
         "n_flagged": int((p <= alpha).sum()),
-        "n_bh_selected": int(benjamini_hochberg(p, alpha).sum()),
+        "n_bh_selected": int(selected.sum()),
         "score": scores.tolist(),
         "p_value": p.tolist(),
         "flagged": (p <= alpha).tolist(),
-        "bh_selected": benjamini_hochberg(p, alpha).tolist(),
+        "bh_selected": selected.tolist(),
     }
     out = Path(out)
     write_json(out, result)
     rows = ["index,score,p_value,flagged,bh_selected"] + [
         f"{i},{s:.10g},{q:.10g},{int(q <= alpha)},{int(b)}"
-        for i, (s, q, b) in enumerate(zip(scores, p, result["bh_selected"]))
+        for i, (s, q, b) in enumerate(zip(scores, p, selected))
     ]
     out.with_suffix(".csv").write_text("\n".join(rows) + "\n")
     return result

@@ -117,13 +117,14 @@ class SimPlusSMuDetector(SMuDetector):
     def fit(self, features, labels=None):
         super().fit(features, labels)
         self.bank_ = encode(self.encoder, _images(features), self.batch_size, self.device)
+        self._knn = None
         return self
 
     def score_samples(self, features) -> np.ndarray:
         images = self._check_input(features)
-        sim = KNNCosineDetector(k=1).fit(self.bank_).score_samples(
-            encode(self.encoder, images, self.batch_size, self.device)
-        )
+        if getattr(self, "_knn", None) is None:  # built once per fitted bank, not on every call
+            self._knn = KNNCosineDetector(k=1).fit(self.bank_)
+        sim = self._knn.score_samples(encode(self.encoder, images, self.batch_size, self.device))
         return sim + super().score_samples(images)
 
 
@@ -147,10 +148,14 @@ class ShiftDetector(_EncoderDetector):
             raise ValueError("rotation ensembles need square images")
         self._record_input(images)
         self.banks_ = np.stack([encode(self.encoder, rotate(images, a), self.batch_size, self.device) for a in ROTATIONS])
+        self._knns = None
         return self
 
     def _knn(self, r: int) -> KNNCosineDetector:
-        return KNNCosineDetector(k=self.k).fit(self.banks_[r])
+        """The s_con searcher of rotation r, built once per fitted bank (normalisation and index included)."""
+        if getattr(self, "_knns", None) is None:
+            self._knns = [KNNCosineDetector(k=self.k).fit(bank) for bank in self.banks_]
+        return self._knns[r]
 
     def _query_images(self, images: torch.Tensor, angle: int):
         yield rotate(images, angle)

@@ -12,6 +12,13 @@ from .knn import l2_normalize
 _BLOCK = 1 << 24
 
 
+def _prepared(detector, features, fitted: bool) -> np.ndarray:
+    """float64 features, checked (against the fitted width when ``fitted``) and L2-normalised if asked."""
+    n_features = detector.n_features_in_ if fitted else None
+    x = check_features(features, "features", n_features=n_features).astype(np.float64)
+    return l2_normalize(x) if detector.normalize else x
+
+
 class KDEDetector(BaseDetector):
     """RBF kernel density: (1/gamma) log sum_y exp(-gamma ||x - y||^2) over the training bank.
 
@@ -27,16 +34,13 @@ class KDEDetector(BaseDetector):
 
     def fit(self, features, labels=None) -> KDEDetector:
         check_positive_float(self.gamma, "gamma")
-        x = check_features(features, "features").astype(np.float64)
-        self.bank_ = l2_normalize(x) if self.normalize else x
-        self.n_features_in_ = x.shape[1]
+        self.bank_ = _prepared(self, features, fitted=False)
+        self.n_features_in_ = self.bank_.shape[1]
         return self
 
     def score_samples(self, features) -> np.ndarray:
         self._check_fitted()
-        x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
-        if self.normalize:
-            x = l2_normalize(x)
+        x = _prepared(self, features, fitted=True)
         bank = self.bank_
         bank_sq = np.einsum("ij,ij->i", bank, bank)
         q_chunk = max(1, min(x.shape[0], _BLOCK // max(1, bank.shape[0])))
@@ -64,9 +68,9 @@ class LinearOCSVMDetector(BaseDetector):
 
         if not 0.0 < float(self.nu) <= 1.0:
             raise ValueError(f"nu must lie in (0, 1], got {self.nu}")
-        x = check_features(features, "features", min_samples=2).astype(np.float64)
-        if self.normalize:
-            x = l2_normalize(x)
+        if check_features(features, "features").shape[0] < 2:
+            raise ValueError("a one-class SVM needs at least 2 training samples")
+        x = _prepared(self, features, fitted=False)
         svm = OneClassSVM(kernel="linear", nu=self.nu).fit(x)
         self.w_ = np.asarray(svm.coef_, dtype=np.float64).ravel()
         self.rho_ = float(np.mean(x @ self.w_ - svm.decision_function(x)))
@@ -75,7 +79,4 @@ class LinearOCSVMDetector(BaseDetector):
 
     def score_samples(self, features) -> np.ndarray:
         self._check_fitted()
-        x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
-        if self.normalize:
-            x = l2_normalize(x)
-        return x @ self.w_ - self.rho_
+        return _prepared(self, features, fitted=True) @ self.w_ - self.rho_
