@@ -189,6 +189,47 @@ def detectors() -> None:
     Console(width=120).print(table)
 
 
+reproduce_app = typer.Typer(help="Reproduce a paper's experiment and write JSON + Markdown + figures.", no_args_is_help=True)
+app.add_typer(reproduce_app, name="reproduce")
+
+
+@reproduce_app.command("coat")
+def reproduce_coat(
+    data: Annotated[str, typer.Option(help="'camvid' (../shared/data or $CONFORMOOD_DATA) or a .npz with x and y.")] = "camvid",
+    class_name: Annotated[str, typer.Option("--class", help="CamVid class name or label id (default car = 8).")] = "car",
+    alpha: Annotated[list[float] | None, typer.Option(help="Target FNR level(s); repeat or space-separate.")] = None,
+    splits: Annotated[int, typer.Option(min=1, help="Random evaluation / training / calibration splits.")] = 20,
+    out: Annotated[Path, typer.Option(help="Folder for coat.json, coat.md, figures and the cached base model.")] = Path(
+        "coat-output"
+    ),
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding camvid_120x90.npz.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the base model and of the splits.")] = 0,
+    unet_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the base U-Net (cached in OUT/models).")] = 25,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """CRC vs AT vs COAT (conformal FNR control in segmentation): marginal coverage and coverage gap."""
+    from .experiments.coat import CoatConfig, run_coat
+
+    alphas = tuple(alpha) if alpha else (0.1, 0.2)
+    try:
+        config = CoatConfig(
+            data=data,
+            class_name=class_name,
+            data_dir=str(data_dir) if data_dir else None,
+            alphas=alphas,
+            splits=splits,
+            seed=seed,
+            unet_epochs=unet_epochs,
+        )
+        result = run_coat(out, config, progress=progress)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    from rich.console import Console
+
+    Console(width=140).print((out / "coat.md").read_text())
+    Console().print(f"wall time {result['seconds']:.1f} s; results: {out / 'coat.json'}")
+
+
 def _print_summary(result: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -2,9 +2,25 @@
 
 from .bh import benjamini_hochberg
 from .detector import ConformalDetector
+from .risk_control import (
+    adaptive_correction,
+    adaptive_sets,
+    crc_sets,
+    crc_threshold,
+    nonempty_masks,
+    oracle_thresholds,
+    per_image_thresholds,
+)
 from .split import ConformalWarning, conformal_p_values, conformal_rank, conformal_threshold
 
 __all__ = [
+    "adaptive_correction",
+    "adaptive_sets",
+    "crc_sets",
+    "crc_threshold",
+    "nonempty_masks",
+    "oracle_thresholds",
+    "per_image_thresholds",
     "ConformalDetector",
     "ConformalWarning",
     "benjamini_hochberg",

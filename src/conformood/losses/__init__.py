@@ -1,6 +1,7 @@
 """Contrastive objectives (``torch.nn.Module``; projections are L2-normalised inside)."""
 
 from .cider import CIDERLoss
+from .coverage import ATLoss, COATLoss, soft_tpr
 from .firm import FIRMLoss, firm_positive_mask, firm_sample_labels
 from .infonce import AlignmentLoss, InfoNCELoss, UniformityLoss
 from .joint import JointContrastiveCELoss
@@ -9,6 +10,9 @@ from .oecl import CSILoss, OECLLoss
 from .supcon import SupConLoss
 
 __all__ = [
+    "ATLoss",
+    "COATLoss",
+    "soft_tpr",
     "AlignmentLoss",
     "CIDERLoss",
     "CSILoss",

@@ -21,8 +21,13 @@ from .ood import (
     fpr_at_tpr,
     ood_metrics,
 )
+from .segmentation import SegmentationRisk, coverage_gap, marginal_coverage, segmentation_risk
 
 __all__ = [
+    "SegmentationRisk",
+    "coverage_gap",
+    "marginal_coverage",
+    "segmentation_risk",
     "classwise_clp",
     "confusion_dendrogram",
     "confusion_distances",

@@ -1,0 +1,380 @@
+"""Conformal risk control of the false-negative rate in binary segmentation, computed exactly.
+
+Paper: ``coat-adaptive-threshold-segmentation.md`` (CRC, AT and COAT). Notation: an image has a probability
+map p̂(X) ∈ [0, 1]^N and a ground-truth mask Y with |Y| > 0; the per-image TPR of a set Ĉ is |Ĉ ∩ Y| / |Y| and
+the FNR is 1 − TPR.
+
+* :func:`crc_threshold` — eq. 5: the largest τ with (1/(n+1))·Σ FNR_i(τ) + B/(n+1) ≤ α for the global sets
+  Ĉ(X, τ) = {j : p̂_j ≥ τ} (eq. 4). Σ_i TPR_i(τ) is a step function of τ whose jumps sit at the positive
+  pixels' probabilities, each jump of height 1/|Y_i|: the answer is an order statistic of the pooled positive
+  probabilities found with one sort, no grid and no root finding.
+* :func:`adaptive_correction` — Algorithm 1 lines 15–21 (and eq. 14): t' = inf{t : R(t) ≥ (n+1)(1−α)/n} for
+  per-image thresholds clip(τ̂_i − t, 0, 1). Pixel j of image i enters the set exactly when t ≥ τ̂_i − p̂_j
+  (or always when p̂_j = 1), so R is again a step function with known jumps: one sort.
+* :func:`oracle_thresholds` — §3.1.2: per image, the largest τ whose hard mask has TPR ≥ 1 − α (the
+  training target τ*(X, Y) of AT), the ⌈(1−α)|Y|⌉-th largest positive probability.
+
+Both searches compare cumulative sums of fractions 1/|Y_i| against a level; near a tie the comparison is
+redone in exact rational arithmetic, so an α that makes the level land exactly on a jump gives the same
+answer as exact arithmetic (floats alone would be off by one jump).
+
+Images with an empty mask have no FNR (the paper restricts to |Y| > 0); they must be removed before
+calibration — :func:`nonempty_masks` says which — and are refused here with a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import check_alpha
+from .split import ConformalWarning
+
+# Relative width of the band around the level inside which cumulative float sums are re-checked exactly.
+_TIE_BAND = 1e-9
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def check_probability_maps(probs: Any, name: str = "probs") -> np.ndarray:
+    """Return probability maps (n, h, w) as float32/float64 after checking they are finite and in [0, 1]."""
+    arr = _as_numpy(probs)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f"{name} must be floating-point probabilities in [0, 1], got dtype {arr.dtype}; "
+            "pass probabilities, not logits or integer images"
+        )
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must have shape (n_images, height, width), got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one image is needed")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    # NaN propagates through min/max and fails both comparisons.
+    if not (lo >= 0.0 and hi <= 1.0):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        raise ValueError(
+            f"{name} must lie in [0, 1] (probabilities), got values in [{lo:.4g}, {hi:.4g}]; "
+            "apply a sigmoid/softmax first if these are logits"
+        )
+    return arr
+
+
+def check_masks(masks: Any, shape: tuple[int, ...], name: str = "masks") -> np.ndarray:
+    """Return boolean masks of the given shape (accepts bool or {0, 1} integers)."""
+    arr = _as_numpy(masks)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have the same shape as the probability maps {tuple(shape)}, got {arr.shape}")
+    if arr.dtype != bool:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise ValueError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
+        if arr.size and not (arr.min() >= 0 and arr.max() <= 1 and np.array_equal(arr, arr.astype(bool))):
+            raise ValueError(f"{name} must contain only 0 and 1")
+        arr = arr.astype(bool)
+    return arr
+
+
+def nonempty_masks(masks: Any) -> np.ndarray:
+    """Boolean vector (n,): True where the mask has at least one positive pixel (|Y| > 0)."""
+    arr = _as_numpy(masks)
+    if arr.ndim != 3:
+        raise ValueError(f"masks must have shape (n_images, height, width), got {arr.shape}")
+    return np.count_nonzero(arr.reshape(arr.shape[0], -1), axis=1) > 0
+
+
+def _positive_counts(masks: np.ndarray, name: str) -> np.ndarray:
+    counts = np.count_nonzero(masks.reshape(masks.shape[0], -1), axis=1)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} image(s) in {name} have an empty mask (first: index {int(empty[0])}); the FNR is "
+            "undefined for |Y| = 0 — drop them first (see nonempty_masks)"
+        )
+    return counts
+
+
+def _check_pair(probs, masks, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p = check_probability_maps(probs, f"{name} probability maps")
+    m = check_masks(masks, p.shape, f"{name} masks")
+    return p, m, _positive_counts(m, f"{name} masks")
+
+
+def _exact_sum(counts_at_k: np.ndarray, sizes: np.ndarray) -> Fraction:
+    """Σ_i counts_i / sizes_i in exact rational arithmetic (only called near a tie)."""
+    total = Fraction(0)
+    for c, s in zip(counts_at_k.tolist(), sizes.tolist()):
+        if c:
+            total += Fraction(c, s)
+    return total
+
+
+def _first_reaching_sorted(
+    values: np.ndarray, heights: np.ndarray, image_of: np.ndarray, sizes: np.ndarray, level: Fraction
+) -> float | None:
+    """Smallest jump value v with Σ_{jumps ≤ v} heights ≥ level, by one full sort (reference path).
+
+    Candidates whose float cumulative sum lies within a relative band of the level are decided with exact
+    fractions over the per-image counts. Returns None when even all jumps do not reach the level.
+    """
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(heights[order])
+    lvl = float(level)
+    band = _TIE_BAND * max(1.0, abs(lvl))
+    lo = int(np.searchsorted(cumulative, lvl - band, side="left"))
+    hi = int(np.searchsorted(cumulative, lvl + band, side="left"))
+    if lo >= cumulative.size:
+        return None
+    if lo == hi:
+        return float(values[order[lo]])
+    # Ambiguous within float error: decide exactly, scanning the (few) candidates in order.
+    sorted_images = image_of[order]
+    counts = np.bincount(sorted_images[: lo + 1], minlength=sizes.size)
+    for k in range(lo, min(hi, cumulative.size - 1) + 1):
+        if k > lo:
+            counts[sorted_images[k]] += 1
+        if _exact_sum(counts, sizes) >= level:
+            return float(values[order[k]])
+    return None
+
+
+_BUCKETS = 2048
+_SMALL = 4096
+
+
+def _first_reaching(
+    values: np.ndarray,
+    heights: np.ndarray,
+    image_of: np.ndarray,
+    sizes: np.ndarray,
+    level: Fraction,
+    bounds: tuple[float, float] | None = None,
+    all_finite: bool | None = None,
+) -> float | None:
+    """:func:`_first_reaching_sorted` without sorting everything: the same answer in O(N).
+
+    The jumps are binned into equal-width buckets of their value range; one weighted histogram finds the
+    bucket where the cumulative height crosses the level; only that bucket's jumps are sorted (narrowing
+    again while it is large). Whenever the crossing lies within float error of a bucket or jump boundary,
+    the exact sorted path decides. ``bounds`` (lo ≤ min, max ≤ hi of the finite values) and ``all_finite``
+    may be passed when the caller knows them, saving passes over the data.
+    """
+    lvl = float(level)
+    band = _TIE_BAND * max(1.0, abs(lvl))
+    if values.size <= _SMALL:
+        return _first_reaching_sorted(values, heights, image_of, sizes, level)
+    below = 0.0  # total height of the jumps already known to precede the current candidates
+    finite = None if all_finite else np.isfinite(values)
+    if finite is not None and not finite.all():  # -inf jumps (p = 1 pixels) come first
+        below = float(heights[~finite].sum())
+        if below >= lvl - band:
+            return _first_reaching_sorted(values, heights, image_of, sizes, level)
+        idx = np.flatnonzero(finite)
+        cand_v, cand_h = values[idx], heights[idx]
+    else:
+        cand_v, cand_h = values, heights
+    while cand_v.size > _SMALL:
+        if bounds is not None and finite is None:
+            lo, hi = bounds
+        else:
+            lo, hi = float(cand_v.min()), float(cand_v.max())
+        bounds = None
+        if not hi > lo:
+            break
+        # (B - 0.5) / (hi - lo) keeps the largest value's bucket below B despite rounding.
+        scale = (_BUCKETS - 0.5) / (hi - lo)
+        shifted = cand_v - lo
+        shifted *= scale
+        bucket = shifted.astype(np.intp)
+        cumulative = below + np.cumsum(np.bincount(bucket, weights=cand_h, minlength=_BUCKETS))
+        j = int(np.searchsorted(cumulative, lvl - band, side="left"))
+        if j >= _BUCKETS:
+            return None
+        if cumulative[j] < lvl + band:
+            # The level sits within float error of this bucket's end: let the exact path decide.
+            return _first_reaching_sorted(values, heights, image_of, sizes, level)
+        if j:
+            below = float(cumulative[j - 1])
+        keep = bucket == j
+        cand_v, cand_h = cand_v[keep], cand_h[keep]
+    order = np.argsort(cand_v, kind="stable")
+    cumulative = below + np.cumsum(cand_h[order])
+    k_lo = int(np.searchsorted(cumulative, lvl - band, side="left"))
+    k_hi = int(np.searchsorted(cumulative, lvl + band, side="left"))
+    if k_lo != k_hi or k_lo >= cumulative.size:
+        return _first_reaching_sorted(values, heights, image_of, sizes, level)
+    return float(cand_v[order[k_lo]])
+
+
+def _fraction(value: float) -> Fraction:
+    return Fraction(repr(float(value)))
+
+
+def crc_threshold(probs, masks, alpha: float, loss_bound: float = 1.0) -> float:
+    """CRC threshold τ' of eq. 5 for the sets {j : p̂_j ≥ τ} (eq. 4), computed exactly.
+
+    τ' = sup{τ : (1/(n+1)) Σ_i FNR_i(τ) + B/(n+1) ≤ α}. With S(τ) = Σ_i TPR_i(τ) the condition reads
+    S(τ) ≥ n + B − (n+1)α. S is non-increasing and jumps by 1/|Y_i| at each positive pixel's probability,
+    so τ' is the probability of the first positive pixel (in decreasing order) at which the cumulative jump
+    height reaches that level. Ties are handled exactly; a level that lands on a jump is decided in
+    rational arithmetic.
+
+    Returns ``inf`` when every τ satisfies the condition (α so large that the empty set is allowed) and
+    ``0.0`` with a :class:`ConformalWarning` when no τ does (α < B/(n+1)): the full image is then the only
+    safe set, and it has FNR 0.
+
+    Parameters
+    ----------
+    probs : array (n, h, w)
+        Calibration probability maps in [0, 1].
+    masks : array (n, h, w)
+        Ground-truth masks (bool or 0/1), each with at least one positive pixel.
+    alpha : float in (0, 1)
+        Target expected FNR.
+    loss_bound : float
+        B, an upper bound of the loss (1 for the FNR).
+
+    Examples
+    --------
+    >>> p = np.array([[[0.9, 0.2]], [[0.6, 0.4]]])
+    >>> y = np.array([[[1, 1]], [[1, 0]]])
+    >>> crc_threshold(p, y, alpha=0.5)
+    0.6
+    """
+    alpha = check_alpha(alpha)
+    if not (np.isfinite(loss_bound) and loss_bound > 0):
+        raise ValueError(f"loss_bound must be a finite number > 0, got {loss_bound}")
+    p, m, sizes = _check_pair(probs, masks, "calibration")
+    n = p.shape[0]
+    level = n + _fraction(loss_bound) - (n + 1) * _fraction(alpha)
+    if level <= 0:
+        return math.inf
+    image_of = np.repeat(np.arange(n), sizes)
+    # Decreasing probabilities = increasing -p; the jump at p_j has height 1/|Y_i|.
+    jumps = -p[m].astype(np.float64)
+    heights = np.repeat(1.0 / sizes, sizes)
+    found = _first_reaching(jumps, heights, image_of, sizes, level, (-1.0, 0.0), True)
+    if found is None:
+        warnings.warn(
+            f"alpha = {alpha} is below B/(n+1) = {loss_bound}/{n + 1}: no threshold controls the risk with "
+            f"{n} calibration images; returning 0 (every pixel in the set)",
+            ConformalWarning,
+            stacklevel=2,
+        )
+        return 0.0
+    return -found
+
+
+def adaptive_correction(probs, masks, base_thresholds, alpha: float) -> float:
+    """Global correction t' of Algorithm 1 (lines 15–17; eq. 14), computed exactly from the sorted jumps.
+
+    R(t) = (1/n) Σ_i |{p̂(X_i) ≥ clip(τ̂_i − t, 0, 1)} ∩ Y_i| / |Y_i| and t' = inf{t : R(t) ≥ (n+1)(1−α)/n}.
+    Pixel j of image i is in the set iff p̂_j = 1 or t ≥ e_j := τ̂_i − p̂_j, so R jumps by 1/(n|Y_i|) at
+    each e_j and t' is the e_j at which the cumulative jump height first reaches (n+1)(1−α). The test
+    sets are then ``adaptive_sets(probs, base_thresholds, t')`` with per-image thresholds
+    clip(τ̂_i − t', 0, 1) (lines 18–21).
+
+    When α < 1/(n+1) no t reaches the level: a :class:`ConformalWarning` is raised and the t that makes
+    every threshold 0 (full sets) is returned. ``-inf`` means the pixels with p̂ = 1 already suffice.
+
+    Parameters
+    ----------
+    probs, masks : arrays (n, h, w)
+        Calibration probability maps and non-empty masks.
+    base_thresholds : array (n,)
+        τ̂_i = f_D(X_i, p̂(X_i)) from AT or COAT (any finite reals; the clip happens inside the sets).
+    alpha : float in (0, 1)
+
+    Examples
+    --------
+    >>> p = np.array([[[0.9, 0.2]], [[0.6, 0.4]]])
+    >>> y = np.array([[[1, 1]], [[1, 0]]])
+    >>> adaptive_correction(p, y, [0.5, 0.5], alpha=0.4)     # needs R(t) >= 0.9: both pixels of image 0
+    0.3
+    """
+    alpha = check_alpha(alpha)
+    p, m, sizes = _check_pair(probs, masks, "calibration")
+    n = p.shape[0]
+    tau = _check_thresholds(base_thresholds, n)
+    level = (n + 1) * (1 - _fraction(alpha))
+    values = p[m]
+    image_of = np.repeat(np.arange(n), sizes)
+    # repeat() of per-image values is several times faster than gathering them through image_of.
+    jumps = np.repeat(tau, sizes)
+    jumps -= values
+    all_finite = not values.max() >= 1.0
+    if not all_finite:
+        jumps[values >= 1.0] = -math.inf
+    bounds = (float(tau.min()) - 1.0, float(tau.max()))
+    heights = np.repeat(1.0 / sizes, sizes)
+    found = _first_reaching(jumps, heights, image_of, sizes, level, bounds, all_finite)
+    if found is None:
+        warnings.warn(
+            f"alpha = {alpha} is below 1/(n+1) = 1/{n + 1}: no correction reaches the level with {n} "
+            "calibration images; returning the correction that puts every pixel in the set",
+            ConformalWarning,
+            stacklevel=2,
+        )
+        return float(max(tau.max(), 0.0))
+    return found
+
+
+def _check_thresholds(base_thresholds, n: int) -> np.ndarray:
+    tau = _as_numpy(base_thresholds).astype(np.float64, copy=False).reshape(-1)
+    if tau.shape[0] != n:
+        raise ValueError(f"base_thresholds must have one value per image ({n}), got {tau.shape[0]}")
+    if not np.all(np.isfinite(tau)):
+        raise ValueError("base_thresholds contains NaN or infinite values")
+    return tau
+
+
+def crc_sets(probs, threshold: float) -> np.ndarray:
+    """Prediction sets of eq. 4/6: the boolean maps {p̂_j ≥ τ}."""
+    p = check_probability_maps(probs)
+    return p >= threshold
+
+
+def adaptive_sets(probs, base_thresholds, correction: float) -> np.ndarray:
+    """Prediction sets of Algorithm 1 line 20: {p̂ ≥ clip(τ̂_i − t', 0, 1)}, as boolean maps (n, h, w).
+
+    Written as ``p̂ = 1 or τ̂_i − p̂ ≤ t'`` — the same set for probabilities in [0, 1] — so the inclusion
+    rule uses the very arithmetic of :func:`adaptive_correction` and a calibration pixel on the boundary is
+    never lost to rounding.
+    """
+    p = check_probability_maps(probs)
+    tau = _check_thresholds(base_thresholds, p.shape[0])
+    return (p >= 1.0) | ((tau[:, None, None] - p) <= correction)
+
+
+def per_image_thresholds(base_thresholds, correction: float) -> np.ndarray:
+    """The adjusted thresholds clip(τ̂_i − t', 0, 1) of Algorithm 1 line 19 (for reporting)."""
+    tau = _as_numpy(base_thresholds).astype(np.float64).reshape(-1)
+    return np.clip(tau - correction, 0.0, 1.0)
+
+
+def oracle_thresholds(probs, masks, alpha: float) -> np.ndarray:
+    """τ*(X, Y) of §3.1.2 per image: the largest τ whose hard mask {p̂ ≥ τ} has TPR ≥ 1 − α.
+
+    TPR(τ) is a step function, so "TPR = 1 − α" is met only up to the step; the largest τ reaching it is
+    the k-th largest positive probability with k = ⌈(1 − α)|Y|⌉ computed in integer arithmetic.
+    """
+    alpha = check_alpha(alpha)
+    p, m, sizes = _check_pair(probs, masks, "")
+    keep = 1 - _fraction(alpha)
+    out = np.empty(p.shape[0], dtype=np.float64)
+    for i in range(p.shape[0]):
+        positives = p[i][m[i]]
+        k = math.ceil(keep * int(sizes[i]))
+        # k-th largest = (size - k)-th smallest (0-based).
+        out[i] = float(np.partition(positives, positives.size - k)[positives.size - k])
+    return out
