@@ -205,6 +205,8 @@ def reproduce_coat(
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding camvid_120x90.npz.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the base model and of the splits.")] = 0,
     unet_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the base U-Net (cached in OUT/models).")] = 25,
+    at_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the AT threshold predictor.")] = 30,
+    coat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the COAT threshold predictor.")] = 100,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """CRC vs AT vs COAT (conformal FNR control in segmentation): marginal coverage and coverage gap."""
@@ -220,6 +222,8 @@ def reproduce_coat(
             splits=splits,
             seed=seed,
             unet_epochs=unet_epochs,
+            at_epochs=at_epochs,
+            coat_epochs=coat_epochs,
         )
         result = run_coat(out, config, progress=progress)
     except ValueError as exc:
@@ -228,6 +232,42 @@ def reproduce_coat(
 
     Console(width=140).print((out / "coat.md").read_text())
     Console().print(f"wall time {result['seconds']:.1f} s; results: {out / 'coat.json'}")
+
+
+@reproduce_app.command("ccs-sim")
+def reproduce_ccs_sim(
+    seeds: Annotated[int, typer.Option(min=1, help="Number of random seeds (the paper uses 40).")] = 40,
+    seed_offset: Annotated[int, typer.Option(help="First seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for ccs_sim.json and ccs_sim.md.")] = Path("ccs-output"),
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one CPU thread each).")] = 2,
+    detach_quantile: Annotated[
+        bool, typer.Option(help="Detach q̂ as the paper's text says (diverges; see the module docs).")
+    ] = False,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the learned sets.")] = 30,
+    k: Annotated[int, typer.Option(min=1, help="Positives and negatives sampled per training anchor.")] = 200,
+    n_per_class: Annotated[int, typer.Option(min=50, help="Points per class of the simulation.")] = 5000,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Table 1 of the contrastive conformal sets paper: 8 set families on the 3-D mixed clusters."""
+    from .experiments.ccs import CCSSimConfig, run_ccs_sim
+
+    try:
+        config = CCSSimConfig(
+            seeds=seeds,
+            seed_offset=seed_offset,
+            workers=workers,
+            detach_quantile=detach_quantile,
+            epochs=epochs,
+            k=k,
+            n_per_class=n_per_class,
+        )
+        result = run_ccs_sim(out, config, progress=progress)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    from rich.console import Console
+
+    Console(width=160).print((out / "ccs_sim.md").read_text())
+    Console().print(f"wall time {result['seconds']:.1f} s; results: {out / 'ccs_sim.json'}")
 
 
 def _print_summary(result: dict, out: Path) -> None:

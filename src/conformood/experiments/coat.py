@@ -53,7 +53,7 @@ class CoatConfig:
     unet_epochs: int = 25
     unet_widths: tuple[int, ...] = (16, 32, 64)
     at_epochs: int = 30
-    coat_epochs: int = 60
+    coat_epochs: int = 100
     predictor_lr: float = 2e-3
     temperature: float = 0.05
 

@@ -1,6 +1,7 @@
 """Detectors: ``fit(features, labels=None) -> self``, ``score_samples(features)``, higher = more normal."""
 
 from .base import BaseDetector
+from .conformal_set import ConformalSetDetector
 from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SimPlusSMuDetector, SMuDetector
 from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
@@ -10,6 +11,7 @@ from .registry import DetectorInfo, detector_info, get_detector, list_detectors,
 from .simple import CenterDetector, L2NormDetector
 
 __all__ = [
+    "ConformalSetDetector",
     "BaseDetector",
     "CenterDetector",
     "ClassConditionalGaussianDetector",

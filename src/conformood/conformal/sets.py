@@ -1,0 +1,376 @@
+"""Contrastive conformal covering sets in embedding space (``contrastive-conformal-sets.md``).
+
+A covering set around an anchor embedding Z is N(Z) = {z : g(z, Z) ≤ q̂}. Calibrated on n pairs
+(Z^j, Z^j_pos) of anchors and positives, with q̂ the ⌈(1 − α)(n + 1)⌉-th smallest positive distance, it
+contains a new anchor's positive with probability ≥ 1 − α (Lemma 1, eq. 8), whatever g is — so g can be
+learned to exclude negatives (eq. 16) or to shrink the set's volume (eq. 19, Proposition 1).
+
+Families, one interface (``fit`` on training triplets, ``calibrate`` on calibration pairs, ``distance``,
+``contains``, ``log_volume``, ``score``):
+
+* :class:`ConformalBall` — ℓ2 distance, eq. 9; a d-ball.
+* :class:`MahalanobisEllipsoid` — eq. 10; Σ estimated on one half of the calibration pairs, q̂ on the
+  other half (§5), so the quantile is computed on data independent of Σ.
+* :class:`SingleNormSet` — eq. 11, ‖M(Z − z)‖_p with M = AAᵀ and p = |p̃| learnable; volume eq. 12.
+* :class:`GeneralizedMultiNormSet` — eq. 13, Σ_j |m_j|^{p_j}|Z_j − z_j|^{p_j} with per-dimension |m_j|,
+  |p_j|; volume eq. 14.
+
+Learned families are trained by :func:`conformood.conformal.set_training.train_conformal_set`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._validation import check_alpha, check_features, check_positive_int
+from .split import ConformalWarning
+
+_EPS = 1e-12
+
+
+def conformal_quantile(scores, alpha: float) -> float:
+    """q̂: the ⌈(1 − α)(n + 1)⌉-th smallest score (Lemma 1), with k computed in integer arithmetic.
+
+    When k > n (α < 1/(n + 1)) no finite threshold is valid: returns +inf with a :class:`ConformalWarning`.
+
+    Examples
+    --------
+    >>> conformal_quantile(np.arange(1.0, 20.0), 0.05)   # n = 19: k = ceil(0.95 * 20) = 19
+    19.0
+    """
+    from .split import conformal_rank
+
+    s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("need at least one calibration score")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("calibration scores contain NaN or infinite values")
+    alpha = check_alpha(alpha)
+    n = s.size
+    # ceil((1 - alpha)(n + 1)) = n + 1 - floor(alpha (n + 1)), exactly.
+    k = n + 1 - conformal_rank(alpha, n)
+    if k > n:
+        warnings.warn(
+            f"alpha = {alpha} needs k = {k} > n = {n} calibration pairs; the set is the whole space (q = inf)",
+            ConformalWarning,
+            stacklevel=2,
+        )
+        return math.inf
+    return float(np.partition(s, k - 1)[k - 1])
+
+
+def _quantile_torch(distances: torch.Tensor, alpha: float, detach: bool = True) -> torch.Tensor:
+    """The same order statistic on a tensor, clamped to n (used inside training).
+
+    Detached by default (§4.2); with ``detach=False`` the gradient flows to the pair at the quantile.
+    """
+    from .split import conformal_rank
+
+    n = distances.numel()
+    k = min(n, n + 1 - conformal_rank(alpha, n))
+    flat = distances.reshape(-1)
+    return (flat.detach() if detach else flat).kthvalue(k).values
+
+
+def _log_unit_ball_l2(d: int) -> float:
+    return 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1.0)
+
+
+def _as_tensor(x: Any, name: str, dim: int | None = None, dtype=torch.float64) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if dim is not None and x.shape[1] != dim:
+            raise ValueError(f"{name} has {x.shape[1]} dimensions, the set has {dim}")
+        return x.to(dtype)
+    arr = check_features(x, name, n_features=dim)
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
+
+
+class ConformalSet(nn.Module):
+    """Base class: a distance g(z, Z) ≥ 0, a calibrated threshold ``threshold_`` and a closed-form volume."""
+
+    learnable = False
+
+    def __init__(self, dim: int, alpha: float = 0.05) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.alpha = check_alpha(alpha)
+        self.threshold_: float | None = None
+        self.n_calibration_: int | None = None
+
+    # -- the geometry ---------------------------------------------------------------------------
+    def log_volume_at(self, threshold: torch.Tensor | float) -> torch.Tensor:
+        """log Vol{z : g(z, Z) ≤ t} in closed form (independent of Z); differentiable in the parameters."""
+        raise NotImplementedError
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear part of g (g(z, Z) depends on z and Z only through transform(Z) − transform(z))."""
+        return x
+
+    def transformed_distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """g from already transformed points and anchors (training transforms a table once per step)."""
+        raise NotImplementedError
+
+    def distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """g(points, anchors) for broadcastable (..., d) tensors; differentiable in the set parameters."""
+        dtype = self._compute_dtype()
+        return self.transformed_distance(self.transform(points.to(dtype)), self.transform(anchors.to(dtype)))
+
+    # -- the conformal part ---------------------------------------------------------------------
+    def fit(self, anchors, positives=None, negatives=None, labels=None, **kwargs) -> ConformalSet:
+        """Fixed families have nothing to learn; learned families train on triplets (see ``set_training``)."""
+        return self
+
+    def calibrate(self, anchors, positives) -> ConformalSet:
+        """q̂ from calibration pairs (anchor, positive): the ⌈(1 − α)(n + 1)⌉-th smallest g (Lemma 1)."""
+        a = _as_tensor(anchors, "anchors", self.dim)
+        p = _as_tensor(positives, "positives", self.dim)
+        if a.shape != p.shape:
+            raise ValueError(f"anchors {tuple(a.shape)} and positives {tuple(p.shape)} must pair up row by row")
+        with torch.no_grad():
+            scores = self._distance64(p, a)
+        self.threshold_ = conformal_quantile(scores.numpy(), self.alpha)
+        self.n_calibration_ = int(a.shape[0])
+        return self
+
+    def _check_calibrated(self) -> float:
+        if self.threshold_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not calibrated: call calibrate(anchors, positives) first")
+        return self.threshold_
+
+    def _compute_dtype(self) -> torch.dtype:
+        params = list(self.parameters())
+        return params[0].dtype if params else torch.float64
+
+    def _distance64(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Distances in the set's own precision (calibration and tests use the same arithmetic)."""
+        dtype = self._compute_dtype()
+        return self.distance(points.to(dtype), anchors.to(dtype)).to(torch.float64)
+
+    def forward(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        return self.distance(points, anchors)
+
+    def score(self, points, anchors) -> np.ndarray:
+        """g(point_i, anchor_i) row by row, as float64 (the conformity score; lower = inside)."""
+        p = _as_tensor(points, "points", self.dim)
+        a = _as_tensor(anchors, "anchors", self.dim)
+        if p.shape[0] != a.shape[0]:
+            raise ValueError(f"points ({p.shape[0]}) and anchors ({a.shape[0]}) must pair up row by row")
+        with torch.no_grad():
+            return self._distance64(p, a).numpy()
+
+    def contains(self, points, anchors) -> np.ndarray:
+        """Boolean (n,): point_i ∈ N(anchor_i), i.e. g(point_i, anchor_i) ≤ q̂."""
+        return self.score(points, anchors) <= self._check_calibrated()
+
+    def log_volume(self) -> float:
+        """log Vol(N_q̂) of the calibrated set (same for every anchor)."""
+        t = self._check_calibrated()
+        if math.isinf(t):
+            return math.inf
+        with torch.no_grad():
+            return float(self._log_volume64(t))
+
+    def _log_volume64(self, t: float) -> torch.Tensor:
+        return self.log_volume_at(torch.tensor(float(t), dtype=torch.float64))
+
+    def state(self) -> dict:
+        """Parameters and calibration as plain data (for saving)."""
+        return {
+            "kind": type(self).__name__,
+            "dim": self.dim,
+            "alpha": self.alpha,
+            "threshold": self.threshold_,
+            "n_calibration": self.n_calibration_,
+        }
+
+
+class ConformalBall(ConformalSet):
+    """ℓ2 ball, eq. 9: g(z, Z) = ‖Z − z‖₂; Vol = V_d t^d with V_d = π^{d/2} / Γ(d/2 + 1)."""
+
+    def transformed_distance(self, points, anchors):
+        return torch.linalg.vector_norm(anchors - points, dim=-1)
+
+    def log_volume_at(self, threshold):
+        t = torch.as_tensor(threshold, dtype=torch.float64)
+        return self.dim * torch.log(t.clamp_min(_EPS)) + _log_unit_ball_l2(self.dim)
+
+
+class MahalanobisEllipsoid(ConformalSet):
+    """Ellipsoid, eq. 10: g = sqrt((Z − z)ᵀ Σ⁻¹ (Z − z)); Vol = V_d t^d sqrt(det Σ).
+
+    Σ is the covariance of the anchor − positive differences on the first half of the calibration pairs
+    (shuffled with ``seed``), with a ridge ``shrinkage · tr(Σ)/d · I`` for stability; q̂ comes from the other
+    half, so Lemma 1 holds with n = the second half's size (§5 of the paper).
+    """
+
+    def __init__(self, dim: int, alpha: float = 0.05, shrinkage: float = 1e-6, seed: int = 0) -> None:
+        super().__init__(dim, alpha)
+        self.shrinkage = float(shrinkage)
+        self.seed = int(seed)
+        self.register_buffer("precision_cholesky", torch.eye(dim, dtype=torch.float64))
+        self.register_buffer("log_det_cov", torch.zeros((), dtype=torch.float64))
+
+    def calibrate(self, anchors, positives):
+        a = _as_tensor(anchors, "anchors", self.dim)
+        p = _as_tensor(positives, "positives", self.dim)
+        if a.shape != p.shape:
+            raise ValueError(f"anchors {tuple(a.shape)} and positives {tuple(p.shape)} must pair up row by row")
+        n = a.shape[0]
+        if n < 2 * (self.dim + 1):
+            raise ValueError(f"need at least {2 * (self.dim + 1)} calibration pairs for a {self.dim}-d covariance, got {n}")
+        order = torch.from_numpy(np.random.default_rng(self.seed).permutation(n))
+        first, second = order[: n // 2], order[n // 2 :]
+        self.set_covariance(torch.cov((a[first] - p[first]).T).reshape(self.dim, self.dim))
+        return super().calibrate(a[second], p[second])
+
+    def set_covariance(self, cov: torch.Tensor) -> None:
+        cov = cov.to(torch.float64)
+        cov = cov + self.shrinkage * (torch.trace(cov) / self.dim + _EPS) * torch.eye(self.dim, dtype=torch.float64)
+        chol = torch.linalg.cholesky(cov)
+        # Σ⁻¹ = L⁻ᵀ L⁻¹ : g = ‖L⁻¹ (Z − z)‖₂.
+        self.precision_cholesky = torch.linalg.solve_triangular(chol, torch.eye(self.dim, dtype=torch.float64), upper=False)
+        self.log_det_cov = 2.0 * torch.log(torch.diagonal(chol)).sum()
+
+    def transform(self, x):
+        # g = ‖L⁻¹(Z − z)‖₂ = ‖L⁻¹Z − L⁻¹z‖₂
+        flat = x.reshape(-1, self.dim) @ self.precision_cholesky.to(x.dtype).T
+        return flat.reshape(x.shape)
+
+    def transformed_distance(self, points, anchors):
+        return torch.linalg.vector_norm(anchors - points, dim=-1)
+
+    def log_volume_at(self, threshold):
+        t = torch.as_tensor(threshold, dtype=torch.float64)
+        return self.dim * torch.log(t.clamp_min(_EPS)) + _log_unit_ball_l2(self.dim) + 0.5 * self.log_det_cov
+
+
+P_RANGE = (0.25, 8.0)
+
+
+def _bounded_exponent(raw: torch.Tensor) -> torch.Tensor:
+    """p = |p̃| kept inside ``P_RANGE`` (clamped with a straight-through gradient inside the range)."""
+    return raw.abs().clamp(*P_RANGE)
+
+
+class SingleNormSet(ConformalSet):
+    """Single-norm set, eq. 11: ‖M(Z − z)‖_p ≤ t with M = AAᵀ (positive semi-definite) and p = |p̃|.
+
+    Volume (eq. 12): λ(B_p(t)) · det(M)⁻¹ with λ(B_p(t)) = (2t)^d Γ(1 + 1/p)^d / Γ(1 + d/p), log det M by
+    ``slogdet``. Initialised at A = I, p = 2 (the ℓ2 ball).
+
+    Two choices keep training well posed while describing exactly the same family of sets (the threshold
+    absorbs both): M is normalised to unit determinant, M = AAᵀ / det(AAᵀ)^{1/d}, and the distance is the
+    power mean (Σ_j |(M(Z − z))_j|^p / d)^{1/p} = d^{−1/p}‖M(Z − z)‖_p. With q̂ detached (§4.2), the raw
+    parametrisation lets the optimiser raise every negative distance by inflating M or by sending p → 0 —
+    all distances grow, q̂ catches up one step later, and the run diverges (observed: p → 0.01 and
+    overflow within two epochs on the 3-D benchmark). p is kept in ``P_RANGE``.
+    """
+
+    learnable = True
+
+    def __init__(self, dim: int, alpha: float = 0.05, p: float = 2.0) -> None:
+        super().__init__(dim, alpha)
+        self.A = nn.Parameter(torch.eye(dim))
+        self.p_raw = nn.Parameter(torch.tensor(float(p)))
+
+    @property
+    def p(self) -> torch.Tensor:
+        return _bounded_exponent(self.p_raw)
+
+    def matrix(self) -> torch.Tensor:
+        m = self.A @ self.A.T
+        _, logdet = torch.linalg.slogdet(m)
+        return m * torch.exp(-logdet / self.dim)
+
+    def transform(self, x):
+        # M(Z − z) = MZ − Mz; a 2-D matmul is far faster than a batched one with a tiny inner dimension.
+        return (x.reshape(-1, self.dim) @ self.matrix().T).reshape(x.shape)
+
+    def transformed_distance(self, points, anchors):
+        # exp/log form: autograd of x**p with a tensor exponent is several times slower on CPU.
+        log_x = (anchors - points).abs().clamp_min(1e-12).log()
+        p = self.p
+        return torch.exp((torch.logsumexp(p * log_x, dim=-1) - math.log(self.dim)) / p)
+
+    def log_volume_at(self, threshold):
+        # {power mean ≤ t} = {‖Mx‖_p ≤ t d^{1/p}}: eq. 12 at radius t d^{1/p}.
+        d = self.dim
+        p = self.p.to(torch.float64)
+        t = torch.as_tensor(threshold, dtype=torch.float64)
+        _, logabsdet = torch.linalg.slogdet(self.matrix().to(torch.float64))
+        return (
+            d * (torch.log(2.0 * t.clamp_min(_EPS)) + math.log(d) / p)
+            + d * torch.lgamma(1.0 + 1.0 / p)
+            - torch.lgamma(1.0 + d / p)
+            - logabsdet
+        )
+
+    def state(self) -> dict:
+        return super().state() | {"p": float(self.p.detach())}
+
+
+class GeneralizedMultiNormSet(ConformalSet):
+    """Generalized multi-norm set, eq. 13: Σ_j |m_j|^{p_j} |Z_j − z_j|^{p_j} ≤ t (per-dimension |m_j|, |p_j|).
+
+    Volume (eq. 14): t^{Σ 1/p_j} / Π m_j · 2^d Π Γ(1 + 1/p_j) / Γ(1 + Σ 1/p_j). Initialised at m = 1, p = 2.
+    As for :class:`SingleNormSet`, m is normalised to unit geometric mean (the overall scale only moves t)
+    and every p_j is kept in ``P_RANGE``.
+    """
+
+    learnable = True
+
+    def __init__(self, dim: int, alpha: float = 0.05, p: float = 2.0) -> None:
+        super().__init__(dim, alpha)
+        self.m_raw = nn.Parameter(torch.ones(dim))
+        self.p_raw = nn.Parameter(torch.full((dim,), float(p)))
+
+    @property
+    def m(self) -> torch.Tensor:
+        log_m = self.m_raw.abs().clamp_min(1e-6).log()
+        return torch.exp(log_m - log_m.mean())
+
+    @property
+    def p(self) -> torch.Tensor:
+        return _bounded_exponent(self.p_raw)
+
+    def transform(self, x):
+        return x * self.m
+
+    def transformed_distance(self, points, anchors):
+        log_x = (anchors - points).abs().clamp_min(1e-12).log()
+        return torch.exp(self.p * log_x).sum(dim=-1)
+
+    def log_volume_at(self, threshold):
+        d = self.dim
+        p = self.p.to(torch.float64)
+        m = self.m.to(torch.float64)
+        t = torch.as_tensor(threshold, dtype=torch.float64)
+        inv = (1.0 / p).sum()
+        return (
+            inv * torch.log(t.clamp_min(_EPS))
+            - torch.log(m).sum()
+            + d * math.log(2.0)
+            + torch.lgamma(1.0 + 1.0 / p).sum()
+            - torch.lgamma(1.0 + inv)
+        )
+
+    def state(self) -> dict:
+        return super().state() | {"p": self.p.detach().tolist(), "m": self.m.detach().tolist()}
+
+
+SET_FAMILIES = {
+    "ball": ConformalBall,
+    "ellipsoid": MahalanobisEllipsoid,
+    "single": SingleNormSet,
+    "generalized": GeneralizedMultiNormSet,
+}

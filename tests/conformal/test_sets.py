@@ -1,0 +1,225 @@
+"""Contrastive conformal sets: closed-form volumes vs Monte Carlo, membership vs score, Lemma 1 coverage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conformood.conformal import ConformalWarning
+from conformood.conformal.set_training import (
+    TripletSampler,
+    evaluate_set,
+    pair_samples,
+    set_objective,
+    train_conformal_set,
+)
+from conformood.conformal.sets import (
+    ConformalBall,
+    GeneralizedMultiNormSet,
+    MahalanobisEllipsoid,
+    SingleNormSet,
+    conformal_quantile,
+)
+from conformood.data.simulation import ccs_mixed_clusters
+
+
+def _random_set(family: str, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    if family == "ball":
+        return ConformalBall(d)
+    if family == "ellipsoid":
+        s = MahalanobisEllipsoid(d)
+        a = torch.randn(d, d, generator=g, dtype=torch.float64)
+        s.set_covariance(a @ a.T + 0.3 * torch.eye(d, dtype=torch.float64))
+        return s
+    if family == "single":
+        s = SingleNormSet(d)
+        with torch.no_grad():
+            s.A.copy_(torch.eye(d) + 0.4 * torch.randn(d, d, generator=g))
+            s.p_raw.fill_(float(torch.empty(()).uniform_(0.7, 4.0, generator=g)))
+        return s
+    s = GeneralizedMultiNormSet(d)
+    with torch.no_grad():
+        s.m_raw.copy_(torch.empty(d).uniform_(0.5, 2.0, generator=g))
+        s.p_raw.copy_(torch.empty(d).uniform_(0.7, 4.0, generator=g))
+    return s
+
+
+@pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_log_volume_matches_monte_carlo(family, d, seed):
+    s = _random_set(family, d, seed)
+    s.threshold_ = 1.3
+    rng = np.random.default_rng(seed)
+    # Bounding box from the set's extent along the axes, found by probing outwards.
+    anchor = np.zeros((1, d))
+    half = 0.5
+    while True:
+        probe = rng.uniform(-half, half, size=(20000, d))
+        inside = s.contains(probe, np.repeat(anchor, probe.shape[0], axis=0))
+        on_edge = np.abs(probe).max(axis=1) > 0.98 * half
+        if not (inside & on_edge).any():
+            break
+        half *= 1.5
+    n = 400_000
+    pts = rng.uniform(-half, half, size=(n, d))
+    frac = s.contains(pts, np.zeros((n, d))).mean()
+    assert frac > 0.01
+    mc = math.log(frac) + d * math.log(2 * half)
+    se = math.sqrt((1 - frac) / (frac * n))  # relative standard error of the fraction
+    assert abs(s.log_volume() - mc) < 5 * se + 1e-3, (family, s.log_volume(), mc)
+
+
+@pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
+def test_membership_agrees_with_score(family):
+    s = _random_set(family, 4, 3)
+    rng = np.random.default_rng(0)
+    a, p = rng.normal(size=(500, 4)), rng.normal(size=(500, 4))
+    s.threshold_ = float(np.median(s.score(p, a)))
+    np.testing.assert_array_equal(s.contains(p, a), s.score(p, a) <= s.threshold_)
+    # The score is a distance to the anchor: zero at the anchor, symmetric in its arguments.
+    np.testing.assert_allclose(s.score(a, a), 0.0, atol=1e-5)
+    np.testing.assert_allclose(s.score(p, a), s.score(a, p), rtol=1e-5)
+
+
+def test_log_volume_is_finite_in_high_dimension():
+    for s in (ConformalBall(2048), SingleNormSet(512), GeneralizedMultiNormSet(4096)):
+        s.threshold_ = 3.0
+        assert math.isfinite(s.log_volume())
+    e = MahalanobisEllipsoid(1024)
+    e.set_covariance(torch.eye(1024, dtype=torch.float64) * 0.01)
+    e.threshold_ = 3.0
+    assert math.isfinite(e.log_volume())
+
+
+def test_conformal_quantile_integer_rank():
+    # alpha = 0.05, n = 19: k = ceil(0.95 * 20) = 19 exactly (floats: 19.000000000000004 -> 20)
+    assert conformal_quantile(np.arange(1.0, 20.0), 0.05) == 19.0
+    assert conformal_quantile(np.arange(1.0, 100.0), 0.1) == 90.0
+    with pytest.warns(ConformalWarning):
+        assert conformal_quantile(np.arange(1.0, 10.0), 0.05) == math.inf
+
+
+@pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
+def test_coverage_guarantee_over_random_splits(family):
+    """Lemma 1: mean test coverage ≥ 1 − α over 250 random calibration/test splits (3 standard errors)."""
+    x, y = ccs_mixed_clusters(n_per_class=400, seed=5)
+    s = _random_set(family, 3, 7)
+    alpha, n_cal = 0.1, 200
+    s.alpha = alpha
+    a_all, p_all, _ = pair_samples(y, 1, seed=0)
+    scores = s.score(x[p_all], x[a_all])
+    rng = np.random.default_rng(1)
+    covs = []
+    for _ in range(250):
+        order = rng.permutation(x.shape[0])
+        cal, test = order[:n_cal], order[n_cal:]
+        if family == "ellipsoid":
+            s.calibrate(x[a_all[cal]], x[p_all[cal]])
+            covs.append(s.contains(x[p_all[test]], x[a_all[test]]).mean())
+        else:
+            q = conformal_quantile(scores[cal], alpha)
+            covs.append((scores[test] <= q).mean())
+    covs = np.asarray(covs)
+    se = covs.std(ddof=1) / math.sqrt(covs.size)
+    n_eff = n_cal // 2 if family == "ellipsoid" else n_cal
+    assert covs.mean() >= 1 - alpha - 3 * se
+    assert covs.mean() <= 1 - alpha + 1 / (n_eff + 1) + 3 * se
+
+
+@pytest.mark.parametrize("family", ["single", "generalized"])
+@pytest.mark.parametrize("objective", ["neg", "vol", "neg+vol"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_objective_gradients_are_finite(family, objective, detach):
+    s = _random_set(family, 3, 1)
+    x, y = ccs_mixed_clusters(n_per_class=200, seed=0)
+    sampler = TripletSampler(labels=y)
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.arange(64)
+    pos, neg = sampler.sample(anchors, 20, g)
+    xt = torch.tensor(x, dtype=torch.float32)
+    loss, _ = set_objective(s, xt[anchors], xt[pos], xt[neg], objective, 0.05, 7.0, 0.05, detach_quantile=detach)
+    loss.backward()
+    grads = [p.grad for p in s.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(gr).all() for gr in grads)
+
+
+def test_sampler_draws_without_replacement_and_respects_classes():
+    y = np.repeat(np.arange(3), 50)
+    sampler = TripletSampler(labels=y)
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.arange(150)
+    pos, neg = sampler.sample(anchors, 30, g)
+    yt = torch.as_tensor(y)
+    assert (yt[pos] == yt[anchors][:, None]).all()
+    assert (yt[neg] != yt[anchors][:, None]).all()
+    assert not (pos == anchors[:, None]).any()
+    for row in range(150):
+        assert len(set(pos[row].tolist())) == 30 and len(set(neg[row].tolist())) == 30
+
+
+def test_training_improves_exclusion_over_the_ball():
+    x, y = ccs_mixed_clusters(n_per_class=600, seed=1)
+    tr, ca, te = np.split(np.random.default_rng(0).permutation(x.shape[0]), [1800, 2400])
+    ball = ConformalBall(3)
+    learned = SingleNormSet(3)
+    result = train_conformal_set(learned, x[tr], y[tr], objective="neg", k=50, epochs=6, seed=0)
+    assert 0 <= result.best_epoch < 6
+    out = {}
+    for name, s in (("ball", ball), ("learned", learned)):
+        a, p, _ = pair_samples(y[ca], 1, seed=1)
+        s.calibrate(x[ca][a], x[ca][p])
+        out[name] = evaluate_set(s, x[te], y[te], k=20, seed=2)
+    assert out["learned"]["exclusion"] > out["ball"]["exclusion"] + 0.03
+    assert abs(out["learned"]["coverage"] - 0.95) < 0.03
+
+
+def test_invalid_inputs():
+    s = ConformalBall(3)
+    with pytest.raises(ValueError, match="pair up"):
+        s.calibrate(np.zeros((5, 3)), np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="dimensions|features"):
+        s.calibrate(np.zeros((5, 2)), np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        s.calibrate(np.full((5, 3), np.nan), np.zeros((5, 3)))
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        ConformalBall(3).contains(np.zeros((2, 3)), np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="alpha"):
+        SingleNormSet(3, alpha=1.5)
+    with pytest.raises(ValueError, match="calibration pairs"):
+        MahalanobisEllipsoid(3).calibrate(np.zeros((5, 3)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="no parameters"):
+        train_conformal_set(ConformalBall(3), np.zeros((10, 3)), np.zeros(10))
+    with pytest.raises(ValueError, match="objective"):
+        train_conformal_set(SingleNormSet(3), np.zeros((10, 3)), np.zeros(10), objective="both")
+
+
+def test_conformal_set_detector_separates_far_and_between_cluster_points():
+    from conformood.metrics import auroc
+    from conformood.scores import ConformalSetDetector
+
+    x, y = ccs_mixed_clusters(n_per_class=500, seed=2)
+    ref, cal, test = np.split(np.random.default_rng(0).permutation(x.shape[0]), [1500, 2000])
+    s = ConformalBall(3, alpha=0.05)
+    a, p, _ = pair_samples(y[cal], 1, seed=0)
+    s.calibrate(x[cal][a], x[cal][p])
+    rng = np.random.default_rng(1)
+    far = rng.uniform(-15, 15, size=(300, 3))
+    far = far[np.linalg.norm(far, axis=1) > 10][:150]
+    for variant in ("neg", "neg-pos"):
+        det = ConformalSetDetector(s, k=20, variant=variant).fit(x[ref], y[ref])
+        s_in = det.score_samples(x[test])
+        s_far = det.score_samples(far)
+        assert np.all((s_in >= -1) & (s_in <= 1))
+        is_in = np.r_[np.ones(s_in.size, bool), np.zeros(s_far.size, bool)]
+        value = auroc(np.r_[s_in, s_far], is_in)
+        if variant == "neg-pos":
+            assert value > 0.8
+        else:
+            assert value < 0.5  # far points exclude every negative: eq. 23 alone calls them in-distribution
+    with pytest.raises(ValueError, match="calibrated"):
+        ConformalSetDetector(ConformalBall(3)).fit(x[ref], y[ref])
