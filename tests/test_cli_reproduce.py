@@ -60,3 +60,19 @@ def test_reproduce_ccs_sim_small(tmp_path):
         assert 0.85 < r["coverage"]["mean"] < 1.0, label
         assert len(r["per_seed"]) == 2
     assert "Single (Neg, Vol)" in (out / "ccs_sim.md").read_text()
+
+
+def test_reproduce_coat_accepts_space_separated_alphas(tmp_path, monkeypatch):
+    import conformood.experiments.coat as coat
+
+    seen = {}
+
+    def fake_run(out, config, progress=True):
+        seen["alphas"] = config.alphas
+        (tmp_path / "coat.md").write_text("x")
+        return {"seconds": 0.0}
+
+    monkeypatch.setattr(coat, "run_coat", fake_run)
+    result = runner.invoke(app, ["reproduce", "coat", "--alpha", "0.1", "0.2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["alphas"] == (0.1, 0.2)

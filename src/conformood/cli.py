@@ -193,11 +193,14 @@ reproduce_app = typer.Typer(help="Reproduce a paper's experiment and write JSON 
 app.add_typer(reproduce_app, name="reproduce")
 
 
-@reproduce_app.command("coat")
+@reproduce_app.command("coat", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def reproduce_coat(
+    ctx: typer.Context,
     data: Annotated[str, typer.Option(help="'camvid' (../shared/data or $CONFORMOOD_DATA) or a .npz with x and y.")] = "camvid",
     class_name: Annotated[str, typer.Option("--class", help="CamVid class name or label id (default car = 8).")] = "car",
-    alpha: Annotated[list[float] | None, typer.Option(help="Target FNR level(s); repeat or space-separate.")] = None,
+    alpha: Annotated[
+        list[str] | None, typer.Option(help="Target FNR level(s): --alpha 0.1 0.2, --alpha 0.1 --alpha 0.2 or '0.1,0.2'.")
+    ] = None,
     splits: Annotated[int, typer.Option(min=1, help="Random evaluation / training / calibration splits.")] = 20,
     out: Annotated[Path, typer.Option(help="Folder for coat.json, coat.md, figures and the cached base model.")] = Path(
         "coat-output"
@@ -212,7 +215,12 @@ def reproduce_coat(
     """CRC vs AT vs COAT (conformal FNR control in segmentation): marginal coverage and coverage gap."""
     from .experiments.coat import CoatConfig, run_coat
 
-    alphas = tuple(alpha) if alpha else (0.1, 0.2)
+    # `--alpha 0.1 0.2`: the values after the first arrive as extra arguments.
+    words = [w for item in (alpha or []) for w in item.replace(",", " ").split()] + list(ctx.args)
+    try:
+        alphas = tuple(float(w) for w in words) if words else (0.1, 0.2)
+    except ValueError as exc:
+        raise typer.BadParameter(f"alpha values must be numbers, got {words}") from exc
     try:
         config = CoatConfig(
             data=data,

@@ -223,3 +223,55 @@ def test_conformal_set_detector_separates_far_and_between_cluster_points():
             assert value < 0.5  # far points exclude every negative: eq. 23 alone calls them in-distribution
     with pytest.raises(ValueError, match="calibrated"):
         ConformalSetDetector(ConformalBall(3)).fit(x[ref], y[ref])
+
+
+def test_joint_infonce_training_alternates_set_and_encoder():
+    """eq. 22: set parameters and the encoder's layer are updated in alternate epochs."""
+    torch.manual_seed(0)
+    x, y = ccs_mixed_clusters(n_per_class=150, seed=3)
+    features = np.concatenate([x, np.random.default_rng(0).normal(size=(x.shape[0], 2))], axis=1)
+    encoder = torch.nn.Linear(5, 3)
+    before = encoder.weight.detach().clone()
+    s = SingleNormSet(3)
+    result = train_conformal_set(s, features, y, objective="neg+vol", k=10, epochs=4, encoder=encoder, seed=0)
+    assert [h["trained"] for h in result.history] == ["set", "encoder", "set", "encoder"]
+    assert not torch.equal(before, encoder.weight.detach()) or result.best_epoch == 0
+    with torch.no_grad():
+        z = encoder(torch.tensor(features, dtype=torch.float32)).numpy()
+    a, p, _ = pair_samples(y, 1, seed=1)
+    s.calibrate(z[a], z[p])
+    assert 0.9 < s.contains(z[p], z[a]).mean() <= 1.0
+
+
+def test_unsupervised_views_training_runs_and_keeps_coverage():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(300, 3)) * 3
+    views = base[:, None, :] + 0.3 * rng.normal(size=(300, 8, 3))
+    s = GeneralizedMultiNormSet(3, alpha=0.1)
+    result = train_conformal_set(s, views[:, 0], views=views, objective="neg", k=5, epochs=3, seed=0)
+    assert len(result.history) == 3 and result.best_exclusion > 0.5
+    with pytest.raises(ValueError, match="views"):
+        train_conformal_set(GeneralizedMultiNormSet(3), views[:, 0], views=views[:10], k=5)
+
+
+@pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
+def test_save_and_load_round_trip(family, tmp_path):
+    from conformood.conformal.sets import load_conformal_set
+
+    s = _random_set(family, 3, 4)
+    rng = np.random.default_rng(0)
+    a, p = rng.normal(size=(200, 3)), rng.normal(size=(200, 3))
+    s.calibrate(a, p)
+    s.save(tmp_path / "set.safetensors")
+    back = load_conformal_set(tmp_path / "set.safetensors")
+    assert type(back) is type(s) and back.threshold_ == s.threshold_
+    np.testing.assert_array_equal(back.contains(p, a), s.contains(p, a))
+    assert back.log_volume() == pytest.approx(s.log_volume())
+
+
+def test_fit_interface_trains_learned_sets_only():
+    x, y = ccs_mixed_clusters(n_per_class=100, seed=0)
+    ball = ConformalBall(3).fit(x, y)
+    assert not hasattr(ball, "training_")
+    single = SingleNormSet(3).fit(x, y, k=10, epochs=2)
+    assert len(single.training_.history) == 2

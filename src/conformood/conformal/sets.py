@@ -126,9 +126,31 @@ class ConformalSet(nn.Module):
         return self.transformed_distance(self.transform(points.to(dtype)), self.transform(anchors.to(dtype)))
 
     # -- the conformal part ---------------------------------------------------------------------
-    def fit(self, anchors, positives=None, negatives=None, labels=None, **kwargs) -> ConformalSet:
-        """Fixed families have nothing to learn; learned families train on triplets (see ``set_training``)."""
+    def fit(self, embeddings, labels=None, views=None, **train_kwargs) -> ConformalSet:
+        """Learn the metric on training triplets sampled from ``embeddings`` (n, d).
+
+        Supervised with ``labels`` (positives share the class), unsupervised with ``views`` (n, v, d);
+        keyword arguments go to :func:`conformood.conformal.set_training.train_conformal_set`, whose result
+        is kept in ``training_``. Fixed families (ball, ellipsoid) have nothing to learn: their ``fit`` only
+        checks the input.
+        """
+        _as_tensor(embeddings, "embeddings", self.dim)
+        if not self.learnable:
+            return self
+        from .set_training import train_conformal_set
+
+        self.training_ = train_conformal_set(self, embeddings, labels, views=views, **train_kwargs)
         return self
+
+    def save(self, path) -> None:
+        """Parameters and buffers as safetensors, family, α and the calibrated threshold as JSON."""
+        from ..io import save_state
+
+        config = self.state() | {"init": self._init_args()}
+        save_state(path, {k: v.detach() for k, v in self.state_dict().items()}, config, kind="ConformalSet")
+
+    def _init_args(self) -> dict:
+        return {"dim": self.dim, "alpha": self.alpha}
 
     def calibrate(self, anchors, positives) -> ConformalSet:
         """q̂ from calibration pairs (anchor, positive): the ⌈(1 − α)(n + 1)⌉-th smallest g (Lemma 1)."""
@@ -219,6 +241,9 @@ class MahalanobisEllipsoid(ConformalSet):
         self.seed = int(seed)
         self.register_buffer("precision_cholesky", torch.eye(dim, dtype=torch.float64))
         self.register_buffer("log_det_cov", torch.zeros((), dtype=torch.float64))
+
+    def _init_args(self) -> dict:
+        return super()._init_args() | {"shrinkage": self.shrinkage, "seed": self.seed}
 
     def calibrate(self, anchors, positives):
         a = _as_tensor(anchors, "anchors", self.dim)
@@ -366,6 +391,21 @@ class GeneralizedMultiNormSet(ConformalSet):
 
     def state(self) -> dict:
         return super().state() | {"p": self.p.detach().tolist(), "m": self.m.detach().tolist()}
+
+
+def load_conformal_set(path) -> ConformalSet:
+    """Rebuild a set written by :meth:`ConformalSet.save`."""
+    from ..io import load_state
+
+    tensors, config = load_state(path, kind="ConformalSet")
+    family = {cls.__name__: cls for cls in SET_FAMILIES.values()}.get(config["kind"])
+    if family is None:
+        raise ValueError(f"unknown conformal set family {config['kind']!r} in {path}")
+    cset = family(**config["init"])
+    cset.load_state_dict(tensors)
+    cset.threshold_ = config["threshold"]
+    cset.n_calibration_ = config["n_calibration"]
+    return cset
 
 
 SET_FAMILIES = {
