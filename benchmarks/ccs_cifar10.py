@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--set-epochs", type=int, default=30)
     ap.add_argument("--ood-images", type=int, default=5000)
     ap.add_argument("--alpha", type=float, default=0.05)
+    ap.add_argument("--splits", type=int, default=5, help="random calibration/evaluation halves of the test split")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, default=None, help="reuse a trained model.safetensors")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -105,16 +106,18 @@ def main() -> None:
     set_idx = rng.permutation(len(train.labels))[: args.set_train_images]
     feat_train = _features(model, train.images[set_idx])
     y_train = train.labels[set_idx]
-    order = rng.permutation(len(test.labels))
-    cal, ev = order[: len(order) // 2], order[len(order) // 2 :]
     feat_test = _features(model, test.images)
     ood_images = ood_raw[rng.permutation(len(ood_raw))[: args.ood_images]]  # (n, 32, 32, 3) uint8
     feat_ood = _features(model, ood_images)
     d = feat_train.shape[1]
+    halves = [np.random.default_rng(args.seed + 100 + s).permutation(len(test.labels)) for s in range(args.splits)]
+    halves = [(o[: len(o) // 2], o[len(o) // 2 :]) for o in halves]
 
-    a_cal, p_cal, _ = pair_samples(test.labels[cal], 1, seed=args.seed + 1)
+    def stat(values):
+        a = np.asarray(values, dtype=np.float64)
+        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
+
     table, ood = {}, {}
-    is_in = np.r_[np.ones(len(ev), bool), np.zeros(len(feat_ood), bool)]
     for label, family, objective in ROWS:
         t = time.perf_counter()
         cset = SET_FAMILIES[family](d, args.alpha)
@@ -125,24 +128,38 @@ def main() -> None:
                 weight_decay=5e-4, clip=1.0, lam=0.05, steepness=7.0, seed=args.seed,
             )
             best = res.best_epoch
-        cset.calibrate(feat_test[cal][a_cal], feat_test[cal][p_cal])
-        table[label] = evaluate_set(cset, feat_test[ev], test.labels[ev], k=20, seed=args.seed + 2) | {
-            "best_epoch": best, "seconds": time.perf_counter() - t}
-        for variant in ("neg", "neg-pos"):
-            det = ConformalSetDetector(cset, k=20, variant=variant, seed=args.seed).fit(feat_train, y_train)
-            s = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
-            ood[f"{label} [{variant}]"] = {"auroc": auroc(s, is_in), "fpr95": fpr_at_95_tpr(s, is_in)}
+        cells = {"coverage": [], "exclusion": [], "log_volume": []}
+        scores = {"neg": [], "neg-pos": []}
+        for s, (cal, ev) in enumerate(halves):
+            a_cal, p_cal, _ = pair_samples(test.labels[cal], 1, seed=args.seed + 1 + s)
+            cset.calibrate(feat_test[cal][a_cal], feat_test[cal][p_cal])
+            r = evaluate_set(cset, feat_test[ev], test.labels[ev], k=20, seed=args.seed + 2 + s)
+            for key in cells:
+                cells[key].append(r[key])
+            is_in = np.r_[np.ones(len(ev), bool), np.zeros(len(feat_ood), bool)]
+            for variant in ("neg", "neg-pos"):
+                det = ConformalSetDetector(cset, k=20, variant=variant, seed=args.seed + s).fit(feat_train, y_train)
+                sc = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
+                scores[variant].append((auroc(sc, is_in), fpr_at_95_tpr(sc, is_in)))
+        table[label] = {k: stat(v) for k, v in cells.items()} | {"best_epoch": best, "seconds": time.perf_counter() - t}
+        for variant, vals in scores.items():
+            ood[f"{label} [{variant}]"] = {"auroc": stat([v[0] for v in vals]), "fpr95": stat([v[1] for v in vals])}
         print(label, table[label], flush=True)
     for name, det in (("kNN cosine (k=5)", KNNCosineDetector(k=5)), ("Mahalanobis (class-conditional)", MahalanobisDetector())):
         det.fit(feat_train, y_train)
-        s = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
-        ood[name] = {"auroc": auroc(s, is_in), "fpr95": fpr_at_95_tpr(s, is_in)}
+        vals = []
+        for cal, ev in halves:
+            is_in = np.r_[np.ones(len(ev), bool), np.zeros(len(feat_ood), bool)]
+            sc = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
+            vals.append((auroc(sc, is_in), fpr_at_95_tpr(sc, is_in)))
+        ood[name] = {"auroc": stat([v[0] for v in vals]), "fpr95": stat([v[1] for v in vals])}
 
     payload = {
         "encoder": encoder_info | {"config": {k: v for k, v in vars(cfg).items()}},
         "feature_dim": d,
         "alpha": args.alpha,
-        "sizes": {"set_training": len(y_train), "calibration": len(cal), "evaluation": len(ev), "ood": len(feat_ood)},
+        "sizes": {"set_training": len(y_train), "calibration": len(halves[0][0]), "evaluation": len(halves[0][1]),
+                  "ood": len(feat_ood), "splits": args.splits},
         "table3": table,
         "ood_vs_tinyimagenet": ood,
         "seconds": time.perf_counter() - t0,
@@ -154,16 +171,24 @@ def main() -> None:
         "",
         f"Encoder: SmallCNN {tuple(args.widths)} trained with NT-Xent on {args.train_images} CIFAR-10 training images ({args.epochs} epochs, CPU); "
         f"{d}-d L2-normalised backbone features. Sets trained on {len(y_train)} labelled training features, calibrated on "
-        f"{len(cal)} test images (one positive each), evaluated on {len(ev)} (20 positives and 20 negatives each); α = {args.alpha}.",
+        f"{len(halves[0][0])} test images (one positive each), evaluated on the other {len(halves[0][1])} (20 positives and 20 "
+        f"negatives each); mean ± std over {args.splits} random halvings of the test split; α = {args.alpha}.",
         "",
         "| Method | Coverage | Exclusion ↑ | LogVol ↓ |",
         "|---|---|---|---|",
     ]
     for label, r in table.items():
-        lines.append(f"| {label} | {100 * r['coverage']:.1f}% | {100 * r['exclusion']:.1f}% | {r['log_volume']:.1f} |")
+        lines.append(
+            f"| {label} | {100 * r['coverage']['mean']:.1f} ± {100 * r['coverage']['std']:.1f}% "
+            f"| {100 * r['exclusion']['mean']:.1f} ± {100 * r['exclusion']['std']:.1f}% "
+            f"| {r['log_volume']['mean']:.1f} ± {r['log_volume']['std']:.1f} |"
+        )
     lines += ["", "OOD: CIFAR-10 test (ID) vs Tiny-ImageNet pool.", "", "| Score | AUROC ↑ | FPR95 ↓ |", "|---|---|---|"]
     for name, r in ood.items():
-        lines.append(f"| {name} | {100 * r['auroc']:.1f} | {100 * r['fpr95']:.1f} |")
+        lines.append(
+            f"| {name} | {100 * r['auroc']['mean']:.1f} ± {100 * r['auroc']['std']:.1f} "
+            f"| {100 * r['fpr95']['mean']:.1f} ± {100 * r['fpr95']['std']:.1f} |"
+        )
     lines += ["", f"Wall time {payload['seconds']:.0f} s.", ""]
     (out_dir / "ccs_cifar10.md").write_text("\n".join(lines))
     print("\n".join(lines))

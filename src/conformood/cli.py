@@ -196,7 +196,7 @@ app.add_typer(reproduce_app, name="reproduce")
 @reproduce_app.command("coat", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def reproduce_coat(
     ctx: typer.Context,
-    data: Annotated[str, typer.Option(help="'camvid' (../shared/data or $CONFORMOOD_DATA) or a .npz with x and y.")] = "camvid",
+    data: Annotated[str, typer.Option(help="'camvid' (../shared/data or $CONFORMOOD_DATA), a .npz with x and y, or a folder with images/ and masks/.")] = "camvid",
     class_name: Annotated[str, typer.Option("--class", help="CamVid class name or label id (default car = 8).")] = "car",
     alpha: Annotated[
         list[str] | None, typer.Option(help="Target FNR level(s): --alpha 0.1 0.2, --alpha 0.1 --alpha 0.2 or '0.1,0.2'.")

@@ -1,7 +1,8 @@
 """The OOD score of contrastive conformal sets (``contrastive-conformal-sets.md`` eq. 23 and §6).
 
 For a test embedding z, build the calibrated covering set N(z) = {u : g(u, z) ≤ q̂} with a learned (or fixed)
-set, take the class c of z's nearest in-distribution reference point under g, and sample k reference points
+set, take the class c of z's nearest in-distribution reference point (ℓ2 in the set's transformed space),
+and sample k reference points
 of class c (positives) and k of the other classes (negatives). The paper's OOD score is
 1 − (negative exclusion rate) (eq. 23); §6 reports that also subtracting the positive exclusion rate works
 slightly better. In our convention (higher = more in-distribution) the scores are
@@ -57,12 +58,15 @@ class ConformalSetDetector(BaseDetector):
 
     @torch.no_grad()
     def _nearest_class(self, z: torch.Tensor) -> np.ndarray:
-        refs = torch.from_numpy(self.references_)
+        """Class of the nearest reference in the set's transformed space (ℓ2 there; the set's own metric
+        when p = 2). A matrix product per chunk instead of an elementwise p-norm over every pair."""
+        dtype = self.conformal_set._compute_dtype()
+        refs = self.conformal_set.transform(torch.from_numpy(self.references_).to(dtype))
+        zt = self.conformal_set.transform(z.to(dtype))
         out = np.empty(z.shape[0], dtype=np.int64)
         step = max(1, int(self.chunk))
         for start in range(0, z.shape[0], step):
-            block = z[start : start + step]
-            d = self.conformal_set.distance(refs[None, :, :], block[:, None, :])
+            d = torch.cdist(zt[start : start + step], refs)
             out[start : start + step] = self.reference_labels_[d.argmin(dim=1).numpy()]
         return out
 
@@ -77,11 +81,16 @@ class ConformalSetDetector(BaseDetector):
         others = [np.flatnonzero(self.reference_labels_ != c) for c in range(self.classes_.size)]
         pos = np.empty((x.shape[0], self.k), dtype=np.int64)
         neg = np.empty((x.shape[0], self.k), dtype=np.int64)
+        steps = np.arange(self.k)
         for c in range(self.classes_.size):
             rows = np.flatnonzero(predicted == c)
-            for r in rows:
-                pos[r] = rng.choice(members[c], self.k, replace=False)
-                neg[r] = rng.choice(others[c], self.k, replace=False)
+            if rows.size == 0:
+                continue
+            # k distinct samples per row: a window of a random permutation of the pool at a random offset.
+            for out, pool in ((pos, members[c]), (neg, others[c])):
+                perm = rng.permutation(pool)
+                offsets = rng.integers(0, perm.size, size=(rows.size, 1))
+                out[rows] = perm[(offsets + steps) % perm.size]
         refs = torch.from_numpy(self.references_)
         q = self.conformal_set.threshold_
         with torch.no_grad():
