@@ -1,6 +1,23 @@
-"""Augmentations: SimCLR views and shifting transformations (synthetic outliers)."""
+"""Augmentations: SimCLR views, shifting transformations and synthetic outliers, outlier-exposure pools."""
 
+from .outliers import (
+    CUTPERM_SHIFTS,
+    OutlierExposurePool,
+    cut_perm,
+    cut_perm_outliers,
+    cutpaste,
+    nsa_outliers,
+    poisson_blend,
+)
 from .shifts import ROTATION_ANGLES, rotate, rotation_outliers
 from .views import SimCLRViews, ViewConfig
 
-__all__ = ["ROTATION_ANGLES", "SimCLRViews", "ViewConfig", "rotate", "rotation_outliers"]
+__all__ = [
+    "CUTPERM_SHIFTS",
+    "OutlierExposurePool",
+    "cut_perm",
+    "cut_perm_outliers",
+    "cutpaste",
+    "nsa_outliers",
+    "poisson_blend",
+    "ROTATION_ANGLES", "SimCLRViews", "ViewConfig", "rotate", "rotation_outliers"]
