@@ -30,3 +30,30 @@ def test_model_validation():
         SmallCNN(1)(torch.rand(2, 1, 2, 2))
     with pytest.raises(ValueError, match="positive"):
         ProjectionHead(0)
+
+
+def test_cifar_resnet18_shapes_and_size():
+    from conformood.models import CifarResNet18
+
+    net = CifarResNet18().eval()
+    out = net(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 512) and net.feature_dim == 512
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 11.0e6 < n_params < 11.4e6  # ResNet-18 body without the fc layer: ~11.17M
+    assert isinstance(net.stem[0], torch.nn.Conv2d) and net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
+
+
+def test_mlp_encoder_and_heads():
+    from conformood.models import ClassifierHead, DeepProjectionHead, MLPEncoder, ShiftClassifierHead
+
+    enc = MLPEncoder(10, (32, 16))
+    h = enc(torch.rand(5, 10))
+    assert h.shape == (5, 16)
+    deep = DeepProjectionHead(16, hidden_dim=32, depth=8, out_dim=8)
+    assert deep(h).shape == (5, 8)
+    assert sum(isinstance(m, torch.nn.Linear) for m in deep.modules()) == 9
+    assert ClassifierHead(16, 10)(h).shape == (5, 10)
+    assert ShiftClassifierHead(16)(h).shape == (5, 4)
+    with pytest.raises(ValueError, match="expected features"):
+        enc(torch.rand(5, 9))

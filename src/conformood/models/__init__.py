@@ -1,7 +1,21 @@
-"""Encoders and heads."""
+"""Encoders (small CNN, CIFAR ResNet-18, MLP), heads, and segmentation models."""
 
 from .contrastive import ContrastiveModel, small_contrastive_model
 from .encoders import SmallCNN
-from .heads import ProjectionHead
+from .heads import ClassifierHead, DeepProjectionHead, ProjectionHead, ShiftClassifierHead
+from .resnet import CifarResNet18, MLPEncoder
+from .segmentation import SmallUNet, ThresholdPredictor
 
-__all__ = ["ContrastiveModel", "ProjectionHead", "SmallCNN", "small_contrastive_model"]
+__all__ = [
+    "CifarResNet18",
+    "ClassifierHead",
+    "ContrastiveModel",
+    "DeepProjectionHead",
+    "MLPEncoder",
+    "ProjectionHead",
+    "ShiftClassifierHead",
+    "SmallCNN",
+    "SmallUNet",
+    "ThresholdPredictor",
+    "small_contrastive_model",
+]
