@@ -19,7 +19,7 @@ def test_warmup_cosine_schedule():
         warmup_cosine_lr(0, 10, 11, 1.0)
 
 
-def _setup(tmp_path=None, epochs=4, seed=0, callbacks=()):
+def _setup(tmp_path=None, epochs=4, seed=0, callbacks=(), optimizer="sgd"):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = small_contrastive_model(1, widths=(4, 8, 8), projection_dim=8)
@@ -27,7 +27,8 @@ def _setup(tmp_path=None, epochs=4, seed=0, callbacks=()):
     trainer = Trainer(
         model,
         FIRMRotationObjective(views),
-        TrainConfig(epochs=epochs, batch_size=8, lr=0.05, warmup_epochs=1, seed=seed),
+        TrainConfig(epochs=epochs, batch_size=8, lr=0.05 if optimizer != "adamw" else 1e-3, warmup_epochs=1, seed=seed,
+                    optimizer=optimizer),
         checkpoint=None if tmp_path is None else tmp_path / "ckpt.safetensors",
         progress=False,
         callbacks=callbacks,
@@ -52,18 +53,19 @@ def test_training_is_seeded_and_changes_weights(images):
         assert torch.equal(a, b)
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path, images):
-    full, t_full = _setup(epochs=4)
+@pytest.mark.parametrize("optimizer", ["sgd", "lars", "adamw"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, images, optimizer):
+    full, t_full = _setup(epochs=4, optimizer=optimizer)
     t_full.fit(images)
 
     def interrupt_after_two(trainer):
         if trainer.epoch == 2:
             raise KeyboardInterrupt  # as Ctrl-C would, half-way through
 
-    part, t_part = _setup(tmp_path, epochs=4, callbacks=[interrupt_after_two])
+    part, t_part = _setup(tmp_path, epochs=4, callbacks=[interrupt_after_two], optimizer=optimizer)
     with pytest.raises(KeyboardInterrupt):
         t_part.fit(images)
-    resumed, t_res = _setup(tmp_path, epochs=4)
+    resumed, t_res = _setup(tmp_path, epochs=4, optimizer=optimizer)
     t_res.fit(images, resume=True)
     assert t_res.epoch == 4 and len(t_res.history.loss) == 4
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
@@ -92,3 +94,20 @@ def test_trainer_input_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="warmup_epochs"):
         TrainConfig(epochs=2, warmup_epochs=3)
+
+
+def test_lars_step_matches_the_formula():
+    from conformood.train.optimizers import LARS
+
+    w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = LARS([w, b], lr=0.5, momentum=0.0, weight_decay=0.1, trust_coefficient=0.01)
+    w.grad = torch.tensor([[0.0, 1.0]])
+    b.grad = torch.tensor([2.0])
+    opt.step()
+    d = torch.tensor([[0.3, 1.4]])  # grad + 0.1 * w
+    trust = 0.01 * 5.0 / torch.linalg.vector_norm(d)
+    torch.testing.assert_close(w.detach(), torch.tensor([[3.0, 4.0]]) - 0.5 * trust * d)
+    torch.testing.assert_close(b.detach(), torch.tensor([0.0]))  # 1-D: plain SGD, no decay
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")

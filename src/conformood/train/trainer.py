@@ -17,6 +17,7 @@ from .. import distributed as dist_utils
 from .._validation import check_positive_float, check_positive_int
 from ..io import load_state, save_state
 from .objectives import Objective
+from .optimizers import OPTIMIZERS, build_optimizer
 from .schedule import warmup_cosine_lr
 
 CHECKPOINT_KIND = "checkpoint"
@@ -38,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     drop_last: bool = True
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
@@ -47,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
 
@@ -102,11 +106,8 @@ class Trainer:
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.aug_generator = torch.Generator().manual_seed(_augmentation_seed(self.config.seed, self.rank))
-        self.optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=self.config.lr,
-            momentum=self.config.momentum,
-            weight_decay=self.config.weight_decay,
+        self.optimizer = build_optimizer(
+            self.config.optimizer, model, self.config.lr, self.config.momentum, self.config.weight_decay
         )
 
     def _steps_per_epoch(self, n: int, bs: int) -> int:
