@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,3 +112,30 @@ def test_lars_step_matches_the_formula():
     torch.testing.assert_close(b.detach(), torch.tensor([0.0]))  # 1-D: plain SGD, no decay
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="rmsprop")
+
+
+def test_norm_and_auroc_callbacks_record_every_epoch(tmp_path, images):
+    from conformood.augment import rotate
+    from conformood.train.callbacks import AUROCCallback, FeatureNormCallback, plot_training_diagnostics
+
+    outliers = rotate(images[:16], 90)
+    norms = FeatureNormCallback(images[:16], outliers)
+    eval_x = torch.cat([images[16:24], outliers[:8]])
+    au = AUROCCallback(images[:16], eval_x, np.r_[np.ones(8, bool), np.zeros(8, bool)], k=1)
+    _, trainer = _setup(epochs=3, callbacks=[norms, au])
+    trainer.fit(images)
+    assert norms.epochs == [1, 2, 3] and len(norms.outlier_norm) == 3
+    assert all(n > 0 for n in norms.inlier_norm)
+    assert len(au.aurocs) == 3 and all(0.0 <= a <= 1.0 for a in au.aurocs)
+    assert min(au.aurocs) <= au.aulc <= max(au.aurocs)
+    plot_training_diagnostics(tmp_path / "diag.png", norms, au)
+    assert (tmp_path / "diag.png").stat().st_size > 1000
+
+
+def test_aulc_is_the_trapezoid_on_a_unit_axis():
+    from conformood.metrics import aulc
+
+    assert aulc([0.5, 0.7, 0.9]) == pytest.approx(0.7)
+    assert aulc([0.6, 1.0], epochs=[10, 20]) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="increasing"):
+        aulc([0.5, 0.6], epochs=[2, 1])

@@ -12,6 +12,7 @@ from .clp import (
 )
 from .ood import (
     OODMetrics,
+    aulc,
     aupr_in,
     aupr_out,
     auroc,
@@ -37,6 +38,7 @@ __all__ = [
     "fit_clp_ensemble",
     "ood_rank",
     "OODMetrics",
+    "aulc",
     "aupr_in",
     "aupr_out",
     "auroc",

@@ -126,3 +126,16 @@ def flagged_rate(scores, threshold: float) -> float:
     """Fraction of ``scores`` strictly below ``threshold`` (the inputs a threshold rule flags as OOD)."""
     s = check_scores(scores, "scores")
     return float(np.mean(s < threshold))
+
+
+def aulc(aurocs, epochs=None) -> float:
+    """Area under the learning curve (FIRM §3.2): the trapezoidal integral of AUROC over training, with the
+    epoch axis rescaled to [0, 1] so that the value reads like an AUROC (the curve's mean level)."""
+    a = check_scores(aurocs, "aurocs")
+    if a.size == 1:
+        return float(a[0])
+    e = np.arange(a.size, dtype=np.float64) if epochs is None else check_scores(epochs, "epochs")
+    if e.shape != a.shape or np.any(np.diff(e) <= 0):
+        raise ValueError("epochs must be increasing and match aurocs in length")
+    t = (e - e[0]) / (e[-1] - e[0])
+    return float(np.sum(np.diff(t) * (a[1:] + a[:-1])) / 2.0)
