@@ -62,7 +62,9 @@ def train(
     normal_class: Annotated[
         str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
     ] = None,
-    objective: Annotated[str, typer.Option(help="'firm' (rotations as synthetic outliers) or 'ntxent'.")] = "firm",
+    objective: Annotated[
+        str, typer.Option(help="firm, ntxent, supcon, supcon_multiclass (OE recipes: use --config).")
+    ] = "firm",
     epochs: Annotated[int, typer.Option(min=1)] = 40,
     batch_size: Annotated[int, typer.Option(min=2, help="Global batch size (split over torchrun processes).")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
@@ -72,6 +74,11 @@ def train(
     device: Annotated[str, typer.Option(help="'cpu', 'cuda' or 'auto'.")] = "auto",
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.safetensors if present.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A YAML recipe (see configs/); its fields replace the options above, except --out, "
+                     "--resume, --device and --progress."),
+    ] = None,
 ) -> None:
     """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
     import torch
@@ -81,11 +88,18 @@ def train(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        cfg = TrainRunConfig(
-            data=data, split=split, normal_class=normal_class, objective=objective,
-            epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, image_size=image_size,
-            seed=seed, device=device,
-        )
+        if config is not None:
+            from .train.run import load_train_config
+
+            if not config.is_file():
+                raise ValueError(f"no config file {config}")
+            cfg = load_train_config(config, device=device)
+        else:
+            cfg = TrainRunConfig(
+                data=data, split=split, normal_class=normal_class, objective=objective,
+                epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, image_size=image_size,
+                seed=seed, device=device,
+            )
         result = run_training(cfg, out, resume=resume, progress=progress)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import distributed as dist_utils
@@ -23,7 +24,8 @@ from ..models import small_contrastive_model
 from .objectives import FIRMRotationObjective, NTXentObjective
 from .trainer import TrainConfig, Trainer
 
-OBJECTIVES = ("firm", "ntxent")
+OBJECTIVES = ("firm", "ntxent", "supcon", "supcon_multiclass", "firm_oe", "oecl_oe")
+OE_OBJECTIVES = ("firm_oe", "oecl_oe")
 MODEL_KIND = "ContrastiveModel"
 
 
@@ -46,12 +48,61 @@ class TrainRunConfig:
     projection_dim: int = 64
     seed: int = 0
     device: str = "cpu"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int | None = None
+    oe_pool: str | None = None
+    oe_alpha: float = 1.0
+    oe_warmup_epochs: int = 0
+    max_images: int | None = None
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective in OE_OBJECTIVES and not self.oe_pool:
+            raise ValueError(f"objective {self.objective!r} needs oe_pool: an .npz with an image array 'x'")
+        if self.max_images is not None:
+            check_positive_int(self.max_images, "max_images", minimum=2)
         check_positive_int(self.image_size, "image_size", minimum=4)
         self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
+
+
+def build_objective(cfg: TrainRunConfig, views: SimCLRViews, image_shape: tuple[int, int, int]):
+    """The training objective named by ``cfg.objective`` (outlier-exposure pools conformed to the images)."""
+    from ..augment import OutlierExposurePool
+    from .objectives import FIRMOutlierExposureObjective, OECLObjective, SupConRotationObjective
+
+    gather = dist_utils.is_distributed()
+    if cfg.objective == "firm":
+        return FIRMRotationObjective(views, cfg.temperature, gather_distributed=gather)
+    if cfg.objective == "ntxent":
+        return NTXentObjective(views, cfg.temperature, gather_distributed=gather)
+    if cfg.objective in ("supcon", "supcon_multiclass"):
+        return SupConRotationObjective(views, cfg.temperature, binary=cfg.objective == "supcon", gather_distributed=gather)
+    pool = OutlierExposurePool.from_npz(cfg.oe_pool, image_shape)
+    if cfg.objective == "firm_oe":
+        return FIRMOutlierExposureObjective(views, pool, cfg.temperature, gather_distributed=gather)
+    return OECLObjective(views, pool, cfg.temperature, alpha=cfg.oe_alpha, warmup_epochs=cfg.oe_warmup_epochs)
+
+
+def load_train_config(path: str | os.PathLike, **overrides) -> TrainRunConfig:
+    """A :class:`TrainRunConfig` from a YAML recipe (keys = its fields); ``overrides`` win over the file."""
+    import yaml
+
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of TrainRunConfig fields")
+    data.pop("description", None)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainRunConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+    if "widths" in data:
+        data["widths"] = tuple(data["widths"])
+    return TrainRunConfig(**data)
 
 
 def train_contrastive_encoder(
@@ -75,15 +126,12 @@ def train_contrastive_encoder(
         tuple(images.shape[-2:]),
         ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5 if cfg.flip else 0.0),
     )
-    gather = dist_utils.is_distributed()
-    objective = (
-        FIRMRotationObjective(views, cfg.temperature, gather_distributed=gather)
-        if cfg.objective == "firm"
-        else NTXentObjective(views, cfg.temperature, gather_distributed=gather)
-    )
+    objective = build_objective(cfg, views, tuple(images.shape[1:]))
     train_cfg = TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        warmup_epochs=max(1, cfg.epochs // 20), seed=cfg.seed, device=device or cfg.device,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+        warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, cfg.epochs // 20),
+        seed=cfg.seed, device=device or cfg.device,
     )
     trainer = Trainer(
         model, objective, train_cfg, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 10),
@@ -128,6 +176,9 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
         data = _load(cfg)
         if cfg.normal_class is not None:
             data = data.subset((data.labels == data.class_index(cfg.normal_class)).nonzero()[0])
+        if cfg.max_images is not None and len(data.labels) > cfg.max_images:
+            keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.labels))[: cfg.max_images])
+            data = data.subset(keep)
         images = resize_images(data.tensor(), (cfg.image_size, cfg.image_size))
         model, history = train_contrastive_encoder(
             images, cfg, out / "checkpoint.safetensors", resume=resume, progress=progress, device=device

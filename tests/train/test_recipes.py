@@ -1,0 +1,65 @@
+"""Every YAML recipe in configs/ trains for one epoch on a tiny slice of digits through the CLI (smoke)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conformood.cli import app
+from conformood.train.run import load_train_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+runner = CliRunner()
+
+
+def test_there_are_recipes():
+    assert len(CONFIGS) >= 6
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_recipe_trains_one_epoch_on_digits(path, tmp_path):
+    recipe = yaml.safe_load(path.read_text())
+    load_train_config(path)  # the committed file itself is a valid configuration
+    pool = tmp_path / "pool.npz"
+    np.savez(pool, x=np.random.default_rng(0).integers(0, 256, size=(20, 12, 12, 3), dtype=np.uint8))
+    recipe.update(data="digits", max_images=40, epochs=1, image_size=8, batch_size=16, widths=[4, 8, 8])
+    if "oe_pool" in recipe:
+        recipe["oe_pool"] = str(pool)
+    small = tmp_path / "recipe.yaml"
+    small.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(small), "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "train.json").read_text())
+    assert train["config"]["objective"] == recipe["objective"]
+    assert train["n_train"] == 40 and np.isfinite(train["history"]["loss"][0])
+    assert (out / "model.safetensors").exists()
+
+
+def test_bad_recipes_are_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: firm\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown field"):
+        load_train_config(bad)
+    bad.write_text("objective: oecl_oe\n")
+    with pytest.raises(ValueError, match="oe_pool"):
+        load_train_config(bad)
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "no config file" in result.output
+
+
+def test_oecl_warmup_reaches_the_loss():
+    from conformood.augment import OutlierExposurePool, SimCLRViews, ViewConfig
+    from conformood.train.objectives import OECLObjective
+
+    pool = OutlierExposurePool(np.zeros((4, 8, 8), dtype=np.uint8), (1, 8, 8))
+    obj = OECLObjective(SimCLRViews((8, 8), ViewConfig()), pool, alpha=2.0, warmup_epochs=3)
+    obj.set_epoch(1)
+    assert obj.loss.current_alpha == 0.0
+    obj.set_epoch(3)
+    assert obj.loss.current_alpha == 2.0
