@@ -28,17 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROWS = (
-    ("Conformal Ball (ℓ2)", "ball", None),
-    ("Mahalanobis Ellipsoid", "ellipsoid", None),
-    ("Single (Vol)", "single", "vol"),
-    ("Generalized (Vol)", "generalized", "vol"),
-    ("Single (Neg)", "single", "neg"),
-    ("Generalized (Neg)", "generalized", "neg"),
-    ("Single (Neg, Vol)", "single", "neg+vol"),
-    ("Generalized (Neg, Vol)", "generalized", "neg+vol"),
-)
-
 
 def _features(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
     from conformood.data.arrays import to_float_images
@@ -71,6 +60,7 @@ def main() -> None:
 
     from conformood.conformal.set_training import evaluate_set, pair_samples, train_conformal_set
     from conformood.conformal.sets import SET_FAMILIES
+    from conformood.experiments.ccs import ROWS
     from conformood.data.image_folder import load_image_folder
     from conformood.io import save_state
     from conformood.metrics import auroc, fpr_at_95_tpr
