@@ -26,6 +26,17 @@ from pathlib import Path
 import numpy as np
 
 
+def _smallest_reaching(coverage, target, tol, lo=-1.0, hi=1.0):
+    """binary_search_for_t of Algorithm 3: the smallest t in [lo, hi] with coverage(t) >= target, to ``tol``."""
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if coverage(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def reference_correction(probs, masks, base_taus, alpha, tol):
     """Algorithm 3 (calibrate_coat) of the paper: binary search on t with a per-image Python loop."""
     n = len(probs)
@@ -40,15 +51,7 @@ def reference_correction(probs, masks, base_taus, alpha, tol):
                 coverages.append((pred_set & true_mask).sum() / true_mask.sum())
         return np.mean(coverages) if coverages else 0.0
 
-    target = (n + 1) / n * (1 - alpha)
-    lo, hi = -1.0, 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if get_empirical_coverage(mid) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _smallest_reaching(get_empirical_coverage, (n + 1) / n * (1 - alpha), tol)
 
 
 def reference_correction_torch(probs, masks, base_taus, alpha, tol):
@@ -71,15 +74,7 @@ def reference_correction_torch(probs, masks, base_taus, alpha, tol):
         return np.mean(coverages) if coverages else 0.0
 
     n = len(cal_dataset)
-    target = (n + 1) / n * (1 - alpha)
-    lo, hi = -1.0, 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if get_empirical_coverage(mid) >= target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _smallest_reaching(get_empirical_coverage, (n + 1) / n * (1 - alpha), tol)
 
 
 def reference_crc(probs, masks, alpha, tol):
