@@ -63,7 +63,8 @@ def train(
         str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
     ] = None,
     objective: Annotated[
-        str, typer.Option(help="firm, ntxent, supcon, supcon_multiclass (OE recipes: use --config).")
+        str, typer.Option(help="firm, ntxent, supcon, supcon_multiclass, csi, self_oecl, clp, cider "
+                         "(OE recipes: use --config).")
     ] = "firm",
     epochs: Annotated[int, typer.Option(min=1)] = 40,
     batch_size: Annotated[int, typer.Option(min=2, help="Global batch size (split over torchrun processes).")] = 32,
@@ -77,7 +78,7 @@ def train(
     config: Annotated[
         Path | None,
         typer.Option(help="A YAML recipe (see configs/); its fields replace the options above, except --out, "
-                     "--resume, --device and --progress."),
+                     "--resume, --device, --progress and --normal-class (which, when given, wins over the file)."),
     ] = None,
 ) -> None:
     """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
@@ -93,7 +94,7 @@ def train(
 
             if not config.is_file():
                 raise ValueError(f"no config file {config}")
-            cfg = load_train_config(config, device=device)
+            cfg = load_train_config(config, device=device, normal_class=normal_class)
         else:
             cfg = TrainRunConfig(
                 data=data, split=split, normal_class=normal_class, objective=objective,

@@ -6,19 +6,45 @@ import torch
 from torch import nn
 
 from .encoders import SmallCNN
-from .heads import ProjectionHead
+from .heads import ClassifierHead, ProjectionHead
 
 
 class ContrastiveModel(nn.Module):
-    """f_theta followed by g_psi. ``forward`` returns projections z; :meth:`features` returns f_theta(x)."""
+    """f_theta followed by g_psi. ``forward`` returns projections z; :meth:`features` returns f_theta(x).
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    ``aux_head`` (optional) is a second head on f_theta(x): the shift classifier of CSI / self-OECL or the
+    class classifier of the CLP paper's joint recipe. ``forward(x, with_aux=True)`` returns ``(z, logits)``
+    from one encoder pass (so it also works through DistributedDataParallel).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, aux_head: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.aux_head = aux_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x))
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        h = self.encoder(x)
+        if not with_aux:
+            return self.head(h)
+        if self.aux_head is None:
+            raise ValueError("this model has no auxiliary head; build it with aux_classes=...")
+        return self.head(h), self.aux_head(h)
+
+    @torch.no_grad()
+    def aux_logits(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Auxiliary-head logits in evaluation mode, computed in batches; returned on the CPU."""
+        if self.aux_head is None:
+            raise ValueError("this model has no auxiliary head")
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        try:
+            out = [self.aux_head(self.encoder(x[i : i + batch_size].to(device))).cpu()
+                   for i in range(0, x.shape[0], batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -34,8 +60,11 @@ class ContrastiveModel(nn.Module):
 
 
 def small_contrastive_model(
-    in_channels: int, widths: tuple[int, int, int] = (32, 64, 128), projection_dim: int = 128
+    in_channels: int, widths: tuple[int, int, int] = (32, 64, 128), projection_dim: int = 128,
+    aux_classes: int | None = None,
 ) -> ContrastiveModel:
-    """:class:`SmallCNN` encoder with a 2-layer :class:`ProjectionHead`."""
+    """:class:`SmallCNN` encoder with a 2-layer :class:`ProjectionHead`, and a linear
+    :class:`ClassifierHead` with ``aux_classes`` outputs when that is given."""
     encoder = SmallCNN(in_channels, widths)
-    return ContrastiveModel(encoder, ProjectionHead(encoder.feature_dim, out_dim=projection_dim))
+    aux = ClassifierHead(encoder.feature_dim, aux_classes) if aux_classes else None
+    return ContrastiveModel(encoder, ProjectionHead(encoder.feature_dim, out_dim=projection_dim), aux)

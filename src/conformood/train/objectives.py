@@ -12,12 +12,23 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..augment import ROTATION_ANGLES, SimCLRViews, rotation_outliers
-from ..losses import FIRMLoss, NTXentLoss, OECLLoss, SupConLoss
+from ..augment import ROTATION_ANGLES, SimCLRViews, rotate, rotation_outliers
+from ..losses import CIDERLoss, CSILoss, FIRMLoss, JointContrastiveCELoss, NTXentLoss, OECLLoss, SupConLoss
 
 
 class Objective(Protocol):
+    """``needs_labels = True`` on an objective makes the trainer pass ``labels=`` (the batch's class indices);
+    ``set_epoch(epoch)`` is called before every epoch when defined, and ``state_dict`` / ``load_state_dict``
+    (when defined) are saved in and restored from checkpoints."""
+
     def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+def _shifted(x: torch.Tensor, angles: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image under every rotation in ``angles`` (angle-major) and the index of each one's rotation."""
+    shifted = torch.cat([rotate(x, a) for a in angles])
+    labels = torch.arange(len(angles), device=x.device).repeat_interleave(x.shape[0])
+    return shifted, labels
 
 
 class FIRMRotationObjective:
@@ -130,3 +141,114 @@ class OECLObjective:
         z = model(torch.cat([self.views(x, generator), self.views(x, generator), self.views(oe, generator)]))
         z1, z2, z_oe = z.split(x.shape[0])
         return self.loss(z1, z2, z_oe)
+
+
+class CSIObjective:
+    """CSI (Tack et al. 2020; the base loss of OECL section IV): each image under each shift of ``shifts``
+    (rotations by 0, 90, 180 and 270 degrees) is its own instance. NT-Xent over the two SimCLR views of all
+    shifted instances, plus ``shift_weight`` times the cross-entropy of the model's shift head (an auxiliary
+    head with ``len(shifts)`` outputs) on both views."""
+
+    def __init__(self, views: SimCLRViews, temperature: float = 0.5, shifts: tuple[int, ...] = (0, 90, 180, 270),
+                 shift_weight: float = 1.0, gather_distributed: bool = False) -> None:
+        self.views = views
+        self.shifts = tuple(shifts)
+        self.loss = CSILoss(temperature, shift_weight=shift_weight, gather_distributed=gather_distributed)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shifted, labels = _shifted(x, self.shifts)
+        z, logits = model(torch.cat([self.views(shifted, generator), self.views(shifted, generator)]), with_aux=True)
+        z1, z2 = z.chunk(2)
+        return self.loss(z1, z2, logits, labels)
+
+
+class SelfOECLObjective:
+    """Self-OECL (OECL eq. 8, section IV): CSI over the in-distribution shifts S = {I, R90} plus
+    alpha * mean ||f(t(S_oe(x)))||_2 over outliers made with S_oe = {R180, R270} (one angle drawn per image),
+    where f is the unnormalised projection. alpha is 0 for the first ``warmup_epochs`` epochs (appendix G).
+    The model's shift head has ``len(id_shifts)`` outputs."""
+
+    def __init__(self, views: SimCLRViews, temperature: float = 0.5, alpha: float = 1.0, warmup_epochs: int = 0,
+                 id_shifts: tuple[int, ...] = (0, 90), oe_shifts: tuple[int, ...] = (180, 270),
+                 shift_weight: float = 1.0, gather_distributed: bool = False) -> None:
+        if set(id_shifts) & set(oe_shifts):
+            raise ValueError(f"the outlier shifts {oe_shifts} must not overlap the in-distribution shifts {id_shifts}")
+        self.views = views
+        self.id_shifts, self.oe_shifts = tuple(id_shifts), tuple(oe_shifts)
+        self.csi = CSILoss(temperature, shift_weight=shift_weight, gather_distributed=gather_distributed)
+        self.oecl = OECLLoss(temperature, alpha=alpha, warmup_epochs=warmup_epochs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.oecl.set_epoch(epoch)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        shifted, labels = _shifted(x, self.id_shifts)
+        oe, _ = rotation_outliers(x, self.oe_shifts, per_sample=True, generator=generator)
+        m = shifted.shape[0]
+        batch = torch.cat([self.views(shifted, generator), self.views(shifted, generator), self.views(oe, generator)])
+        z, logits = model(batch, with_aux=True)
+        z1, z2, z_oe = z.split([m, m, oe.shape[0]])
+        loss = self.csi(z1, z2, logits[: 2 * m], labels)
+        return loss + self.oecl.current_alpha * self.oecl.norm_penalty(z_oe)
+
+
+class CLPTwoStageObjective:
+    """The CLP paper's recipe (section 3): NT-Xent alone for the first ``stage1_epochs`` epochs, then
+    L_con + weight * CE_ls on the class head's logits of both views (label smoothing ``label_smoothing``).
+    Needs class labels; the model's auxiliary head is the classifier."""
+
+    needs_labels = True
+
+    def __init__(self, views: SimCLRViews, temperature: float = 0.5, weight: float = 100.0,
+                 label_smoothing: float = 0.1, stage1_epochs: int = 0, gather_distributed: bool = False) -> None:
+        if stage1_epochs < 0:
+            raise ValueError(f"stage1_epochs must be >= 0, got {stage1_epochs}")
+        self.views = views
+        self.loss = JointContrastiveCELoss(temperature, weight=weight, label_smoothing=label_smoothing,
+                                           gather_distributed=gather_distributed)
+        self.stage1_epochs = int(stage1_epochs)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.epoch < self.stage1_epochs else 2
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("the CLP recipe needs class labels")
+        z, logits = model(torch.cat([self.views(x, generator), self.views(x, generator)]), with_aux=True)
+        z1, z2 = z.chunk(2)
+        if self.stage == 1:
+            return self.loss.contrastive(z1, z2)
+        return self.loss(z1, z2, logits, labels)
+
+
+class CIDERObjective:
+    """CIDER (Ming et al. 2023; a baseline of the CCS paper): compactness + dispersion around EMA class
+    prototypes on the projections of two views of each labelled image. The prototypes are part of the
+    objective's state and are checkpointed with it."""
+
+    needs_labels = True
+
+    def __init__(self, views: SimCLRViews, n_classes: int, dim: int, temperature: float = 0.1,
+                 momentum: float = 0.5) -> None:
+        self.views = views
+        self.loss = CIDERLoss(n_classes, dim, temperature=temperature, momentum=momentum)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.loss.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.loss.load_state_dict(state)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator,
+                 labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("CIDER needs class labels")
+        self.loss.to(x.device)
+        z = model(torch.cat([self.views(x, generator), self.views(x, generator)]))
+        return self.loss(z, torch.cat([labels, labels]))

@@ -24,8 +24,11 @@ from ..models import small_contrastive_model
 from .objectives import FIRMRotationObjective, NTXentObjective
 from .trainer import TrainConfig, Trainer
 
-OBJECTIVES = ("firm", "ntxent", "supcon", "supcon_multiclass", "firm_oe", "oecl_oe")
+OBJECTIVES = ("firm", "ntxent", "supcon", "supcon_multiclass", "firm_oe", "oecl_oe", "csi", "self_oecl", "clp", "cider")
 OE_OBJECTIVES = ("firm_oe", "oecl_oe")
+LABELLED_OBJECTIVES = ("clp", "cider")
+CSI_SHIFTS = (0, 90, 180, 270)
+SELF_OECL_ID_SHIFTS = (0, 90)
 MODEL_KIND = "ContrastiveModel"
 
 
@@ -56,10 +59,20 @@ class TrainRunConfig:
     oe_alpha: float = 1.0
     oe_warmup_epochs: int = 0
     max_images: int | None = None
+    shift_weight: float = 1.0
+    ce_weight: float = 100.0
+    label_smoothing: float = 0.1
+    stage1_epochs: int = 0
+    cider_momentum: float = 0.5
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective in LABELLED_OBJECTIVES and self.normal_class is not None:
+            raise ValueError(f"objective {self.objective!r} trains a classifier over several in-distribution "
+                             "classes; leave normal_class unset")
+        if not 0 <= self.stage1_epochs <= self.epochs:
+            raise ValueError(f"stage1_epochs must lie in [0, epochs], got {self.stage1_epochs}")
         if self.objective in OE_OBJECTIVES and not self.oe_pool:
             raise ValueError(f"objective {self.objective!r} needs oe_pool: an .npz with an image array 'x'")
         if self.max_images is not None:
@@ -68,12 +81,45 @@ class TrainRunConfig:
         self.widths = tuple(int(w) for w in self.widths)  # type: ignore[assignment]
 
 
-def build_objective(cfg: TrainRunConfig, views: SimCLRViews, image_shape: tuple[int, int, int]):
+def aux_classes_for(cfg: TrainRunConfig, n_classes: int | None = None) -> int | None:
+    """Outputs of the model's auxiliary head for ``cfg.objective``: shifts (CSI, self-OECL), classes (CLP)."""
+    if cfg.objective == "csi":
+        return len(CSI_SHIFTS)
+    if cfg.objective == "self_oecl":
+        return len(SELF_OECL_ID_SHIFTS)
+    if cfg.objective == "clp":
+        return n_classes
+    return None
+
+
+def build_objective(cfg: TrainRunConfig, views: SimCLRViews, image_shape: tuple[int, int, int],
+                    n_classes: int | None = None):
     """The training objective named by ``cfg.objective`` (outlier-exposure pools conformed to the images)."""
     from ..augment import OutlierExposurePool
-    from .objectives import FIRMOutlierExposureObjective, OECLObjective, SupConRotationObjective
+    from .objectives import (
+        CIDERObjective,
+        CLPTwoStageObjective,
+        CSIObjective,
+        FIRMOutlierExposureObjective,
+        OECLObjective,
+        SelfOECLObjective,
+        SupConRotationObjective,
+    )
 
     gather = dist_utils.is_distributed()
+    if cfg.objective == "csi":
+        return CSIObjective(views, cfg.temperature, CSI_SHIFTS, cfg.shift_weight, gather_distributed=gather)
+    if cfg.objective == "self_oecl":
+        return SelfOECLObjective(views, cfg.temperature, alpha=cfg.oe_alpha, warmup_epochs=cfg.oe_warmup_epochs,
+                                 id_shifts=SELF_OECL_ID_SHIFTS, oe_shifts=(180, 270), shift_weight=cfg.shift_weight,
+                                 gather_distributed=gather)
+    if cfg.objective == "clp":
+        return CLPTwoStageObjective(views, cfg.temperature, weight=cfg.ce_weight, label_smoothing=cfg.label_smoothing,
+                                    stage1_epochs=cfg.stage1_epochs, gather_distributed=gather)
+    if cfg.objective == "cider":
+        if n_classes is None:
+            raise ValueError("CIDER needs the number of classes")
+        return CIDERObjective(views, n_classes, cfg.projection_dim, cfg.temperature, momentum=cfg.cider_momentum)
     if cfg.objective == "firm":
         return FIRMRotationObjective(views, cfg.temperature, gather_distributed=gather)
     if cfg.objective == "ntxent":
@@ -113,20 +159,36 @@ def train_contrastive_encoder(
     progress: bool = True,
     device: str | None = None,
     description: str | None = None,
+    labels: torch.Tensor | np.ndarray | None = None,
 ):
     """Build the small CNN + projection head and train it on ``images`` with ``cfg``'s objective.
 
-    Returns ``(model, history)``. Initial weights come from ``cfg.seed`` (the same on every process); the
-    global random state is restored afterwards.
+    ``labels`` (class of each image) are needed by the labelled recipes (``clp``, ``cider``); they are
+    mapped to 0..C-1 in sorted order. Returns ``(model, history)``. Initial weights come from ``cfg.seed``
+    (the same on every process); the global random state is restored afterwards.
     """
+    n_classes = None
+    if cfg.objective in LABELLED_OBJECTIVES:
+        if labels is None:
+            raise ValueError(f"objective {cfg.objective!r} needs the class labels of the training images")
+        labels = torch.as_tensor(np.asarray(labels))
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        classes, labels = torch.unique(labels, return_inverse=True)
+        n_classes = int(classes.numel())
+        if n_classes < 2:
+            raise ValueError(f"objective {cfg.objective!r} needs at least 2 classes in the training data, got {n_classes}")
+    else:
+        labels = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = small_contrastive_model(images.shape[1], cfg.widths, cfg.projection_dim)
+        model = small_contrastive_model(images.shape[1], cfg.widths, cfg.projection_dim,
+                                        aux_classes=aux_classes_for(cfg, n_classes))
     views = SimCLRViews(
         tuple(images.shape[-2:]),
         ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5 if cfg.flip else 0.0),
     )
-    objective = build_objective(cfg, views, tuple(images.shape[1:]))
+    objective = build_objective(cfg, views, tuple(images.shape[1:]), n_classes)
     train_cfg = TrainConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
@@ -137,7 +199,7 @@ def train_contrastive_encoder(
         model, objective, train_cfg, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 10),
         progress=progress, description=description or f"{cfg.objective} training",
     )
-    history = trainer.fit(images, resume=resume)
+    history = trainer.fit(images, resume=resume, labels=labels)
     return model, history
 
 
@@ -181,12 +243,14 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
             data = data.subset(keep)
         images = resize_images(data.tensor(), (cfg.image_size, cfg.image_size))
         model, history = train_contrastive_encoder(
-            images, cfg, out / "checkpoint.safetensors", resume=resume, progress=progress, device=device
+            images, cfg, out / "checkpoint.safetensors", resume=resume, progress=progress, device=device,
+            labels=data.labels if cfg.objective in LABELLED_OBJECTIVES else None,
         )
+        aux = model.aux_head.n_classes if model.aux_head is not None else None
         result = {
             "config": asdict(cfg),
             "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
-                      "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data},
+                      "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data, "aux_classes": aux},
             "n_train": int(images.shape[0]),
             "world_size": dist_utils.world_size(),
             "rank": dist_utils.rank(),
@@ -207,7 +271,8 @@ def load_trained_model(path: str | os.PathLike):
     from ..io import load_state
 
     tensors, config = load_state(path, kind=MODEL_KIND)
-    model = small_contrastive_model(config["in_channels"], tuple(config["widths"]), config["projection_dim"])
+    model = small_contrastive_model(config["in_channels"], tuple(config["widths"]), config["projection_dim"],
+                                    aux_classes=config.get("aux_classes"))
     model.load_state_dict(tensors)
     model.eval()
     return model, config

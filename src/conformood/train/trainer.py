@@ -119,10 +119,16 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [torch.device(self.config.device).index or 0] if self.config.device.startswith("cuda") else None
-        return DistributedDataParallel(self.model, device_ids=device_ids)
+        # an auxiliary head takes no gradient in some steps (the first stage of the CLP recipe)
+        unused = getattr(self.model, "aux_head", None) is not None
+        return DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=unused)
 
-    def fit(self, images: torch.Tensor, resume: bool = False) -> TrainHistory:
-        """Train on float images (n, c, h, w) in [0, 1]; returns the per-epoch history."""
+    def fit(self, images: torch.Tensor, resume: bool = False, labels: torch.Tensor | None = None) -> TrainHistory:
+        """Train on float images (n, c, h, w) in [0, 1]; returns the per-epoch history.
+
+        ``labels`` (n,) integer class indices are required by objectives with ``needs_labels`` (CLP, CIDER)
+        and passed to them batch by batch.
+        """
         from tqdm.auto import tqdm
 
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
@@ -131,6 +137,17 @@ class Trainer:
             raise ValueError(f"need at least 2 training images, got {images.shape[0]}")
         if not torch.isfinite(images).all():
             raise ValueError("training images contain NaN or infinite values")
+        needs_labels = bool(getattr(self.objective, "needs_labels", False))
+        if needs_labels and labels is None:
+            raise ValueError(f"{type(self.objective).__name__} needs class labels: pass labels= to fit")
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.shape != (images.shape[0],) or labels.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"labels must be an integer tensor of shape ({images.shape[0]},), "
+                                 f"got {labels.dtype} {tuple(labels.shape)}")
+            if labels.min() < 0:
+                raise ValueError("labels must be non-negative class indices")
+            labels = labels.long()
         cfg = self.config
         if cfg.batch_size % self.world_size != 0:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes")
@@ -166,7 +183,8 @@ class Trainer:
                     if idx.numel() < bs and self.world_size > 1 or idx.numel() < 2:
                         continue  # a ragged last batch cannot be split evenly over processes
                     idx = idx[self.rank * local : (self.rank + 1) * local] if self.world_size > 1 else idx
-                    loss = self.objective(train_model, images[idx].to(device), self.aug_generator)
+                    extra = {"labels": labels[idx].to(device)} if needs_labels else {}
+                    loss = self.objective(train_model, images[idx].to(device), self.aug_generator, **extra)
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}")
                     self.optimizer.zero_grad(set_to_none=True)
@@ -225,6 +243,9 @@ class Trainer:
                 for key, value in state.items():
                     if isinstance(value, torch.Tensor):
                         tensors[f"optim.{pid}.{key}"] = value
+            if hasattr(self.objective, "state_dict"):
+                for k, v in self.objective.state_dict().items():
+                    tensors[f"objective.{k}"] = v
             tensors["generator"] = self.generator.get_state()
             for r, s in enumerate(aug_states):
                 tensors[f"aug_generator.{r}"] = s
@@ -252,6 +273,9 @@ class Trainer:
                 _, pid, name = key.split(".", 2)
                 state.setdefault(int(pid), {})[name] = value
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        objective_state = {k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}
+        if hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(objective_state)
         self.generator.set_state(tensors["generator"])
         self.epoch = int(meta["epoch"])
         aug_key = f"aug_generator.{self.rank}"
