@@ -236,3 +236,78 @@ def test_bucket_path_equals_full_sort_on_large_maps():
         assert _first_reaching(jumps, heights, image_of, sizes, level) == _first_reaching_sorted(
             jumps, heights, image_of, sizes, level
         )
+
+
+# -- the compiled kernel (numba) -----------------------------------------------------------------------------
+def _compiled(monkeypatch, buckets):
+    from conformood.conformal import risk_control
+
+    if not risk_control.compiled_kernel_available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(risk_control, "_FAST_MIN_PIXELS", 0)
+    monkeypatch.setattr(risk_control, "_FAST_BUCKETS", buckets)
+    return risk_control
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_compiled_kernel_matches_brute_force(seed, monkeypatch):
+    """The compiled two-pass selection, forced onto small problems (few buckets, so the crossing bucket
+    holds several jumps and the float-doubt fallbacks are exercised too)."""
+    _compiled(monkeypatch, buckets=int(np.random.default_rng(seed).choice([2, 5, 64])))
+    rng = np.random.default_rng(900 + seed)
+    n = int(rng.integers(3, 10))
+    probs, masks = _problem(rng, n, 4, 4)
+    probs = probs.astype(np.float32) if seed % 2 else probs
+    alpha = float(rng.choice([0.1, 0.2, 0.3, 0.5, 1 / 3]))
+    tau_hat = rng.integers(0, GRID + 1, size=n) / GRID
+    expected = _brute_correction(probs, masks, tau_hat, alpha)
+    if expected is not None:
+        assert adaptive_correction(probs, masks, tau_hat, alpha) == expected
+    expected = _brute_crc(probs, masks, alpha)
+    if expected is not None:
+        assert crc_threshold(probs, masks, alpha) == expected
+
+
+def test_compiled_kernel_decides_large_problems_itself_and_agrees(monkeypatch):
+    rc = _compiled(monkeypatch, buckets=1 << 13)
+    rng = np.random.default_rng(4)
+    probs = rng.beta(2, 2, size=(300, 24, 20)).astype(np.float32)
+    masks = rng.random((300, 24, 20)) < 0.15
+    masks[:, 0, 0] = True
+    probs[1, masks[1]] = 1.0  # p = 1 pixels are always in the adaptive sets
+    tau = rng.uniform(0.2, 0.8, 300)
+    sizes = masks.reshape(300, -1).sum(1)
+    image_of = np.repeat(np.arange(300), sizes)
+    values = probs[masks].astype(np.float64)
+    for alpha in (0.05, 0.1, 0.2, 0.37):
+        level = (300 + 1) * (1 - Fraction(repr(alpha)))
+        fast = rc._fast_first_reaching(probs, masks, tau, True, (tau.min() - 1.0, tau.max()), level)
+        assert fast is not rc._FALLBACK  # decided by the kernel, not handed back
+        jumps = np.where(values >= 1.0, -np.inf, np.repeat(tau, sizes) - values)
+        assert fast == rc._first_reaching_sorted(jumps, np.repeat(1.0 / sizes, sizes), image_of, sizes, level)
+        crc_level = 300 + 1 - (300 + 1) * Fraction(repr(alpha))
+        fast = rc._fast_first_reaching(probs, masks, np.zeros(300), False, (-1.0, 0.0), crc_level)
+        assert fast is not rc._FALLBACK
+        assert fast == rc._first_reaching_sorted(-values, np.repeat(1.0 / sizes, sizes), image_of, sizes, crc_level)
+        monkeypatch.setattr(rc, "USE_COMPILED_KERNEL", False)
+        numpy_t, numpy_crc = adaptive_correction(probs, masks, tau, alpha), crc_threshold(probs, masks, alpha)
+        monkeypatch.setattr(rc, "USE_COMPILED_KERNEL", True)
+        assert adaptive_correction(probs, masks, tau, alpha) == numpy_t
+        assert crc_threshold(probs, masks, alpha) == numpy_crc
+
+
+@pytest.mark.parametrize(
+    "probs, masks, message",
+    [
+        (np.full((2, 3, 3), 0.5), np.zeros((2, 3, 3), bool), "empty mask"),
+        (np.full((2, 3, 3), 1.5), np.ones((2, 3, 3), bool), r"\[0, 1\]"),
+        (np.full((2, 3, 3), np.nan), np.ones((2, 3, 3), bool), "NaN"),
+        (np.full((2, 3, 3), -0.0001), np.ones((2, 3, 3), bool), r"\[0, 1\]"),
+    ],
+)
+def test_compiled_kernel_hands_invalid_inputs_to_the_checks(probs, masks, message, monkeypatch):
+    _compiled(monkeypatch, buckets=16)
+    with pytest.raises(ValueError, match=message):
+        crc_threshold(probs, masks, 0.1)
+    with pytest.raises(ValueError, match=message):
+        adaptive_correction(probs, masks, np.zeros(probs.shape[0]), 0.1)

@@ -45,8 +45,8 @@ def _as_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def check_probability_maps(probs: Any, name: str = "probs") -> np.ndarray:
-    """Return probability maps (n, h, w) as float32/float64 after checking they are finite and in [0, 1]."""
+def _probability_array(probs: Any, name: str) -> np.ndarray:
+    """Shape and dtype checks of :func:`check_probability_maps` (the value range is checked by the caller)."""
     arr = _as_numpy(probs)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(
@@ -59,6 +59,12 @@ def check_probability_maps(probs: Any, name: str = "probs") -> np.ndarray:
         raise ValueError(f"{name} is empty: at least one image is needed")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
+    return arr
+
+
+def check_probability_maps(probs: Any, name: str = "probs") -> np.ndarray:
+    """Return probability maps (n, h, w) as float32/float64 after checking they are finite and in [0, 1]."""
+    arr = _probability_array(probs, name)
     lo, hi = float(arr.min()), float(arr.max())
     # NaN propagates through min/max and fails both comparisons.
     if not (lo >= 0.0 and hi <= 1.0):
@@ -216,6 +222,73 @@ def _first_reaching(
     return float(cand_v[order[k_lo]])
 
 
+# -- compiled fast path ------------------------------------------------------------------------------------
+# With numba available, both calibrations read each map once in a compiled kernel (see _jumps_kernel) instead
+# of materialising every positive pixel; any doubt (invalid input, a level within float error of a bucket or
+# jump boundary) sends the call down the checked numpy path, which raises or decides exactly.
+USE_COMPILED_KERNEL = True
+_FAST_BUCKETS = 1 << 13  # at most 65535 (the kernel stores buckets as uint16)
+_FAST_MIN_PIXELS = 1 << 16
+_FALLBACK = object()
+_kernel_module: Any = None
+
+
+def _kernel():
+    global _kernel_module
+    if _kernel_module is None:
+        try:
+            from . import _jumps_kernel
+        except ImportError:  # numba missing or broken: the numpy path is exact too, only slower
+            _kernel_module = False
+        else:
+            _kernel_module = _jumps_kernel
+    return _kernel_module or None
+
+
+def compiled_kernel_available() -> bool:
+    """Whether the compiled (numba) calibration kernel is used for large inputs."""
+    return USE_COMPILED_KERNEL and _kernel() is not None
+
+
+def _fast_first_reaching(p: np.ndarray, m: np.ndarray, tau: np.ndarray, one_is_always_in: bool,
+                         bounds: tuple[float, float], level: Fraction):
+    """The jump selected by :func:`_first_reaching`, from the maps directly; ``_FALLBACK`` when unsure."""
+    if not (USE_COMPILED_KERNEL and p.size >= _FAST_MIN_PIXELS and m.dtype == bool) or _kernel() is None:
+        return _FALLBACK
+    import numba
+
+    kernel = _kernel()
+    n = p.shape[0]
+    p2 = np.ascontiguousarray(p).reshape(n, -1)
+    m2 = np.ascontiguousarray(m).reshape(n, -1)
+    chunks = max(1, min(n, numba.get_num_threads()))
+    lo, hi = bounds
+    scale = (_FAST_BUCKETS - 0.5) / (hi - lo)
+    sizes, hist, always, bad, positives, buckets = kernel.jump_histogram(
+        p2, m2, tau, one_is_always_in, lo, scale, _FAST_BUCKETS, chunks)
+    if bad or not sizes.all():
+        return _FALLBACK  # the checked path raises the precise error
+    lvl = float(level)
+    band = _TIE_BAND * max(1.0, abs(lvl))
+    if always >= lvl - band:
+        return _FALLBACK
+    cumulative = always + np.cumsum(hist.sum(axis=0))
+    j = int(np.searchsorted(cumulative, lvl - band, side="left"))
+    if j >= _FAST_BUCKETS:
+        return None
+    if cumulative[j] < lvl + band:
+        return _FALLBACK
+    below = float(cumulative[j - 1]) if j else float(always)
+    values, images = kernel.gather_bucket(positives, buckets, sizes, p2.shape[1], tau, j, chunks)
+    order = np.argsort(values, kind="stable")
+    running = below + np.cumsum(1.0 / sizes[images[order]])
+    k_lo = int(np.searchsorted(running, lvl - band, side="left"))
+    k_hi = int(np.searchsorted(running, lvl + band, side="left"))
+    if k_lo != k_hi or k_lo >= running.size:
+        return _FALLBACK
+    return float(values[order[k_lo]])
+
+
 def _fraction(value: float) -> Fraction:
     return Fraction(repr(float(value)))
 
@@ -254,16 +327,20 @@ def crc_threshold(probs, masks, alpha: float, loss_bound: float = 1.0) -> float:
     alpha = check_alpha(alpha)
     if not (np.isfinite(loss_bound) and loss_bound > 0):
         raise ValueError(f"loss_bound must be a finite number > 0, got {loss_bound}")
-    p, m, sizes = _check_pair(probs, masks, "calibration")
+    p = _probability_array(probs, "calibration probability maps")
+    m = check_masks(masks, p.shape, "calibration masks")
     n = p.shape[0]
     level = n + _fraction(loss_bound) - (n + 1) * _fraction(alpha)
-    if level <= 0:
-        return math.inf
-    image_of = np.repeat(np.arange(n), sizes)
     # Decreasing probabilities = increasing -p; the jump at p_j has height 1/|Y_i|.
-    jumps = -p[m].astype(np.float64)
-    heights = np.repeat(1.0 / sizes, sizes)
-    found = _first_reaching(jumps, heights, image_of, sizes, level, (-1.0, 0.0), True)
+    found = _fast_first_reaching(p, m, np.zeros(n), False, (-1.0, 0.0), level) if level > 0 else _FALLBACK
+    if found is _FALLBACK:
+        p, m, sizes = _check_pair(p, m, "calibration")
+        if level <= 0:
+            return math.inf
+        image_of = np.repeat(np.arange(n), sizes)
+        jumps = -p[m].astype(np.float64)
+        heights = np.repeat(1.0 / sizes, sizes)
+        found = _first_reaching(jumps, heights, image_of, sizes, level, (-1.0, 0.0), True)
     if found is None:
         warnings.warn(
             f"alpha = {alpha} is below B/(n+1) = {loss_bound}/{n + 1}: no threshold controls the risk with "
@@ -303,21 +380,25 @@ def adaptive_correction(probs, masks, base_thresholds, alpha: float) -> float:
     0.3
     """
     alpha = check_alpha(alpha)
-    p, m, sizes = _check_pair(probs, masks, "calibration")
+    p = _probability_array(probs, "calibration probability maps")
+    m = check_masks(masks, p.shape, "calibration masks")
     n = p.shape[0]
     tau = _check_thresholds(base_thresholds, n)
     level = (n + 1) * (1 - _fraction(alpha))
-    values = p[m]
-    image_of = np.repeat(np.arange(n), sizes)
-    # repeat() of per-image values is several times faster than gathering them through image_of.
-    jumps = np.repeat(tau, sizes)
-    jumps -= values
-    all_finite = not values.max() >= 1.0
-    if not all_finite:
-        jumps[values >= 1.0] = -math.inf
     bounds = (float(tau.min()) - 1.0, float(tau.max()))
-    heights = np.repeat(1.0 / sizes, sizes)
-    found = _first_reaching(jumps, heights, image_of, sizes, level, bounds, all_finite)
+    found = _fast_first_reaching(p, m, tau, True, bounds, level)
+    if found is _FALLBACK:
+        p, m, sizes = _check_pair(p, m, "calibration")
+        values = p[m]
+        image_of = np.repeat(np.arange(n), sizes)
+        # repeat() of per-image values is several times faster than gathering them through image_of.
+        jumps = np.repeat(tau, sizes)
+        jumps -= values
+        all_finite = not values.max() >= 1.0
+        if not all_finite:
+            jumps[values >= 1.0] = -math.inf
+        heights = np.repeat(1.0 / sizes, sizes)
+        found = _first_reaching(jumps, heights, image_of, sizes, level, bounds, all_finite)
     if found is None:
         warnings.warn(
             f"alpha = {alpha} is below 1/(n+1) = 1/{n + 1}: no correction reaches the level with {n} "
