@@ -36,6 +36,17 @@ def projection_norms(model, x: torch.Tensor, batch_size: int = 512) -> np.ndarra
     return torch.cat([model(x[i : i + batch_size]).norm(dim=1) for i in range(0, x.shape[0], batch_size)]).numpy()
 
 
+def class_sampler(data, n_train: int) -> Callable[[int, np.random.Generator], torch.Tensor]:
+    """``train_images`` for :func:`run_benchmark`: ``n_train`` images of class c drawn without replacement
+    from the :class:`~conformood.data.ImageArrays` ``data`` (all of them when the class has fewer)."""
+
+    def train_images(c: int, rng: np.random.Generator) -> torch.Tensor:
+        pool = (data.labels == c).nonzero()[0]
+        return data.tensor(np.sort(rng.choice(pool, size=min(n_train, pool.size), replace=False)))
+
+    return train_images
+
+
 def add_common_arguments(parser, epochs: int, n_train: int, batch_size: int, crop_scale_min: float,
                          weight_decay: float, out: Path) -> None:
     parser.add_argument("--classes", type=int, nargs="+")

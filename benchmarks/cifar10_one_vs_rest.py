@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from _one_vs_rest import add_common_arguments, run_benchmark
+from _one_vs_rest import add_common_arguments, class_sampler, run_benchmark
 
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
@@ -51,17 +49,12 @@ def main(argv=None) -> dict:
         "firm": "FIRM (rotations as synthetic outliers)",
         "oecl_oe": "OECL + OE (Tiny-ImageNet pool)",
     }
-
-    def train_images(c, rng):
-        chosen = (train.labels == c).nonzero()[0]
-        return train.tensor(np.sort(rng.choice(chosen, size=min(args.n_train, chosen.size), replace=False)))
-
     return run_benchmark(
         name="cifar10", title="CIFAR-10 one-vs-rest on the CPU: FIRM and OECL + OE",
         description="Small CNN (3 conv stages, widths 32-64-128, global average pooling; 2-layer projection head "
                     "to 64-d) trained from scratch per class; SimCLR views with flips and colour jitter.",
-        args=args, class_names=list(train.class_names), train_images=train_images, x_test=test.tensor(),
-        test_labels=test.labels, methods=methods, method_labels=labels,
+        args=args, class_names=list(train.class_names), train_images=class_sampler(train, args.n_train),
+        x_test=test.tensor(), test_labels=test.labels, methods=methods, method_labels=labels,
     )
 
 

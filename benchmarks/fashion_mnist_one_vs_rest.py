@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from _one_vs_rest import add_common_arguments, run_benchmark
+from _one_vs_rest import add_common_arguments, class_sampler, run_benchmark
 
 from conformood.data import load_fashion_mnist
 from conformood.data.idx import FASHION_MNIST_CLASSES
@@ -49,15 +47,11 @@ def main(argv=None) -> dict:
     args.classes = args.classes if args.classes is not None else list(range(10))
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
 
-    def train_images(c, rng):
-        pool = (train.labels == c).nonzero()[0]
-        return train.tensor(np.sort(rng.choice(pool, size=min(args.n_train, pool.size), replace=False)))
-
     return run_benchmark(
         name="fmnist", title="Fashion-MNIST one-vs-rest: NT-Xent vs SupCon (binary) vs FIRM",
         description="Small CNN (3 conv stages, widths 32-64-128, global average pooling; 2-layer projection head "
                     "to 64-d) trained from scratch per class on the CPU.",
-        args=args, class_names=list(FASHION_MNIST_CLASSES), train_images=train_images, x_test=test.tensor(),
+        args=args, class_names=list(FASHION_MNIST_CLASSES), train_images=class_sampler(train, args.n_train), x_test=test.tensor(),
         test_labels=test.labels, methods={m: METHODS[m] for m in args.methods}, method_labels=LABELS,
     )
 

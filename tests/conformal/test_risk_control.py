@@ -206,10 +206,14 @@ def test_bucket_selection_matches_brute_force(seed, monkeypatch):
 
     monkeypatch.setattr(risk_control, "_SMALL", 4)
     monkeypatch.setattr(risk_control, "_BUCKETS", 3)
-    rng = np.random.default_rng(500 + seed)
+    _both_calibrations_match_brute_force(np.random.default_rng(500 + seed), [0.1, 0.2, 0.3, 0.5])
+
+
+def _both_calibrations_match_brute_force(rng, alphas, dtype=np.float64):
     n = int(rng.integers(4, 10))
     probs, masks = _problem(rng, n, 4, 4)
-    alpha = float(rng.choice([0.1, 0.2, 0.3, 0.5]))
+    probs = probs.astype(dtype)
+    alpha = float(rng.choice(alphas))
     tau_hat = rng.integers(0, GRID + 1, size=n) / GRID
     expected = _brute_correction(probs, masks, tau_hat, alpha)
     if expected is not None:
@@ -254,18 +258,8 @@ def test_compiled_kernel_matches_brute_force(seed, monkeypatch):
     """The compiled two-pass selection, forced onto small problems (few buckets, so the crossing bucket
     holds several jumps and the float-doubt fallbacks are exercised too)."""
     _compiled(monkeypatch, buckets=int(np.random.default_rng(seed).choice([2, 5, 64])))
-    rng = np.random.default_rng(900 + seed)
-    n = int(rng.integers(3, 10))
-    probs, masks = _problem(rng, n, 4, 4)
-    probs = probs.astype(np.float32) if seed % 2 else probs
-    alpha = float(rng.choice([0.1, 0.2, 0.3, 0.5, 1 / 3]))
-    tau_hat = rng.integers(0, GRID + 1, size=n) / GRID
-    expected = _brute_correction(probs, masks, tau_hat, alpha)
-    if expected is not None:
-        assert adaptive_correction(probs, masks, tau_hat, alpha) == expected
-    expected = _brute_crc(probs, masks, alpha)
-    if expected is not None:
-        assert crc_threshold(probs, masks, alpha) == expected
+    _both_calibrations_match_brute_force(np.random.default_rng(900 + seed), [0.1, 0.2, 0.3, 0.5, 1 / 3],
+                                         np.float32 if seed % 2 else np.float64)
 
 
 def test_compiled_kernel_decides_large_problems_itself_and_agrees(monkeypatch):
