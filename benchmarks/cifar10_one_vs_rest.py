@@ -9,7 +9,8 @@ for the first fifth of the epochs (OECL appendix G), then alpha = 1, drawing as 
 as it has inliers. The raw-pixel s_con on the same images is the untrained baseline (0.570 mean over the
 ten classes with every training image).
 
-    python benchmarks/cifar10_one_vs_rest.py [--classes 0 3 8] [--epochs E] [--n-train N] [--out DIR]
+    python benchmarks/cifar10_one_vs_rest.py [--classes 0 3 8] [--methods firm oecl_oe] [--epochs E]
+        [--n-train N] [--threads T] [--out DIR]
 
 This is a CPU budget, not the papers' (ResNet-18, 500-2000 epochs on GPUs): it reports what such a run
 reaches. Every finished run is saved to ``cifar10.json`` at once, and a rerun continues where it stopped.
@@ -31,6 +32,7 @@ def main(argv=None) -> dict:
     add_common_arguments(parser, epochs=5, n_train=5000, batch_size=64, crop_scale_min=0.4, weight_decay=5e-4,
                          out=Path(__file__).parent / "results")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--methods", nargs="+", choices=["firm", "oecl_oe"], default=["firm", "oecl_oe"])
     args = parser.parse_args(argv)
     args.classes = args.classes if args.classes is not None else [0, 3, 8]
     archive = args.data_dir / "cifar10-jpg.tar.gz"
@@ -54,7 +56,8 @@ def main(argv=None) -> dict:
         description="Small CNN (3 conv stages, widths 32-64-128, global average pooling; 2-layer projection head "
                     "to 64-d) trained from scratch per class; SimCLR views with flips and colour jitter.",
         args=args, class_names=list(train.class_names), train_images=class_sampler(train, args.n_train),
-        x_test=test.tensor(), test_labels=test.labels, methods=methods, method_labels=labels,
+        x_test=test.tensor(), test_labels=test.labels, methods={m: methods[m] for m in args.methods},
+        method_labels=labels,
     )
 
 
