@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from conformood.cli import app
-from conformood.train.run import load_train_config
+from conformood.train.run import load_train_config, load_trained_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 runner = CliRunner()
@@ -20,7 +21,7 @@ runner = CliRunner()
 def test_there_are_recipes():
     assert {p.stem for p in CONFIGS} >= {
         "ntxent", "supcon_binary", "supcon_multiclass", "firm_rotations", "firm_oe", "oecl_oe", "self_oecl", "csi",
-        "clp", "cider"}
+        "clp", "cider", "firm_paper"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -34,6 +35,8 @@ def test_recipe_trains_one_epoch_on_digits(path, tmp_path):
         recipe["oe_pool"] = str(pool)
     if "stage1_epochs" in recipe:  # two epochs: one per stage of the two-stage recipe
         recipe.update(epochs=2, stage1_epochs=1)
+    if "warmup_epochs" in recipe:
+        recipe["warmup_epochs"] = min(recipe["warmup_epochs"], recipe["epochs"])
     small = tmp_path / "recipe.yaml"
     small.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
@@ -42,7 +45,9 @@ def test_recipe_trains_one_epoch_on_digits(path, tmp_path):
     train = json.loads((out / "train.json").read_text())
     assert train["config"]["objective"] == recipe["objective"]
     assert train["n_train"] == 40 and np.isfinite(train["history"]["loss"]).all()
-    assert (out / "model.safetensors").exists()
+    model, config = load_trained_model(out / "model.safetensors")  # rebuilt with the recipe's encoder and head
+    assert config["encoder"] == recipe.get("encoder", "small_cnn") and config["head"] == recipe.get("head", "mlp")
+    assert model.features(torch.rand(3, 1, 8, 8)).shape[0] == 3
 
 
 def test_bad_recipes_are_refused(tmp_path):

@@ -1,12 +1,15 @@
 """Encoders (small CNN, CIFAR ResNet-18, MLP), heads, and segmentation models."""
 
-from .contrastive import ContrastiveModel, small_contrastive_model
+from .contrastive import ENCODERS, HEADS, ContrastiveModel, build_contrastive_model, small_contrastive_model
 from .encoders import SmallCNN
 from .heads import ClassifierHead, DeepProjectionHead, ProjectionHead, ShiftClassifierHead
 from .resnet import CifarResNet18, MLPEncoder
 from .segmentation import SmallUNet, ThresholdPredictor
 
 __all__ = [
+    "ENCODERS",
+    "HEADS",
+    "build_contrastive_model",
     "CifarResNet18",
     "ClassifierHead",
     "ContrastiveModel",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .encoders import SmallCNN
-from .heads import ClassifierHead, ProjectionHead
+from .heads import ClassifierHead, DeepProjectionHead, ProjectionHead
 
 
 class ContrastiveModel(nn.Module):
@@ -65,6 +65,28 @@ def small_contrastive_model(
 ) -> ContrastiveModel:
     """:class:`SmallCNN` encoder with a 2-layer :class:`ProjectionHead`, and a linear
     :class:`ClassifierHead` with ``aux_classes`` outputs when that is given."""
-    encoder = SmallCNN(in_channels, widths)
-    aux = ClassifierHead(encoder.feature_dim, aux_classes) if aux_classes else None
-    return ContrastiveModel(encoder, ProjectionHead(encoder.feature_dim, out_dim=projection_dim), aux)
+    return build_contrastive_model(in_channels, "small_cnn", "mlp", widths, projection_dim, aux_classes)
+
+
+ENCODERS = ("small_cnn", "resnet18")
+HEADS = ("mlp", "deep")
+
+
+def build_contrastive_model(
+    in_channels: int, encoder: str = "small_cnn", head: str = "mlp", widths: tuple[int, ...] = (32, 64, 128),
+    projection_dim: int = 128, aux_classes: int | None = None,
+) -> ContrastiveModel:
+    """Encoder + projection head by name: ``small_cnn`` (:class:`SmallCNN` with ``widths``) or ``resnet18``
+    (:class:`CifarResNet18`, FIRM app. A; ``widths`` ignored); head ``mlp`` (SimCLR's 2 layers) or ``deep``
+    (FIRM's [512 x 8, projection_dim]). ``aux_classes`` adds a linear auxiliary head (shift or class)."""
+    from .resnet import CifarResNet18
+
+    if encoder not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    enc = SmallCNN(in_channels, tuple(widths)) if encoder == "small_cnn" else CifarResNet18(in_channels)
+    proj = (ProjectionHead(enc.feature_dim, out_dim=projection_dim) if head == "mlp"
+            else DeepProjectionHead(enc.feature_dim, out_dim=projection_dim))
+    aux = ClassifierHead(enc.feature_dim, aux_classes) if aux_classes else None
+    return ContrastiveModel(enc, proj, aux)

@@ -20,7 +20,7 @@ from ..data import (
     train_calibration_test_split,
 )
 from ..io import save_state, write_json
-from ..models import small_contrastive_model
+from ..models import ENCODERS, HEADS, build_contrastive_model
 from .objectives import FIRMRotationObjective, NTXentObjective
 from .trainer import TrainConfig, Trainer
 
@@ -49,6 +49,8 @@ class TrainRunConfig:
     flip: bool = False
     widths: tuple[int, int, int] = (32, 64, 128)
     projection_dim: int = 64
+    encoder: str = "small_cnn"
+    head: str = "mlp"
     seed: int = 0
     device: str = "cpu"
     optimizer: str = "sgd"
@@ -71,6 +73,10 @@ class TrainRunConfig:
         if self.objective in LABELLED_OBJECTIVES and self.normal_class is not None:
             raise ValueError(f"objective {self.objective!r} trains a classifier over several in-distribution "
                              "classes; leave normal_class unset")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if not 0 <= self.stage1_epochs <= self.epochs:
             raise ValueError(f"stage1_epochs must lie in [0, epochs], got {self.stage1_epochs}")
         if self.objective in OE_OBJECTIVES and not self.oe_pool:
@@ -182,7 +188,7 @@ def train_contrastive_encoder(
         labels = None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = small_contrastive_model(images.shape[1], cfg.widths, cfg.projection_dim,
+        model = build_contrastive_model(images.shape[1], cfg.encoder, cfg.head, cfg.widths, cfg.projection_dim,
                                         aux_classes=aux_classes_for(cfg, n_classes))
     views = SimCLRViews(
         tuple(images.shape[-2:]),
@@ -250,7 +256,8 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
         result = {
             "config": asdict(cfg),
             "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
-                      "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data, "aux_classes": aux},
+                      "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data, "aux_classes": aux,
+                      "encoder": cfg.encoder, "head": cfg.head},
             "n_train": int(images.shape[0]),
             "world_size": dist_utils.world_size(),
             "rank": dist_utils.rank(),
@@ -271,8 +278,10 @@ def load_trained_model(path: str | os.PathLike):
     from ..io import load_state
 
     tensors, config = load_state(path, kind=MODEL_KIND)
-    model = small_contrastive_model(config["in_channels"], tuple(config["widths"]), config["projection_dim"],
-                                    aux_classes=config.get("aux_classes"))
+    model = build_contrastive_model(
+        config["in_channels"], config.get("encoder", "small_cnn"), config.get("head", "mlp"), tuple(config["widths"]),
+        config["projection_dim"], aux_classes=config.get("aux_classes"),
+    )
     model.load_state_dict(tensors)
     model.eval()
     return model, config
