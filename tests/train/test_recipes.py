@@ -72,3 +72,23 @@ def test_oecl_warmup_reaches_the_loss():
     assert obj.loss.current_alpha == 0.0
     obj.set_epoch(3)
     assert obj.loss.current_alpha == 2.0
+
+
+def test_train_with_per_epoch_evaluation_writes_diagnostics(tmp_path):
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": "digits", "normal_class": "3", "objective": "firm", "epochs": 2, "batch_size": 16, "image_size": 8,
+        "widths": [4, 8, 8], "eval_every": 1, "eval_k": 3, "eval_max_images": 60,
+    }))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    diag = json.loads((out / "train.json").read_text())["diagnostics"]
+    assert diag["epochs"] == [1, 2] and all(0.0 <= a <= 1.0 for a in diag["auroc"])
+    assert diag["aulc"] == pytest.approx(np.trapezoid(diag["auroc"], [0.0, 1.0]))
+    assert len(diag["inlier_feature_norm"]) == 2 and all(v > 0 for v in diag["outlier_feature_norm"])
+    assert (out / "diagnostics.png").stat().st_size > 0
+    from conformood.train.run import TrainRunConfig
+
+    with pytest.raises(ValueError, match="normal_class"):
+        TrainRunConfig(eval_every=1)

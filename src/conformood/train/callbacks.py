@@ -94,5 +94,8 @@ def plot_training_diagnostics(path: str | Path, norms: FeatureNormCallback | Non
             ax.set_title(f"AULC = {p.aulc:.3f}")
         ax.set_xlabel("epoch")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    path = Path(path)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    tmp.replace(path)  # atomic: a reader never sees half a figure

@@ -66,6 +66,9 @@ class TrainRunConfig:
     label_smoothing: float = 0.1
     stage1_epochs: int = 0
     cider_momentum: float = 0.5
+    eval_every: int = 0
+    eval_k: int = 1
+    eval_max_images: int = 2000
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -77,6 +80,12 @@ class TrainRunConfig:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = no per-epoch evaluation), got {self.eval_every}")
+        if self.eval_every and self.normal_class is None:
+            raise ValueError("eval_every needs normal_class: the evaluation split's other classes are the outliers")
+        check_positive_int(self.eval_k, "eval_k")
+        check_positive_int(self.eval_max_images, "eval_max_images", minimum=2)
         if not 0 <= self.stage1_epochs <= self.epochs:
             raise ValueError(f"stage1_epochs must lie in [0, epochs], got {self.stage1_epochs}")
         if self.objective in OE_OBJECTIVES and not self.oe_pool:
@@ -166,6 +175,7 @@ def train_contrastive_encoder(
     device: str | None = None,
     description: str | None = None,
     labels: torch.Tensor | np.ndarray | None = None,
+    callbacks=(),
 ):
     """Build the small CNN + projection head and train it on ``images`` with ``cfg``'s objective.
 
@@ -203,21 +213,39 @@ def train_contrastive_encoder(
     )
     trainer = Trainer(
         model, objective, train_cfg, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 10),
-        progress=progress, description=description or f"{cfg.objective} training",
+        progress=progress, description=description or f"{cfg.objective} training", callbacks=callbacks,
     )
     history = trainer.fit(images, resume=resume, labels=labels)
     return model, history
 
 
-def _load(cfg: TrainRunConfig) -> ImageArrays:
-    """The training part of a named data set (seeded 60/20/20 split, as evaluate uses), or an image folder."""
+def _load(cfg: TrainRunConfig, part: str = "train") -> ImageArrays:
+    """The training (or test) part of a named data set (seeded 60/20/20 split, as evaluate uses), or of an
+    image folder (its ``cfg.split`` sub-folder, or ``test``)."""
     from ..data import DATASETS, load_named
 
     if cfg.data in DATASETS:
         data = load_named(cfg.data)
         split = train_calibration_test_split(data.labels, seed=cfg.seed)
-        return data.subset(split.train)
-    return load_image_folder(cfg.data, split=cfg.split)
+        return data.subset(split.train if part == "train" else split.test)
+    return load_image_folder(cfg.data, split=cfg.split if part == "train" else "test")
+
+
+def _evaluation_callbacks(cfg: TrainRunConfig, train_images: torch.Tensor):
+    """Feature norms and s_con AUROC per epoch (every ``cfg.eval_every``) on the test part of the data, the
+    normal class against the others (at most ``cfg.eval_max_images`` images, drawn with ``cfg.seed``)."""
+    from .callbacks import AUROCCallback, FeatureNormCallback
+
+    test = _load(cfg, "test")
+    rng = np.random.default_rng(cfg.seed)
+    keep = np.sort(rng.permutation(len(test.labels))[: cfg.eval_max_images])
+    test = test.subset(keep)
+    is_inlier = test.labels == test.class_index(cfg.normal_class)
+    x = resize_images(test.tensor(), (cfg.image_size, cfg.image_size))
+    bank = train_images[np.sort(rng.permutation(train_images.shape[0])[: cfg.eval_max_images])]
+    norms = FeatureNormCallback(x[is_inlier], x[~is_inlier], every=cfg.eval_every)
+    aurocs = AUROCCallback(bank, x, is_inlier, k=cfg.eval_k, every=cfg.eval_every)
+    return norms, aurocs
 
 
 def _init_process_group(device: str) -> bool:
@@ -248,9 +276,10 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
             keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(data.labels))[: cfg.max_images])
             data = data.subset(keep)
         images = resize_images(data.tensor(), (cfg.image_size, cfg.image_size))
+        diagnostics = _evaluation_callbacks(cfg, images) if cfg.eval_every else ()
         model, history = train_contrastive_encoder(
             images, cfg, out / "checkpoint.safetensors", resume=resume, progress=progress, device=device,
-            labels=data.labels if cfg.objective in LABELLED_OBJECTIVES else None,
+            labels=data.labels if cfg.objective in LABELLED_OBJECTIVES else None, callbacks=diagnostics,
         )
         aux = model.aux_head.n_classes if model.aux_head is not None else None
         result = {
@@ -264,9 +293,20 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
             "history": asdict(history),
             "wall_time_s": time.perf_counter() - start,
         }
+        if diagnostics:
+            norms, aurocs = diagnostics
+            result["diagnostics"] = {
+                "epochs": aurocs.epochs, "auroc": aurocs.aurocs, "aulc": aurocs.aulc if aurocs.epochs else None,
+                "inlier_feature_norm": norms.inlier_norm, "outlier_feature_norm": norms.outlier_norm,
+                "note": "epochs trained in this invocation (a resumed run records from where it resumed)",
+            }
         if dist_utils.rank() == 0:
             save_state(out / "model.safetensors", model.state_dict(), result["model"], kind=MODEL_KIND)
             write_json(out / "train.json", result)
+            if diagnostics and diagnostics[1].epochs:
+                from .callbacks import plot_training_diagnostics
+
+                plot_training_diagnostics(out / "diagnostics.png", *diagnostics)
         return result
     finally:
         if started_group:
