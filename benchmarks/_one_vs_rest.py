@@ -68,7 +68,7 @@ def add_common_arguments(parser, epochs: int, n_train: int, batch_size: int, cro
 def run_benchmark(
     *, name: str, title: str, args, class_names: list[str], train_images: Callable[[int, np.random.Generator], torch.Tensor],
     x_test: torch.Tensor, test_labels: np.ndarray, methods: dict[str, dict], method_labels: dict[str, str],
-    description: str,
+    description: str, notes: tuple[str, ...] = (),
 ) -> dict:
     """Run every (class, method) of ``args.classes`` not yet in ``args.out / f"{name}_runs"`` (one JSON per
     run, so several processes can share the work and a stopped benchmark continues), then gather all the
@@ -121,11 +121,11 @@ def run_benchmark(
                               "started": started, "finished": time.time()})
             print(f"{cname:12s} {method:8s} AUROC {metrics['auroc']:.3f} (s_l2 {metrics['s_l2_auroc']:.3f}, "
                   f"{train_s:.0f} s)", flush=True)
-    return gather(name, title, description, args.out, config, class_names, methods, method_labels)
+    return gather(name, title, description, args.out, config, class_names, methods, method_labels, notes)
 
 
 def gather(name: str, title: str, description: str, out_dir: Path, config: dict, class_names: list[str],
-           methods: dict, method_labels: dict) -> dict:
+           methods: dict, method_labels: dict, notes: tuple[str, ...] = ()) -> dict:
     """Collect the per-run files into ``{name}.json`` (+ ``.md`` and plot when some class is complete)."""
     results: dict = {}
     train_configs: dict = {}
@@ -160,7 +160,7 @@ def gather(name: str, title: str, description: str, out_dir: Path, config: dict,
     write_json(out_dir / f"{name}.json", out)
     complete = {c: r for c, r in results.items() if all(m in r for m in ("raw_pixels", *methods))}
     if complete:
-        write_markdown(out_dir / f"{name}.md", out, complete, methods, method_labels, f"{name}_auroc.png")
+        write_markdown(out_dir / f"{name}.md", out, complete, methods, method_labels, f"{name}_auroc.png", notes)
         plot(out_dir / f"{name}_auroc.png", out, complete, methods, method_labels)
     print(json.dumps(out["mean"], indent=1))
     return out
@@ -179,7 +179,8 @@ def summary(results: dict, methods) -> dict:
     return out
 
 
-def write_markdown(path: Path, out: dict, results: dict, methods, labels: dict, figure: str) -> None:
+def write_markdown(path: Path, out: dict, results: dict, methods, labels: dict, figure: str,
+                   notes: tuple[str, ...] = ()) -> None:
     cfg, cols = out["config"], ["raw_pixels", *methods]
     lines = [
         f"# {out['benchmark']}", "", out["description"], "",
@@ -199,11 +200,15 @@ def write_markdown(path: Path, out: dict, results: dict, methods, labels: dict, 
         lines.append(f"| {cname} | " + " | ".join(
             f"**{r[m]['auroc']:.3f}**" if r[m]["auroc"] == best else f"{r[m]['auroc']:.3f}" for m in cols) + " |")
     mean = out["mean"]
-    lines.append("| **mean AUROC** | " + " | ".join(f"**{mean[m]['auroc']:.3f}**" for m in cols) + " |")
+    top = max(mean[m]["auroc"] for m in cols)
+    lines.append("| **mean AUROC** | " + " | ".join(
+        f"**{mean[m]['auroc']:.4f}**" if mean[m]["auroc"] == top else f"{mean[m]['auroc']:.4f}" for m in cols) + " |")
     lines.append("| mean FPR@95TPR | " + " | ".join(f"{mean[m]['fpr95']:.3f}" for m in cols) + " |")
     lines.append("| mean AUROC of s_l2 (‖projection‖) | – | " + " | ".join(f"{mean[m]['s_l2_auroc']:.3f}" for m in methods)
                  + " |")
     lines += ["", f"![AUROC per class]({figure})", ""]
+    if notes:
+        lines += [*notes, ""]
     path.write_text("\n".join(lines))
 
 

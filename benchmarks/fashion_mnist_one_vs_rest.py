@@ -37,10 +37,18 @@ LABELS = {
     "firm": "FIRM (rotations as synthetic outliers, eq. 2)",
 }
 
+NOTES = (
+    "For reference, the FIRM paper's Fashion-MNIST column of Table 4 (ResNet-18, 2000 epochs on GPUs, s_con "
+    "with k = 1, mean over seeds): NT-Xent 0.957, SupCon (binary) 0.964, SupCon* 0.967, FIRM 0.968. Per class "
+    "(its Table 16, k = 5) SupCon beats FIRM on t-shirt/top and pullover and ties it on dress, and NT-Xent beats "
+    "both on shirt. On this data set the paper itself ranks SupCon (binary) above NT-Xent, so the ordering "
+    "FIRM >= NT-Xent > SupCon (binary) of its other data sets is not expected here; FIRM >= NT-Xent is.",
+)
+
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_common_arguments(parser, epochs=10, n_train=6000, batch_size=64, crop_scale_min=0.6, weight_decay=5e-4,
+    add_common_arguments(parser, epochs=6, n_train=6000, batch_size=64, crop_scale_min=0.6, weight_decay=5e-4,
                          out=Path(__file__).parent / "results")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = parser.parse_args(argv)
@@ -53,6 +61,7 @@ def main(argv=None) -> dict:
                     "to 64-d) trained from scratch per class on the CPU.",
         args=args, class_names=list(FASHION_MNIST_CLASSES), train_images=class_sampler(train, args.n_train), x_test=test.tensor(),
         test_labels=test.labels, methods={m: METHODS[m] for m in args.methods}, method_labels=LABELS,
+        notes=NOTES,
     )
 
 
