@@ -177,7 +177,8 @@ def train_contrastive_encoder(
     labels: torch.Tensor | np.ndarray | None = None,
     callbacks=(),
 ):
-    """Build the small CNN + projection head and train it on ``images`` with ``cfg``'s objective.
+    """Build ``cfg.encoder`` + ``cfg.head`` (and an auxiliary head where the recipe has one) and train it on
+    ``images`` with ``cfg``'s objective.
 
     ``labels`` (class of each image) are needed by the labelled recipes (``clp``, ``cider``); they are
     mapped to 0..C-1 in sorted order. Returns ``(model, history)``. Initial weights come from ``cfg.seed``
