@@ -219,7 +219,7 @@ def plot(path: Path, out: dict, results: dict, methods, labels: dict) -> None:
     import matplotlib.pyplot as plt
 
     cols, names = ["raw_pixels", *methods], list(results)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 * len(names) + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(names) + 2), 3.8))
     width = 0.8 / len(cols)
     for i, m in enumerate(cols):
         ax.bar(np.arange(len(names)) + (i - (len(cols) - 1) / 2) * width, [results[n][m]["auroc"] for n in names],
