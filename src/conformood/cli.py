@@ -248,13 +248,9 @@ def reproduce_coat(
             at_epochs=at_epochs,
             coat_epochs=coat_epochs,
         )
-        result = run_coat(out, config, progress=progress)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    from rich.console import Console
-
-    Console(width=140).print((out / "coat.md").read_text())
-    Console().print(f"wall time {result['seconds']:.1f} s; results: {out / 'coat.json'}")
+    _run_reproduction(run_coat, out, config, progress, "coat", width=140)
 
 
 @reproduce_app.command("ccs-sim")
@@ -284,13 +280,21 @@ def reproduce_ccs_sim(
             k=k,
             n_per_class=n_per_class,
         )
-        result = run_ccs_sim(out, config, progress=progress)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    _run_reproduction(run_ccs_sim, out, config, progress, "ccs_sim", width=160)
+
+
+def _run_reproduction(run, out: Path, config, progress: bool, name: str, width: int) -> None:
+    """Run a reproduction; a ValueError becomes a usage error; print ``name.md`` and the wall time."""
     from rich.console import Console
 
-    Console(width=160).print((out / "ccs_sim.md").read_text())
-    Console().print(f"wall time {result['seconds']:.1f} s; results: {out / 'ccs_sim.json'}")
+    try:
+        result = run(out, config, progress=progress)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    Console(width=width).print((out / f"{name}.md").read_text())
+    Console().print(f"wall time {result['seconds']:.1f} s; results: {out / f'{name}.json'}")
 
 
 def _print_summary(result: dict, out: Path) -> None:
