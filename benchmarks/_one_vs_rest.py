@@ -19,7 +19,7 @@ import torch
 from conformood.io import write_json
 from conformood.metrics import ood_metrics
 from conformood.scores import get_detector
-from conformood.train.run import TrainRunConfig, train_contrastive_encoder
+from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
 CONFIG_KEYS = ("epochs", "n_train", "batch_size", "lr", "crop_scale_min", "weight_decay", "k", "seed")
 

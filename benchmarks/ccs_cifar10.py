@@ -58,14 +58,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from conformood.conformal.set_training import evaluate_set, pair_samples, train_conformal_set
-    from conformood.conformal.sets import SET_FAMILIES
-    from conformood.experiments.ccs import ROWS
+    from conformood.conformal.set_families import SET_FAMILIES
+    from conformood.conformal.set_sampling import evaluate_set, pair_samples
+    from conformood.conformal.set_training import train_conformal_set
     from conformood.data.image_folder import load_image_folder
+    from conformood.experiments.ccs import ROWS
     from conformood.io import save_state
     from conformood.metrics import auroc, fpr_at_95_tpr
-    from conformood.scores import ConformalSetDetector, KNNCosineDetector, MahalanobisDetector
-    from conformood.train.run import TrainRunConfig, load_trained_model, train_contrastive_encoder
+    from conformood.scores import (
+        ConformalSetDetector,
+        KNNCosineDetector,
+        MahalanobisDetector,
+    )
+    from conformood.train.recipes import (
+        TrainRunConfig,
+        load_trained_model,
+        train_contrastive_encoder,
+    )
 
     t0 = time.perf_counter()
     archive = args.data_dir / "cifar10-jpg.tar.gz"
@@ -110,7 +119,7 @@ def main() -> None:
     table, ood = {}, {}
     for label, family, objective in ROWS:
         t = time.perf_counter()
-        cset = SET_FAMILIES[family](d, args.alpha)
+        cset = SET_FAMILIES.create(family, dim=d, alpha=args.alpha)
         best = None
         if objective is not None:
             res = train_conformal_set(

@@ -27,7 +27,7 @@ from conformood.data import load_fashion_mnist, resize_images
 from conformood.io import write_json
 from conformood.metrics import ood_metrics
 from conformood.scores import get_detector
-from conformood.train.run import TrainRunConfig, train_contrastive_encoder
+from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
 
 def _evaluate(f_train, f_cal, f_test, is_inlier, alpha):

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from conformood.io import FORMAT_VERSION, atomic_path, load_state, save_state, write_json
+from conformood.io import (
+    FORMAT_VERSION,
+    atomic_path,
+    load_state,
+    save_state,
+    write_json,
+)
 
 
 def test_save_load_roundtrip(tmp_path):

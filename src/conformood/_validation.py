@@ -118,3 +118,77 @@ def check_images(images: Any, name: str = "images") -> torch.Tensor:
     if not torch.isfinite(images).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return images
+
+
+# -- segmentation maps and masks (shared by conformal risk control, its training and its metrics) ----------
+def as_numpy(value: Any) -> np.ndarray:
+    """A numpy view of an array or a (detached, CPU) tensor."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def probability_array(probs: Any, name: str) -> np.ndarray:
+    """Shape and dtype checks of :func:`check_probability_maps` (the value range is checked by the caller)."""
+    arr = as_numpy(probs)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f"{name} must be floating-point probabilities in [0, 1], got dtype {arr.dtype}; "
+            "pass probabilities, not logits or integer images"
+        )
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must have shape (n_images, height, width), got {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one image is needed")
+    if arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)
+    return arr
+
+
+def check_probability_maps(probs: Any, name: str = "probs") -> np.ndarray:
+    """Return probability maps (n, h, w) as float32/float64 after checking they are finite and in [0, 1]."""
+    arr = probability_array(probs, name)
+    lo, hi = float(arr.min()), float(arr.max())
+    # NaN propagates through min/max and fails both comparisons.
+    if not (lo >= 0.0 and hi <= 1.0):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        raise ValueError(
+            f"{name} must lie in [0, 1] (probabilities), got values in [{lo:.4g}, {hi:.4g}]; "
+            "apply a sigmoid/softmax first if these are logits"
+        )
+    return arr
+
+
+def check_masks(masks: Any, shape: tuple[int, ...], name: str = "masks") -> np.ndarray:
+    """Return boolean masks of the given shape (accepts bool or {0, 1} integers)."""
+    arr = as_numpy(masks)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have the same shape as the probability maps {tuple(shape)}, got {arr.shape}")
+    if arr.dtype != bool:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise ValueError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
+        if arr.size and not (arr.min() >= 0 and arr.max() <= 1 and np.array_equal(arr, arr.astype(bool))):
+            raise ValueError(f"{name} must contain only 0 and 1")
+        arr = arr.astype(bool)
+    return arr
+
+
+def nonempty_masks(masks: Any) -> np.ndarray:
+    """Boolean vector (n,): True where the mask has at least one positive pixel (|Y| > 0)."""
+    arr = as_numpy(masks)
+    if arr.ndim != 3:
+        raise ValueError(f"masks must have shape (n_images, height, width), got {arr.shape}")
+    return np.count_nonzero(arr.reshape(arr.shape[0], -1), axis=1) > 0
+
+
+def check_positive_counts(masks: np.ndarray, name: str) -> np.ndarray:
+    """Positive pixels per mask; a clear error when any mask is empty (the FNR needs |Y| > 0)."""
+    counts = np.count_nonzero(masks.reshape(masks.shape[0], -1), axis=1)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise ValueError(
+            f"{empty.size} image(s) in {name} have an empty mask (first: index {int(empty[0])}); the FNR is "
+            "undefined for |Y| = 0 — drop them first (see nonempty_masks)"
+        )
+    return counts

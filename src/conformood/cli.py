@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from .train.recipes import OBJECTIVES
+
 app = typer.Typer(
     name="conformood",
     help="Contrastive OOD and anomaly detection with conformal guarantees.",
@@ -63,8 +65,8 @@ def train(
         str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
     ] = None,
     objective: Annotated[
-        str, typer.Option(help="firm, ntxent, supcon, supcon_multiclass, csi, self_oecl, clp, cider "
-                         "(OE recipes: use --config).")
+        str, typer.Option(help=f"One of {', '.join(OBJECTIVES.names())} (the outlier-exposure recipes need "
+                         "--config for their pool).")
     ] = "firm",
     epochs: Annotated[int, typer.Option(min=1)] = 40,
     batch_size: Annotated[int, typer.Option(min=2, help="Global batch size (split over torchrun processes).")] = 32,
@@ -84,13 +86,14 @@ def train(
     """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
     import torch
 
-    from .train.run import TrainRunConfig, run_training
+    from .experiments.train import run_training
+    from .train.recipes import TrainRunConfig
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         if config is not None:
-            from .train.run import load_train_config
+            from .train.recipes import load_train_config
 
             if not config.is_file():
                 raise ValueError(f"no config file {config}")

@@ -18,7 +18,11 @@ from conformood.conformal.risk_control import (
     oracle_thresholds,
     per_image_thresholds,
 )
-from conformood.metrics.segmentation import coverage_gap, marginal_coverage, segmentation_risk
+from conformood.metrics.segmentation import (
+    coverage_gap,
+    marginal_coverage,
+    segmentation_risk,
+)
 
 GRID = 16  # probabilities and base thresholds on a dyadic grid: every subtraction is exact in floats
 
@@ -224,7 +228,10 @@ def _both_calibrations_match_brute_force(rng, alphas, dtype=np.float64):
 
 
 def test_bucket_path_equals_full_sort_on_large_maps():
-    from conformood.conformal.risk_control import _first_reaching, _first_reaching_sorted
+    from conformood.conformal.risk_control import (
+        _first_reaching,
+        _first_reaching_sorted,
+    )
 
     rng = np.random.default_rng(9)
     probs = rng.beta(2, 2, size=(200, 30, 30)).astype(np.float32)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformood.conformal.risk_control import adaptive_correction, adaptive_sets, crc_sets, crc_threshold
+from conformood.conformal.risk_control import (
+    adaptive_correction,
+    adaptive_sets,
+    crc_sets,
+    crc_threshold,
+)
+from conformood.conformal.threshold_training import train_threshold_predictor
 from conformood.data.segmentation import synthetic_segmentation
 from conformood.metrics.segmentation import coverage_gap, segmentation_risk
-from conformood.train.segmentation import train_threshold_predictor
 
 N_SPLITS = 300
 N_CAL = 60

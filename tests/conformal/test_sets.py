@@ -9,20 +9,15 @@ import pytest
 import torch
 
 from conformood.conformal import ConformalWarning
-from conformood.conformal.set_training import (
-    TripletSampler,
-    evaluate_set,
-    pair_samples,
-    set_objective,
-    train_conformal_set,
-)
-from conformood.conformal.sets import (
+from conformood.conformal.set_families import (
     ConformalBall,
     GeneralizedMultiNormSet,
     MahalanobisEllipsoid,
     SingleNormSet,
-    conformal_quantile,
 )
+from conformood.conformal.set_sampling import TripletSampler, evaluate_set, pair_samples
+from conformood.conformal.set_training import set_objective, train_conformal_set
+from conformood.conformal.sets import conformal_quantile
 from conformood.data.simulation import ccs_mixed_clusters
 
 
@@ -256,7 +251,7 @@ def test_unsupervised_views_training_runs_and_keeps_coverage():
 
 @pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
 def test_save_and_load_round_trip(family, tmp_path):
-    from conformood.conformal.sets import load_conformal_set
+    from conformood.conformal.set_families import load_conformal_set
 
     s = _random_set(family, 3, 4)
     rng = np.random.default_rng(0)

@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from conformood.conformal import ConformalWarning, conformal_p_values, conformal_rank, conformal_threshold
+from conformood.conformal import (
+    ConformalWarning,
+    conformal_p_values,
+    conformal_rank,
+    conformal_threshold,
+)
 
 
 def brute_p_values(cal, test):

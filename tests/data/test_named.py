@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from conformood.data import NAMED_OOD_PAIRS, ImageArrays, conform_images, load_named, named_ood_pair
+from conformood.data import (
+    NAMED_OOD_PAIRS,
+    ImageArrays,
+    conform_images,
+    load_named,
+    named_ood_pair,
+)
 from conformood.data.idx import FASHION_MNIST_DIR
 
 

@@ -18,7 +18,10 @@ from conformood.losses import (
     SupConLoss,
     UniformityLoss,
 )
-from conformood.losses._multipositive import multi_positive_loss, multi_positive_loss_reference
+from conformood.losses._multipositive import (
+    multi_positive_loss,
+    multi_positive_loss_reference,
+)
 
 
 def _g(seed):

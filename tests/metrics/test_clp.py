@@ -8,9 +8,10 @@ from conformood.metrics import (
     confusion_log_probability,
     ensemble_predict,
     ensemble_probabilities,
-    fit_clp_ensemble,
     ood_rank,
 )
+from conformood.report import plot_confusion_dendrogram
+from conformood.train import fit_clp_ensemble
 
 
 def test_ood_rank_percent_of_inliers_more_normal():
@@ -37,7 +38,8 @@ def test_confusion_distances_eq5_6_and_dendrogram(tmp_path):
     d = confusion_distances(c, np.array([0, 1, 2]))
     assert d[0, 1] == pytest.approx(np.sqrt(-np.log(0.5)))
     assert np.isinf(d[0, 2]) and d[0, 0] == 0.0
-    z = confusion_dendrogram(d, ["a", "b", "c"], tmp_path / "dendro.png")
+    z = confusion_dendrogram(d)
+    plot_confusion_dendrogram(z, ["a", "b", "c"], tmp_path / "dendro.png")
     assert set(z[0, :2].astype(int)) == {0, 1}  # the confused pair merges first
     assert (tmp_path / "dendro.png").is_file()
 
@@ -48,7 +50,7 @@ def test_clp_ensemble_separates_near_from_far_ood():
     centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.6, 0.3], [30.0, 30.0]])  # class 2 near class 0, class 3 far
     y = np.repeat(np.arange(4), 80)
     x = centres[y] + rng.normal(size=(320, 2))
-    members = fit_clp_ensemble(x, y, n_members=2, hidden=(32,), max_iter=400)
+    members = fit_clp_ensemble(x, y, n_members=2, hidden=(32,), epochs=400)
     yt = np.repeat(np.arange(4), 40)
     xt = centres[yt] + rng.normal(size=(160, 2))
     clp = classwise_clp(ensemble_predict(members, xt, 4), yt, in_classes=[0, 1])

@@ -45,7 +45,12 @@ def test_cifar_resnet18_shapes_and_size():
 
 
 def test_mlp_encoder_and_heads():
-    from conformood.models import ClassifierHead, DeepProjectionHead, MLPEncoder, ShiftClassifierHead
+    from conformood.models import (
+        ClassifierHead,
+        DeepProjectionHead,
+        MLPEncoder,
+        ShiftClassifierHead,
+    )
 
     enc = MLPEncoder(10, (32, 16))
     h = enc(torch.rand(5, 10))

@@ -194,7 +194,7 @@ def test_s_mu_and_l2_ens_match_definitions(images):
     s_mu = SMuDetector(encoder=enc, n_views=4, seed=3).fit(train)
     l2 = L2EnsDetector(encoder=enc, n_views=4, seed=3).fit(train)
     # rebuild the same four views
-    from conformood.augment._rng import seeded_from
+    from conformood.augment.rng import seeded_from
 
     views, gen = SimCLRViews((4, 4)), torch.Generator().manual_seed(3)
     feats = []

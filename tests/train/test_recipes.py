@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conformood.cli import app
-from conformood.train.run import load_train_config, load_trained_model
+from conformood.train.recipes import load_train_config, load_trained_model
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 runner = CliRunner()
@@ -88,7 +88,7 @@ def test_train_with_per_epoch_evaluation_writes_diagnostics(tmp_path):
     assert diag["aulc"] == pytest.approx(np.trapezoid(diag["auroc"], [0.0, 1.0]))
     assert len(diag["inlier_feature_norm"]) == 2 and all(v > 0 for v in diag["outlier_feature_norm"])
     assert (out / "diagnostics.png").stat().st_size > 0
-    from conformood.train.run import TrainRunConfig
+    from conformood.train.recipes import TrainRunConfig
 
     with pytest.raises(ValueError, match="normal_class"):
         TrainRunConfig(eval_every=1)

@@ -15,7 +15,12 @@ from conformood.augment import SimCLRViews, ViewConfig, rotate, rotation_outlier
 from conformood.losses import CIDERLoss, CSILoss, NTXentLoss
 from conformood.models import small_contrastive_model
 from conformood.train import TrainConfig, Trainer
-from conformood.train.objectives import CIDERObjective, CLPTwoStageObjective, CSIObjective, SelfOECLObjective
+from conformood.train.objectives import (
+    CIDERObjective,
+    CLPTwoStageObjective,
+    CSIObjective,
+    SelfOECLObjective,
+)
 
 
 class IdentityViews:
@@ -158,7 +163,7 @@ def test_trainer_checks_labels():
 
 
 def test_labelled_recipes_need_several_classes():
-    from conformood.train.run import TrainRunConfig, train_contrastive_encoder
+    from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
     images = torch.rand(8, 1, 8, 8)
     cfg = TrainRunConfig(objective="clp", epochs=1, batch_size=4, widths=(4, 8, 8), image_size=8)

@@ -6,7 +6,13 @@ import torch
 
 from conformood.augment import SimCLRViews, ViewConfig
 from conformood.models import small_contrastive_model
-from conformood.train import FIRMRotationObjective, NTXentObjective, TrainConfig, Trainer, warmup_cosine_lr
+from conformood.train import (
+    FIRMRotationObjective,
+    NTXentObjective,
+    TrainConfig,
+    Trainer,
+    warmup_cosine_lr,
+)
 
 
 def test_warmup_cosine_schedule():
@@ -116,7 +122,8 @@ def test_lars_step_matches_the_formula():
 
 def test_norm_and_auroc_callbacks_record_every_epoch(tmp_path, images):
     from conformood.augment import rotate
-    from conformood.train.callbacks import AUROCCallback, FeatureNormCallback, plot_training_diagnostics
+    from conformood.report import plot_training_diagnostics
+    from conformood.train.callbacks import AUROCCallback, FeatureNormCallback
 
     outliers = rotate(images[:16], 90)
     norms = FeatureNormCallback(images[:16], outliers)

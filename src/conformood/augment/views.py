@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._validation import check_images
-from ._rng import seeded_from
+from .rng import seeded_from
 
 
 @dataclass(frozen=True)

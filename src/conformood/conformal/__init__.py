@@ -11,16 +11,24 @@ from .risk_control import (
     oracle_thresholds,
     per_image_thresholds,
 )
-from .set_training import evaluate_set, pair_samples, train_conformal_set
-from .sets import (
+from .set_families import (
+    SET_FAMILIES,
     ConformalBall,
-    ConformalSet,
     GeneralizedMultiNormSet,
     MahalanobisEllipsoid,
     SingleNormSet,
-    conformal_quantile,
+    load_conformal_set,
 )
-from .split import ConformalWarning, conformal_p_values, conformal_rank, conformal_threshold
+from .set_sampling import TripletSampler, evaluate_set, pair_samples
+from .set_training import SetTrainingResult, train_conformal_set
+from .sets import ConformalSet, conformal_quantile
+from .split import (
+    ConformalWarning,
+    conformal_p_values,
+    conformal_rank,
+    conformal_threshold,
+)
+from .threshold_training import ThresholdTraining, train_threshold_predictor
 
 __all__ = [
     "ConformalBall",
@@ -29,6 +37,12 @@ __all__ = [
     "MahalanobisEllipsoid",
     "SingleNormSet",
     "conformal_quantile",
+    "load_conformal_set",
+    "SET_FAMILIES",
+    "SetTrainingResult",
+    "ThresholdTraining",
+    "TripletSampler",
+    "train_threshold_predictor",
     "evaluate_set",
     "pair_samples",
     "train_conformal_set",

@@ -30,90 +30,39 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-import torch
 
-from .._validation import check_alpha
+from .._validation import (
+    as_numpy,
+    check_alpha,
+    check_masks,
+    check_positive_counts,
+    check_probability_maps,
+    nonempty_masks,
+    probability_array,
+)
 from .split import ConformalWarning
+
+__all__ = [
+    "adaptive_correction",
+    "adaptive_sets",
+    "check_masks",
+    "check_probability_maps",
+    "compiled_kernel_available",
+    "crc_sets",
+    "crc_threshold",
+    "nonempty_masks",
+    "oracle_thresholds",
+    "per_image_thresholds",
+]
 
 # Relative width of the band around the level inside which cumulative float sums are re-checked exactly.
 _TIE_BAND = 1e-9
 
 
-def _as_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _probability_array(probs: Any, name: str) -> np.ndarray:
-    """Shape and dtype checks of :func:`check_probability_maps` (the value range is checked by the caller)."""
-    arr = _as_numpy(probs)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(
-            f"{name} must be floating-point probabilities in [0, 1], got dtype {arr.dtype}; "
-            "pass probabilities, not logits or integer images"
-        )
-    if arr.ndim != 3:
-        raise ValueError(f"{name} must have shape (n_images, height, width), got {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name} is empty: at least one image is needed")
-    if arr.dtype not in (np.float32, np.float64):
-        arr = arr.astype(np.float32)
-    return arr
-
-
-def check_probability_maps(probs: Any, name: str = "probs") -> np.ndarray:
-    """Return probability maps (n, h, w) as float32/float64 after checking they are finite and in [0, 1]."""
-    arr = _probability_array(probs, name)
-    lo, hi = float(arr.min()), float(arr.max())
-    # NaN propagates through min/max and fails both comparisons.
-    if not (lo >= 0.0 and hi <= 1.0):
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        raise ValueError(
-            f"{name} must lie in [0, 1] (probabilities), got values in [{lo:.4g}, {hi:.4g}]; "
-            "apply a sigmoid/softmax first if these are logits"
-        )
-    return arr
-
-
-def check_masks(masks: Any, shape: tuple[int, ...], name: str = "masks") -> np.ndarray:
-    """Return boolean masks of the given shape (accepts bool or {0, 1} integers)."""
-    arr = _as_numpy(masks)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"{name} must have the same shape as the probability maps {tuple(shape)}, got {arr.shape}")
-    if arr.dtype != bool:
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise ValueError(f"{name} must be boolean or 0/1, got dtype {arr.dtype}")
-        if arr.size and not (arr.min() >= 0 and arr.max() <= 1 and np.array_equal(arr, arr.astype(bool))):
-            raise ValueError(f"{name} must contain only 0 and 1")
-        arr = arr.astype(bool)
-    return arr
-
-
-def nonempty_masks(masks: Any) -> np.ndarray:
-    """Boolean vector (n,): True where the mask has at least one positive pixel (|Y| > 0)."""
-    arr = _as_numpy(masks)
-    if arr.ndim != 3:
-        raise ValueError(f"masks must have shape (n_images, height, width), got {arr.shape}")
-    return np.count_nonzero(arr.reshape(arr.shape[0], -1), axis=1) > 0
-
-
-def _positive_counts(masks: np.ndarray, name: str) -> np.ndarray:
-    counts = np.count_nonzero(masks.reshape(masks.shape[0], -1), axis=1)
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise ValueError(
-            f"{empty.size} image(s) in {name} have an empty mask (first: index {int(empty[0])}); the FNR is "
-            "undefined for |Y| = 0 — drop them first (see nonempty_masks)"
-        )
-    return counts
-
-
 def _check_pair(probs, masks, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     p = check_probability_maps(probs, f"{name} probability maps")
     m = check_masks(masks, p.shape, f"{name} masks")
-    return p, m, _positive_counts(m, f"{name} masks")
+    return p, m, check_positive_counts(m, f"{name} masks")
 
 
 def _exact_sum(counts_at_k: np.ndarray, sizes: np.ndarray) -> Fraction:
@@ -327,7 +276,7 @@ def crc_threshold(probs, masks, alpha: float, loss_bound: float = 1.0) -> float:
     alpha = check_alpha(alpha)
     if not (np.isfinite(loss_bound) and loss_bound > 0):
         raise ValueError(f"loss_bound must be a finite number > 0, got {loss_bound}")
-    p = _probability_array(probs, "calibration probability maps")
+    p = probability_array(probs, "calibration probability maps")
     m = check_masks(masks, p.shape, "calibration masks")
     n = p.shape[0]
     level = n + _fraction(loss_bound) - (n + 1) * _fraction(alpha)
@@ -380,7 +329,7 @@ def adaptive_correction(probs, masks, base_thresholds, alpha: float) -> float:
     0.3
     """
     alpha = check_alpha(alpha)
-    p = _probability_array(probs, "calibration probability maps")
+    p = probability_array(probs, "calibration probability maps")
     m = check_masks(masks, p.shape, "calibration masks")
     n = p.shape[0]
     tau = _check_thresholds(base_thresholds, n)
@@ -411,7 +360,7 @@ def adaptive_correction(probs, masks, base_thresholds, alpha: float) -> float:
 
 
 def _check_thresholds(base_thresholds, n: int) -> np.ndarray:
-    tau = _as_numpy(base_thresholds).astype(np.float64, copy=False).reshape(-1)
+    tau = as_numpy(base_thresholds).astype(np.float64, copy=False).reshape(-1)
     if tau.shape[0] != n:
         raise ValueError(f"base_thresholds must have one value per image ({n}), got {tau.shape[0]}")
     if not np.all(np.isfinite(tau)):
@@ -439,7 +388,7 @@ def adaptive_sets(probs, base_thresholds, correction: float) -> np.ndarray:
 
 def per_image_thresholds(base_thresholds, correction: float) -> np.ndarray:
     """The adjusted thresholds clip(τ̂_i − t', 0, 1) of Algorithm 1 line 19 (for reporting)."""
-    tau = _as_numpy(base_thresholds).astype(np.float64).reshape(-1)
+    tau = as_numpy(base_thresholds).astype(np.float64).reshape(-1)
     return np.clip(tau - correction, 0.0, 1.0)
 
 

@@ -30,112 +30,33 @@ Sampling: k positives and k negatives per anchor, drawn without replacement — 
 class; unsupervised: k of the anchor's augmented views vs k other samples. Optimiser: SGD with momentum,
 cosine schedule, gradient-norm clipping; the returned state is the epoch with the highest negative-exclusion
 rate on the training split (app. B).
+
+Training runs in the one :class:`~conformood.train.Trainer` (objective :class:`ConformalSetObjective`, best
+epoch kept by :class:`~conformood.train.BestEpoch`), so it has checkpoints and exact resume. **It runs in one
+process, not data-parallel:** q̂ is an order statistic of all positive distances of the batch and the sampler
+draws positives and negatives from the whole training table, so splitting the anchors over processes would
+give each process its own q̂ (a different objective) unless every distance were gathered to every process;
+and the problem is small (a few to a few hundred dimensions, seconds to minutes on one CPU core), so data
+parallelism would buy nothing. Under ``torchrun`` every process trains the same set alone.
 """
 
 from __future__ import annotations
 
-import copy
-import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .._validation import check_alpha, check_positive_float, check_positive_int
+from ..losses import InfoNCELoss
+from ..train import BestEpoch, TrainConfig, Trainer, build_optimizer
+from .set_sampling import TripletSampler, gather_triplets
 from .sets import ConformalSet, _quantile_torch
 from .split import conformal_rank
 
 OBJECTIVES = ("neg", "vol", "neg+vol")
-
-
-class TripletSampler:
-    """k positives and k negatives per anchor, without replacement within an anchor.
-
-    Supervised (``labels``): positives share the anchor's class (never the anchor itself), negatives do not.
-    Unsupervised (``views`` of shape (n, v, d)): positives are k of the anchor's v augmented views,
-    negatives are view 0 of k other samples (never the anchor). Each anchor reads a window of k (+1)
-    consecutive entries of a random permutation of its pool, starting at a random offset: distinct samples
-    per anchor at O(k) cost, vectorised over all classes. ``refresh`` draws new permutations (once per epoch).
-    """
-
-    def __init__(self, labels: np.ndarray | None = None, n: int | None = None, views: int | None = None) -> None:
-        if labels is None and n is None:
-            raise ValueError("give labels (supervised) or n and views (unsupervised)")
-        self.views = views
-        if labels is not None:
-            y = torch.as_tensor(np.asarray(labels)).long()
-            classes, y = torch.unique(y, return_inverse=True)
-            self.labels = y
-            self.n = y.shape[0]
-            self.members = [torch.nonzero(y == c).squeeze(1) for c in range(len(classes))]
-            self.others = [torch.nonzero(y != c).squeeze(1) for c in range(len(classes))]
-        else:
-            self.labels = None
-            self.n = int(n)
-            self.members = [torch.arange(self.n)]
-            self.others = [torch.arange(self.n)]
-        self._pos = self._neg = None
-
-    def min_pool(self) -> int:
-        if self.labels is None:
-            return self.n - 1
-        return min(min(len(m) - 1 for m in self.members), min(len(o) for o in self.others))
-
-    @staticmethod
-    def _concat(pools, g):
-        perms = [pool[torch.randperm(pool.numel(), generator=g)] for pool in pools]
-        sizes = torch.tensor([p.numel() for p in perms])
-        starts = torch.cumsum(sizes, 0) - sizes
-        return torch.cat(perms), starts, sizes
-
-    def refresh(self, g: torch.Generator) -> None:
-        self._pos = self._concat(self.members, g)
-        self._neg = self._concat(self.others, g)
-
-    @staticmethod
-    def _windows(table, groups: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
-        flat, starts, sizes = table
-        size = sizes[groups][:, None]
-        offsets = (torch.rand(groups.numel(), 1, generator=g) * size).long()
-        return flat[starts[groups][:, None] + (offsets + torch.arange(k)) % size]
-
-    @staticmethod
-    def _drop(win: torch.Tensor, anchors: torch.Tensor, k: int) -> torch.Tensor:
-        # Drop the anchor itself when the window holds it (at most once), otherwise the window's last entry.
-        is_self = win == anchors[:, None]
-        at = torch.where(is_self.any(dim=1), is_self.to(torch.uint8).argmax(dim=1), k)
-        cols = torch.arange(k)[None, :]
-        return torch.gather(win, 1, cols + (cols >= at[:, None]).long())
-
-    def sample(self, anchors: torch.Tensor, k: int, g: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Index tensors (B, k) of positives and negatives (positives index views when unsupervised)."""
-        if self._pos is None:
-            self.refresh(g)
-        if self.labels is None:
-            groups = torch.zeros(anchors.numel(), dtype=torch.long)
-            neg = self._drop(self._windows(self._neg, groups, k + 1, g), anchors, k)
-            pos = torch.argsort(torch.rand(anchors.numel(), self.views, generator=g), dim=1)[:, :k] if self.views else None
-            return pos, neg
-        groups = self.labels[anchors]
-        pos = self._drop(self._windows(self._pos, groups, k + 1, g), anchors, k)
-        neg = self._windows(self._neg, groups, k, g)
-        return pos, neg
-
-
-def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    # index_select on a flat index is several times faster than advanced indexing with a 2-D index.
-    return torch.index_select(table, 0, idx.reshape(-1)).reshape(*idx.shape, table.shape[-1])
-
-
-def _gather(embeddings: torch.Tensor, anchors, pos_idx, neg_idx, views):
-    z = _rows(embeddings, anchors)
-    if views is not None:
-        zp = views[anchors[:, None], pos_idx]
-    else:
-        zp = _rows(embeddings, pos_idx)
-    return z, zp, _rows(embeddings, neg_idx)
 
 
 def set_objective(
@@ -180,13 +101,66 @@ def set_objective(
     return loss, stats
 
 
-def _infonce(z: torch.Tensor, zp: torch.Tensor, zn: torch.Tensor, temperature: float) -> torch.Tensor:
-    """eq. 21 with cosine similarity, every sampled positive against the anchor's sampled negatives."""
-    zf = nn.functional.normalize(z, dim=-1)
-    pos = (nn.functional.normalize(zp, dim=-1) * zf[:, None]).sum(-1) / temperature  # (B, k)
-    neg = (nn.functional.normalize(zn, dim=-1) * zf[:, None]).sum(-1) / temperature  # (B, k)
-    logits = torch.cat([pos.unsqueeze(-1), neg.unsqueeze(1).expand(-1, pos.shape[1], -1)], dim=-1)
-    return -torch.log_softmax(logits, dim=-1)[..., 0].mean()
+class SetModel(nn.Module):
+    """The set being learned and, for eq. 22, the encoder trained with it (one module for the trainer)."""
+
+    def __init__(self, cset: ConformalSet, encoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cset = cset
+        self.encoder = encoder
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(inputs) if self.encoder is not None else inputs
+
+
+class ConformalSetObjective:
+    """One step of set training on a batch of anchor indices into the training table ``x``: sample k positives
+    and k negatives per anchor, then −J_neg, J_vol or −J_neg+vol (eq. 16, 19, 20), plus
+    ``infonce_weight``·InfoNCE (eq. 21–22) in the epochs that train the encoder (every second one)."""
+
+    expects_images = False
+
+    def __init__(self, x: torch.Tensor, sampler: TripletSampler, views: torch.Tensor | None, k: int, objective: str,
+                 alpha: float, steepness: float, lam: float, detach_quantile: bool, joint: bool,
+                 infonce_weight: float = 1.0, infonce_temperature: float = 0.1) -> None:
+        self.x, self.sampler, self.views, self.k = x, sampler, views, k
+        self.objective, self.alpha, self.steepness, self.lam = objective, alpha, steepness, lam
+        self.detach_quantile, self.joint = detach_quantile, joint
+        self.infonce_weight = infonce_weight
+        self.infonce = InfoNCELoss(infonce_temperature)
+        self.epoch, self._refreshed = 0, -1
+        self.active_optimizer = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.active_optimizer = 1 if self.joint and epoch % 2 == 1 else 0
+
+    def __call__(self, model: SetModel, anchors: torch.Tensor, generator: torch.Generator):
+        if self._refreshed != self.epoch:  # new pools once per epoch, drawn after the trainer's shuffle
+            self.sampler.refresh(generator)
+            self._refreshed = self.epoch
+        pos_idx, neg_idx = self.sampler.sample(anchors, self.k, generator)
+        x, v = self.x, self.views
+        train_encoder = self.active_optimizer == 1
+        # (Transforming the table once and gathering its rows is fewer flops, but the backward of a gather is
+        # a serial scatter-add on CPU, ~4x slower than the per-pair transform's matmul.)
+        if model.encoder is None:
+            z, zp, zn = gather_triplets(x, anchors, pos_idx, neg_idx, v)
+        else:
+            with torch.set_grad_enabled(train_encoder):
+                z = model.embed(x[anchors])
+                zp = model.embed(v[anchors[:, None], pos_idx] if v is not None else x[pos_idx])
+                zn = model.embed(x[neg_idx])
+            if not train_encoder:
+                z, zp, zn = z.detach(), zp.detach(), zn.detach()
+        loss, stats = set_objective(model.cset, z, zp, zn, self.objective, self.alpha, self.steepness, self.lam,
+                                    False, self.detach_quantile)
+        if train_encoder:
+            b, k, d = zp.shape
+            anchors_k = z.repeat_interleave(k, dim=0)
+            negatives_k = zn[:, None].expand(b, k, zn.shape[1], d).reshape(b * k, zn.shape[1], d)
+            loss = loss + self.infonce_weight * self.infonce(anchors_k, zp.reshape(b * k, d), negatives_k)
+        return loss, stats
 
 
 @dataclass
@@ -195,7 +169,7 @@ class SetTrainingResult:
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = -1
-    best_exclusion: float = -math.inf
+    best_exclusion: float = -float("inf")
 
 
 @torch.no_grad()
@@ -206,7 +180,7 @@ def training_exclusion(
     """Hard negative-exclusion rate on training anchors at the quantile of their own positive distances."""
     g = torch.Generator().manual_seed(seed)
     pos_idx, neg_idx = sampler.sample(anchors, k, g)
-    z, zp, zn = _gather(embeddings, anchors, pos_idx, neg_idx, views)
+    z, zp, zn = gather_triplets(embeddings, anchors, pos_idx, neg_idx, views)
     q = _quantile_torch(cset.distance(zp, z[:, None]), alpha)
     return float((cset.distance(zn, z[:, None]) > q).double().mean())
 
@@ -235,13 +209,16 @@ def train_conformal_set(
     selection_anchors: int = 2000,
     seed: int = 0,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> SetTrainingResult:
     """Learn the set's metric on training data; leaves the best epoch's parameters in ``cset`` (and ``encoder``).
 
     ``embeddings`` (n, d) are the training points; with ``encoder`` they are the encoder's *inputs* (e.g.
     backbone features) and the set lives in the encoder's output space, trained jointly by eq. 22 with the
     set and encoder updated in alternate epochs. ``labels`` (n,) give supervised positives/negatives;
-    otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised).
+    otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised). With
+    ``checkpoint``, training is resumable (``resume=True`` continues it exactly).
     """
     if not cset.learnable:
         raise ValueError(f"{type(cset).__name__} has no parameters to learn")
@@ -275,93 +252,45 @@ def train_conformal_set(
         sampler = TripletSampler(n=x.shape[0], views=v.shape[1])
     else:
         raise ValueError("give labels (supervised) or views (unsupervised) to define positives")
-    if sampler.min_pool() < k + (0 if labels is None else 0):
-        raise ValueError(f"k = {k} is larger than the smallest positive/negative pool ({sampler.min_pool()})")
-
-    g = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    set_params = [p for p in cset.parameters() if p.requires_grad]
-    steps_per_epoch = max(1, math.ceil(n / batch_size))
-    opt_set = torch.optim.SGD(set_params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched_set = torch.optim.lr_scheduler.CosineAnnealingLR(opt_set, T_max=epochs * steps_per_epoch)
-    opt_enc = sched_enc = None
-    if encoder is not None:
-        opt_enc = torch.optim.SGD(encoder.parameters(), lr=encoder_lr or lr, momentum=momentum, weight_decay=weight_decay)
-        sched_enc = torch.optim.lr_scheduler.CosineAnnealingLR(opt_enc, T_max=epochs * steps_per_epoch)
-    sel = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))[: min(selection_anchors, n)]
-    result = SetTrainingResult()
-    best_state = None
-
-    def embed(inputs: torch.Tensor) -> torch.Tensor:
-        return encoder(inputs) if encoder is not None else inputs
-
-    for epoch in tqdm(range(epochs), desc=f"{type(cset).__name__} ({objective})", disable=not progress, leave=False):
-        train_encoder = encoder is not None and epoch % 2 == 1
-        order = torch.randperm(n, generator=g)
-        sampler.refresh(g)
-        totals = {"loss": 0.0, "j_neg": 0.0, "log_volume": 0.0}
-        for start in range(0, n, batch_size):
-            anchors = order[start : start + batch_size]
-            pos_idx, neg_idx = sampler.sample(anchors, k, g)
-            # (Transforming the table once and gathering its rows is fewer flops, but the backward of a
-            # gather is a serial scatter-add on CPU, ~4x slower than the per-pair transform's matmul.)
-            transformed = False
-            if encoder is None:
-                z, zp, zn = _gather(x, anchors, pos_idx, neg_idx, v)
-            else:
-                with torch.set_grad_enabled(train_encoder):
-                    z = embed(x[anchors])
-                    zp = embed(v[anchors[:, None], pos_idx] if v is not None else x[pos_idx])
-                    zn = embed(x[neg_idx])
-                if not train_encoder:
-                    z, zp, zn = z.detach(), zp.detach(), zn.detach()
-            loss, stats = set_objective(cset, z, zp, zn, objective, alpha, steepness, lam, transformed, detach_quantile)
-            if train_encoder:
-                loss = loss + infonce_weight * _infonce(z, zp, zn, infonce_temperature)
-                opt, params, sched = opt_enc, list(encoder.parameters()), sched_enc
-            else:
-                opt, params, sched = opt_set, set_params, sched_set
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            sched.step()
-            totals["loss"] += loss.item() / steps_per_epoch
-            totals["j_neg"] += stats["j_neg"] / steps_per_epoch
-            totals["log_volume"] += stats["log_volume"] / steps_per_epoch
-        with torch.no_grad():
-            emb = embed(x) if encoder is not None else x
-            emb_views = (embed(v.reshape(-1, v.shape[-1])).reshape(v.shape[0], v.shape[1], -1)
-                         if (encoder is not None and v is not None) else v)
-            excl = training_exclusion(cset, emb, sampler, sel, min(k, 20), alpha, seed + 11, emb_views)
-        totals.update(epoch=epoch, exclusion=excl, trained="encoder" if train_encoder else "set")
-        result.history.append(totals)
-        if excl > result.best_exclusion:
-            result.best_exclusion, result.best_epoch = excl, epoch
-            best_state = (copy.deepcopy(cset.state_dict()), copy.deepcopy(encoder.state_dict()) if encoder else None)
-    if best_state is not None:
-        cset.load_state_dict(best_state[0])
-        if encoder is not None:
-            encoder.load_state_dict(best_state[1])
-    return result
-
-
-def pair_samples(labels, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For evaluation: (anchor, positive index, negative index) arrays with k pairs per anchor (supervised)."""
-    y = np.asarray(labels)
-    sampler = TripletSampler(labels=y)
     if sampler.min_pool() < k:
-        raise ValueError(f"k = {k} exceeds the smallest class pool ({sampler.min_pool()})")
-    g = torch.Generator().manual_seed(seed)
-    anchors = torch.arange(y.shape[0])
-    pos, neg = sampler.sample(anchors, k, g)
-    return anchors.repeat_interleave(k).numpy(), pos.reshape(-1).numpy(), neg.reshape(-1).numpy()
+        raise ValueError(f"k = {k} is larger than the smallest positive/negative pool ({sampler.min_pool()})")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 training points, got {x.shape[0]}")
 
+    n = x.shape[0]
+    model = SetModel(cset, encoder)
+    set_params = [p for p in cset.parameters() if p.requires_grad]
 
-def evaluate_set(cset: ConformalSet, embeddings, labels, k: int = 20, seed: int = 0) -> dict:
-    """Coverage of positives, exclusion of negatives and log-volume on labelled test embeddings."""
-    z = np.asarray(embeddings, dtype=np.float64)
-    a, p, n = pair_samples(labels, k, seed)
-    coverage = float(cset.contains(z[p], z[a]).mean())
-    exclusion = float((~cset.contains(z[n], z[a])).mean())
-    return {"coverage": coverage, "exclusion": exclusion, "log_volume": cset.log_volume()}
+    def optimizers(_: nn.Module) -> list[torch.optim.Optimizer]:
+        opts = [build_optimizer("sgd", set_params, lr, momentum, weight_decay)]
+        if encoder is not None:
+            opts.append(build_optimizer("sgd", encoder.parameters(), encoder_lr or lr, momentum, weight_decay))
+        return opts
+
+    sel = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7))[: min(selection_anchors, n)]
+
+    @torch.no_grad()
+    def exclusion(trainer: Trainer) -> float:
+        emb = model.embed(x) if encoder is not None else x
+        emb_views = (model.embed(v.reshape(-1, v.shape[-1])).reshape(v.shape[0], v.shape[1], -1)
+                     if (encoder is not None and v is not None) else v)
+        return training_exclusion(cset, emb, sampler, sel, min(k, 20), alpha, seed + 11, emb_views)
+
+    best = BestEpoch(exclusion, mode="max")
+    set_objective_ = ConformalSetObjective(x, sampler, v, k, objective, alpha, steepness, lam, detach_quantile,
+                                           joint=encoder is not None, infonce_weight=infonce_weight,
+                                           infonce_temperature=infonce_temperature)
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule="cosine", warmup_epochs=0, drop_last=False, min_batch_size=1, clip_grad_norm=clip,
+        shared_generator=True, seed=seed, distributed=False,
+    )
+    trainer = Trainer(model, set_objective_, config, checkpoint=checkpoint, progress=progress,
+                      description=f"{type(cset).__name__} ({objective})", callbacks=[best], optimizers=optimizers)
+    history = trainer.fit(torch.arange(n), resume=resume)
+    result = SetTrainingResult(best_epoch=best.best_epoch,
+                               best_exclusion=best.best_value if best.best_value is not None else -float("inf"))
+    for epoch, (loss, stats, excl) in enumerate(zip(history.loss, history.metrics, best.values)):
+        trained = "encoder" if encoder is not None and epoch % 2 == 1 else "set"
+        result.history.append({"loss": loss, **stats, "epoch": epoch, "exclusion": excl, "trained": trained})
+    return result

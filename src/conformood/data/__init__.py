@@ -5,7 +5,14 @@ from .digits import load_digits_dataset
 from .idx import load_fashion_mnist, read_idx
 from .image_folder import default_cache_dir, load_image_folder
 from .named import DATASETS, NAMED_OOD_PAIRS, conform_images, load_named, named_ood_pair
-from .protocols import OODTask, few_shot_ood, in_vs_out, leave_one_class_out, one_vs_rest, unlabeled_multiclass
+from .protocols import (
+    OODTask,
+    few_shot_ood,
+    in_vs_out,
+    leave_one_class_out,
+    one_vs_rest,
+    unlabeled_multiclass,
+)
 from .splits import Split, train_calibration_test_split
 
 __all__ = [

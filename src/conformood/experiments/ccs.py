@@ -84,15 +84,16 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) -> dict:
     """One (seed, method) cell of Table 1."""
-    from ..conformal.set_training import evaluate_set, pair_samples, train_conformal_set
-    from ..conformal.sets import SET_FAMILIES
+    from ..conformal.set_families import SET_FAMILIES
+    from ..conformal.set_sampling import evaluate_set, pair_samples
+    from ..conformal.set_training import train_conformal_set
     from ..data.simulation import ccs_mixed_clusters
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     x, y = ccs_mixed_clusters(n_per_class=cfg.n_per_class, seed=seed)
     tr, ca, te = _split(x.shape[0], seed)
-    cset = SET_FAMILIES[family](3, cfg.alpha) if family != "ellipsoid" else SET_FAMILIES[family](3, cfg.alpha, seed=seed)
+    cset = SET_FAMILIES.create(family, dim=3, alpha=cfg.alpha, **({"seed": seed} if SET_FAMILIES.info(family).seeded else {}))
     info: dict = {}
     if objective is not None:
         result = train_conformal_set(

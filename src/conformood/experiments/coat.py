@@ -21,12 +21,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_alpha, check_positive_int
-from ..conformal.risk_control import adaptive_correction, adaptive_sets, crc_sets, crc_threshold
-from ..data.segmentation import SegmentationData, load_camvid, load_segmentation_folders, load_segmentation_npz
+from ..conformal.risk_control import (
+    adaptive_correction,
+    adaptive_sets,
+    crc_sets,
+    crc_threshold,
+)
+from ..conformal.threshold_training import train_threshold_predictor
+from ..data.segmentation import (
+    SegmentationData,
+    load_camvid,
+    load_segmentation_folders,
+    load_segmentation_npz,
+)
 from ..io import atomic_path, load_state, save_state, write_json
 from ..metrics.segmentation import coverage_gap, marginal_coverage, segmentation_risk
 from ..models.segmentation import SmallUNet
-from ..train.segmentation import predict_probabilities, train_segmentation_model, train_threshold_predictor
+from ..train.segmentation import predict_probabilities, train_segmentation_model
 
 METHODS = ("CRC", "AT", "COAT")
 PAPER_NOTE = (
@@ -297,9 +308,9 @@ def render_coat_markdown(payload: dict) -> str:
 
 
 def _write_figures(out, cfg, per_split, coat_losses, examples, held, probs) -> None:
-    from ..report.plots import _pyplot, plot_curves
+    from ..report.plots import plot_curves, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     alphas = list(per_split)
     fig, axes = plt.subplots(1, len(alphas), figsize=(4.5 * len(alphas), 3.6), squeeze=False)
     for ax, key in zip(axes[0], alphas):
@@ -334,9 +345,9 @@ def _overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarr
 
 
 def _overlay_figure(path: Path, alpha: float, ex: dict, held: SegmentationData, probs: np.ndarray) -> None:
-    from ..report.plots import _pyplot
+    from ..report.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     ev = ex["eval"]
     t_ev, corr = ex["coat"]
     crc = crc_sets(probs[ev], ex["crc_threshold"])

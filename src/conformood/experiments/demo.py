@@ -19,11 +19,17 @@ import torch
 
 from .._validation import check_alpha, check_positive_int
 from ..conformal import conformal_threshold
-from ..data import OODTask, load_digits_dataset, one_vs_rest, resize_images, train_calibration_test_split
+from ..data import (
+    OODTask,
+    load_digits_dataset,
+    one_vs_rest,
+    resize_images,
+    train_calibration_test_split,
+)
 from ..io import write_json
 from ..metrics import flagged_rate, ood_metrics
 from ..scores import get_detector
-from ..train.run import TrainRunConfig, train_contrastive_encoder
+from ..train.recipes import TrainRunConfig, train_contrastive_encoder
 
 METHODS = ("firm", "raw_pixels")
 

@@ -129,7 +129,7 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     import json
 
     from ..report.html import render_html
-    from ..report.plots import _pyplot, plot_roc_grid, plot_score_histograms
+    from ..report.plots import plot_roc_grid, plot_score_histograms, pyplot
 
     out = Path(out_dir)
     r = json.loads((out / "evaluation.json").read_text())
@@ -140,7 +140,7 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     threshold = conformal_threshold(cal, r["alpha"]) if not r["mondrian"] else float("nan")
     plot_score_histograms({r["detector"]: (scores, inl, threshold)}, out / "score_histogram.png",
                           f"test scores; marginal conformal threshold at α = {r['alpha']}")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].hist(p[inl], bins=20, range=(0, 1), color="tab:blue", alpha=0.8)
     axes[0].set_title("p-values of test inliers (≈ uniform)")
@@ -247,9 +247,15 @@ def feature_files_from_checkpoint(
     The dataset is split with the seed recorded in the model (the split ``conformood train`` used), so the
     calibration and test images were never trained on. Writes ``features_{train,calibration,test}.npz``.
     """
-    from ..data import DATASETS, load_image_folder, load_named, named_ood_pair, resize_images
-    from ..data import train_calibration_test_split
-    from ..train.run import load_trained_model
+    from ..data import (
+        DATASETS,
+        load_image_folder,
+        load_named,
+        named_ood_pair,
+        resize_images,
+        train_calibration_test_split,
+    )
+    from ..train.recipes import load_trained_model
 
     model, cfg = load_trained_model(checkpoint)
     seed = int(cfg.get("seed", 0))

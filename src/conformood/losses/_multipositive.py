@@ -34,7 +34,6 @@ def _class_sums(z: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.
 class _MultiPositiveNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: torch.Tensor, labels: torch.Tensor, n_pos: torch.Tensor, inv_t: float) -> torch.Tensor:
-        m = z.shape[0]
         n_classes = int(labels.max()) + 1
         # E = exp(z.z/T - 1/T) with the shift folded into the product, then exponentiated in place
         e = torch.addmm(z.new_tensor(-inv_t), z, z.T, alpha=inv_t).exp_()

@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from .._validation import check_positive_float
-from ._common import check_sample_vector, check_views, global_sample_offset, pair_index, view_label_loss
+from ._common import (
+    check_sample_vector,
+    check_views,
+    global_sample_offset,
+    pair_index,
+    view_label_loss,
+)
 
 
 def firm_positive_mask(is_inlier: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_positive_float
 from ._common import check_embeddings, check_sample_vector, check_views
 from .ntxent import NTXentLoss
 

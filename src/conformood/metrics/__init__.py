@@ -7,7 +7,6 @@ from .clp import (
     confusion_log_probability,
     ensemble_predict,
     ensemble_probabilities,
-    fit_clp_ensemble,
     ood_rank,
 )
 from .ood import (
@@ -22,7 +21,12 @@ from .ood import (
     fpr_at_tpr,
     ood_metrics,
 )
-from .segmentation import SegmentationRisk, coverage_gap, marginal_coverage, segmentation_risk
+from .segmentation import (
+    SegmentationRisk,
+    coverage_gap,
+    marginal_coverage,
+    segmentation_risk,
+)
 
 __all__ = [
     "SegmentationRisk",
@@ -35,7 +39,6 @@ __all__ = [
     "confusion_log_probability",
     "ensemble_predict",
     "ensemble_probabilities",
-    "fit_clp_ensemble",
     "ood_rank",
     "OODMetrics",
     "aulc",

@@ -80,45 +80,22 @@ def confusion_distances(c, labels, n_classes: int | None = None) -> np.ndarray:
     return d
 
 
-def confusion_dendrogram(distances, class_names: Sequence[str], path=None):
-    """Average-linkage clustering of the confusion distances; returns the linkage matrix (and plots it)."""
-    from scipy.cluster.hierarchy import dendrogram, linkage
+def confusion_dendrogram(distances) -> np.ndarray:
+    """Average-linkage clustering of the confusion distances (CLP app. D); returns the linkage matrix, which
+    :func:`conformood.report.plot_confusion_dendrogram` draws. Infinite distances become twice the largest
+    finite one."""
+    from scipy.cluster.hierarchy import linkage
     from scipy.spatial.distance import squareform
 
     d = np.asarray(distances, dtype=np.float64)
     finite = np.where(np.isfinite(d), d, np.nanmax(d[np.isfinite(d)]) * 2 if np.isfinite(d).any() else 1.0)
     z = linkage(squareform(finite, checks=False), method="average")
-    if path is not None:
-        from ..report.plots import _pyplot
-
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(class_names)), 4))
-        dendrogram(z, labels=list(class_names), ax=ax, leaf_rotation=90)
-        ax.set_ylabel("confusion distance d(i, j)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
     return z
 
 
-def fit_clp_ensemble(features, labels, n_members: int = 5, seed: int = 0, hidden: tuple[int, ...] = (256,),
-                     max_iter: int = 200) -> list:
-    """Train ``n_members`` MLP classifiers (differing only in their seed) on D_in ∪ D_out with the extended
-    label set, as the CLP paper does with its ResNet ensemble (section 4); returns the fitted members."""
-    from sklearn.neural_network import MLPClassifier
-
-    x = check_features(features, "features")
-    y = np.asarray(labels)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape ({x.shape[0]},), got {y.shape}")
-    return [
-        MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, random_state=seed + j).fit(x, y)
-        for j in range(n_members)
-    ]
-
-
 def ensemble_predict(members: Sequence, features, n_classes: int) -> np.ndarray:
-    """Eq. 3 for fitted scikit-learn members, with columns aligned to class indices 0..n_classes-1."""
+    """Eq. 3 for fitted members (``classes_`` and ``predict_proba``: :func:`conformood.train.fit_clp_ensemble`'s,
+    or scikit-learn classifiers), with columns aligned to class indices 0..n_classes-1."""
     x = check_features(features, "features")
     probs = []
     for m in members:

@@ -26,8 +26,9 @@ def _check(scores, is_inlier) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _roc(scores: np.ndarray, positive: np.ndarray):
-    """ROC points (fpr, tpr, thresholds) with thresholds at distinct scores, decreasing."""
+def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points (fpr, tpr, thresholds) with thresholds at distinct scores, decreasing (inputs already checked:
+    float scores and a boolean positive mask with both classes present)."""
     order = np.argsort(-scores, kind="mergesort")
     s = scores[order]
     y = positive[order]
@@ -43,13 +44,13 @@ def _roc(scores: np.ndarray, positive: np.ndarray):
 def auroc(scores, is_inlier) -> float:
     """Area under the ROC curve, in-distribution positive (ties count one half)."""
     s, y = _check(scores, is_inlier)
-    fpr, tpr, _ = _roc(s, y)
+    fpr, tpr, _ = roc_curve(s, y)
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2.0)
 
 
 def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     """Step-wise average precision, sum_k (R_k - R_{k-1}) P_k (same definition as scikit-learn)."""
-    fpr, tpr, _ = _roc(scores, positive)
+    fpr, tpr, _ = roc_curve(scores, positive)
     n_pos = positive.sum()
     n_neg = positive.size - n_pos
     tps = tpr[1:] * n_pos
@@ -79,7 +80,7 @@ def fpr_at_tpr(scores, is_inlier, tpr_level: float = 0.95) -> float:
     if not 0.0 < float(tpr_level) <= 1.0:
         raise ValueError(f"tpr_level must lie in (0, 1], got {tpr_level}")
     s, y = _check(scores, is_inlier)
-    fpr, tpr, _ = _roc(s, y)
+    fpr, tpr, _ = roc_curve(s, y)
     idx = int(np.searchsorted(tpr, tpr_level - 1e-12, side="left"))
     return float(fpr[idx])
 
@@ -92,7 +93,7 @@ def fpr_at_95_tpr(scores, is_inlier) -> float:
 def detection_accuracy(scores, is_inlier) -> float:
     """Best balanced accuracy over thresholds: max_t 0.5 * (TPR(t) + 1 - FPR(t)) (Liang et al. 2018)."""
     s, y = _check(scores, is_inlier)
-    fpr, tpr, _ = _roc(s, y)
+    fpr, tpr, _ = roc_curve(s, y)
     return float(np.max(0.5 * (tpr + 1.0 - fpr)))
 
 

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_alpha
-from ..conformal.risk_control import _as_numpy, _positive_counts, check_masks
+from .._validation import as_numpy, check_alpha, check_masks, check_positive_counts
 
 
 @dataclass(frozen=True)
@@ -26,13 +25,13 @@ class SegmentationRisk:
 
 def segmentation_risk(sets, masks) -> SegmentationRisk:
     """Per-image TPR = |Ĉ ∩ Y|/|Y|, FPR = |Ĉ \\ Y|/|Yᶜ| (0 when Y covers the image) and |Ĉ|/N."""
-    c = _as_numpy(sets)
+    c = as_numpy(sets)
     if c.dtype != bool:
         raise ValueError(f"sets must be boolean maps, got dtype {c.dtype}")
     if c.ndim != 3:
         raise ValueError(f"sets must have shape (n_images, height, width), got {c.shape}")
     y = check_masks(masks, c.shape)
-    sizes = _positive_counts(y, "masks")
+    sizes = check_positive_counts(y, "masks")
     n = c.shape[0]
     flat_c = c.reshape(n, -1)
     flat_y = y.reshape(n, -1)

@@ -1,8 +1,20 @@
 """Encoders (small CNN, CIFAR ResNet-18, MLP), heads, and segmentation models."""
 
-from .contrastive import ENCODERS, HEADS, ContrastiveModel, build_contrastive_model, small_contrastive_model
+from .contrastive import (
+    ENCODERS,
+    HEADS,
+    ContrastiveModel,
+    build_contrastive_model,
+    small_contrastive_model,
+)
 from .encoders import SmallCNN
-from .heads import ClassifierHead, DeepProjectionHead, ProjectionHead, ShiftClassifierHead
+from .features import encode
+from .heads import (
+    ClassifierHead,
+    DeepProjectionHead,
+    ProjectionHead,
+    ShiftClassifierHead,
+)
 from .resnet import CifarResNet18, MLPEncoder
 from .segmentation import SmallUNet, ThresholdPredictor
 
@@ -10,6 +22,7 @@ __all__ = [
     "ENCODERS",
     "HEADS",
     "build_contrastive_model",
+    "encode",
     "CifarResNet18",
     "ClassifierHead",
     "ContrastiveModel",

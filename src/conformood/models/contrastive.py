@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .encoders import SmallCNN
+from .features import encode
 from .heads import ClassifierHead, DeepProjectionHead, ProjectionHead
 
 
@@ -31,32 +32,19 @@ class ContrastiveModel(nn.Module):
             raise ValueError("this model has no auxiliary head; build it with aux_classes=...")
         return self.head(h), self.aux_head(h)
 
-    @torch.no_grad()
     def aux_logits(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Auxiliary-head logits in evaluation mode, computed in batches; returned on the CPU."""
         if self.aux_head is None:
             raise ValueError("this model has no auxiliary head")
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        try:
-            out = [self.aux_head(self.encoder(x[i : i + batch_size].to(device))).cpu()
-                   for i in range(0, x.shape[0], batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(out)
+        return encode(nn.Sequential(self.encoder, self.aux_head), x, batch_size=batch_size, device=_device_of(self))
 
-    @torch.no_grad()
     def features(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Representations f_theta(x) in evaluation mode, computed in batches; returned on the CPU."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        try:
-            out = [self.encoder(x[i : i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
-        finally:
-            self.train(was_training)
-        return torch.cat(out) if out else torch.empty(0, getattr(self.encoder, "feature_dim", 0))
+        return encode(self.encoder, x, batch_size=batch_size, device=_device_of(self))
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def small_contrastive_model(

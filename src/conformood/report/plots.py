@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_path
 
-def _pyplot():
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, with a clear error when matplotlib is missing."""
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
@@ -22,14 +25,14 @@ def _pyplot():
 
 def roc_points(scores: np.ndarray, is_inlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, TPR) of the ROC curve, in-distribution positive."""
-    from ..metrics.ood import _roc
+    from ..metrics.ood import roc_curve
 
-    fpr, tpr, _ = _roc(np.asarray(scores, dtype=np.float64), np.asarray(is_inlier, dtype=bool))
+    fpr, tpr, _ = roc_curve(np.asarray(scores, dtype=np.float64), np.asarray(is_inlier, dtype=bool))
     return fpr, tpr
 
 
 def _grid(n: int):
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(5, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
@@ -84,7 +87,7 @@ def plot_score_histograms(
 
 def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
     """Line plot of several named series against their index (e.g. training loss per epoch)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
         ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
@@ -97,3 +100,51 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write ``fig`` atomically (a reader never sees half a figure) and close it."""
+    plt = pyplot()
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+
+
+def plot_training_diagnostics(path: str | Path, norms=None, aurocs=None) -> None:
+    """Feature norms (inlier vs outlier) and AUROC per epoch, side by side, from a
+    :class:`~conformood.train.FeatureNormCallback` and an :class:`~conformood.train.AUROCCallback`."""
+
+    panels = [p for p in (norms, aurocs) if p is not None]
+    if not panels:
+        raise ValueError("nothing to plot: pass a FeatureNormCallback and/or an AUROCCallback")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        if hasattr(p, "inlier_norm"):
+            ax.plot(p.epochs, p.inlier_norm, label="inliers")
+            ax.plot(p.epochs, p.outlier_norm, label="outliers")
+            ax.set_ylabel("mean ‖f(x)‖₂")
+            ax.legend()
+        else:
+            ax.plot(p.epochs, p.aurocs)
+            ax.set_ylabel("AUROC (s_con)")
+            ax.set_title(f"AULC = {p.aulc:.3f}")
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_confusion_dendrogram(linkage_matrix: np.ndarray, class_names: Sequence[str], path: str | Path) -> None:
+    """The average-linkage dendrogram of the CLP confusion distances
+    (:func:`conformood.metrics.confusion_dendrogram`), one leaf per class."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(class_names)), 4))
+    dendrogram(linkage_matrix, labels=list(class_names), ax=ax, leaf_rotation=90)
+    ax.set_ylabel("confusion distance d(i, j)")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -2,12 +2,24 @@
 
 from .base import BaseDetector
 from .conformal_set import ConformalSetDetector
-from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SimPlusSMuDetector, SMuDetector
+from .ensembles import (
+    EnsDetector,
+    L2EnsDetector,
+    ShiftDetector,
+    SimPlusSMuDetector,
+    SMuDetector,
+)
 from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
-from .registry import DetectorInfo, detector_info, get_detector, list_detectors, load_detector
+from .registry import (
+    DetectorInfo,
+    detector_info,
+    get_detector,
+    list_detectors,
+    load_detector,
+)
 from .simple import CenterDetector, L2NormDetector
 
 __all__ = [

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import models
 from .._validation import check_positive_int
 from ..augment import SimCLRViews, ViewConfig, rotate
-from ..augment._rng import seeded_from
+from ..augment.rng import seeded_from
 from ..data.arrays import to_float_images
 from .base import BaseDetector
 from .knn import KNNCosineDetector
@@ -24,19 +25,9 @@ def _images(x) -> torch.Tensor:
     return to_float_images(x, "images")
 
 
-@torch.no_grad()
 def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256, device: str = "cpu") -> np.ndarray:
-    """Features of ``images`` in evaluation mode, in batches, as float64 numpy (n, d)."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        out = [
-            encoder(images[i : i + batch_size].to(device)).double().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
-    finally:
-        encoder.train(was_training)
-    feats = torch.cat(out).numpy()
+    """Features of ``images`` (:func:`conformood.models.encode`) as float64 numpy (n, d)."""
+    feats = models.encode(encoder, images, batch_size=batch_size, device=device).double().numpy()
     if feats.ndim != 2:
         raise ValueError(f"the encoder must return (n, d) features, got shape {feats.shape}")
     return feats

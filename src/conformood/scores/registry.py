@@ -7,7 +7,13 @@ import os
 from dataclasses import dataclass
 
 from .base import BaseDetector
-from .ensembles import EnsDetector, L2EnsDetector, ShiftDetector, SimPlusSMuDetector, SMuDetector
+from .ensembles import (
+    EnsDetector,
+    L2EnsDetector,
+    ShiftDetector,
+    SimPlusSMuDetector,
+    SMuDetector,
+)
 from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector

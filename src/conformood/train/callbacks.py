@@ -4,12 +4,18 @@
   drives outlier norms down while inlier norms stay up).
 * :class:`AUROCCallback` — AUROC of the s_con score (mean cosine similarity to the k nearest training inliers,
   FIRM eq. 3) on an evaluation split after each epoch, and the area under that learning curve (AULC, FIRM §3.2).
-* :func:`plot_training_diagnostics` — both curves in one figure.
+* :class:`BestEpoch` — keeps the model state of the epoch with the best value of a metric and restores it
+  when training ends (the best-epoch rule of the conformal sets paper, app. B).
+
+Their plots are drawn by :func:`conformood.report.plot_training_diagnostics`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -18,8 +24,9 @@ from ..metrics.ood import aulc, auroc
 
 
 def _features(trainer, x: torch.Tensor) -> torch.Tensor:
-    model = getattr(trainer.model, "module", trainer.model)
-    return model.features(x)
+    from ..models import encode
+
+    return encode(getattr(trainer.model, "module", trainer.model), x)
 
 
 class FeatureNormCallback:
@@ -72,30 +79,44 @@ class AUROCCallback:
         return aulc(self.aurocs, self.epochs)
 
 
-def plot_training_diagnostics(path: str | Path, norms: FeatureNormCallback | None = None,
-                              aurocs: AUROCCallback | None = None) -> None:
-    """Feature norms (inlier vs outlier) and AUROC per epoch, side by side."""
-    from ..report.plots import _pyplot
+class BestEpoch:
+    """After every epoch, ``metric(trainer)``; keeps a copy of the model state of the best epoch (``mode`` "max"
+    or "min", strict improvement) and loads it back into the model when training ends. ``values`` holds the
+    metric of every epoch, ``best_epoch`` the 0-based index of the kept one. Checkpointed with the trainer."""
 
-    panels = [p for p in (norms, aurocs) if p is not None]
-    if not panels:
-        raise ValueError("nothing to plot: pass a FeatureNormCallback and/or an AUROCCallback")
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for ax, p in zip(axes[0], panels):
-        if isinstance(p, FeatureNormCallback):
-            ax.plot(p.epochs, p.inlier_norm, label="inliers")
-            ax.plot(p.epochs, p.outlier_norm, label="outliers")
-            ax.set_ylabel("mean ‖f(x)‖₂")
-            ax.legend()
-        else:
-            ax.plot(p.epochs, p.aurocs)
-            ax.set_ylabel("AUROC (s_con)")
-            ax.set_title(f"AULC = {p.aulc:.3f}")
-        ax.set_xlabel("epoch")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)  # atomic: a reader never sees half a figure
+    def __init__(self, metric: Callable[[Any], float], mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.metric, self.mode = metric, mode
+        self.values: list[float] = []
+        self.best_value: float | None = None
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, trainer) -> None:
+        value = float(self.metric(trainer))
+        self.values.append(value)
+        better = (self.best_value is None and not math.isnan(value)) or (
+            self.best_value is not None and (value > self.best_value if self.mode == "max" else value < self.best_value)
+        )
+        if better:
+            self.best_value, self.best_epoch = value, trainer.epoch - 1
+            self.best_state = copy.deepcopy(trainer.model.state_dict())
+
+    def on_train_end(self, trainer) -> None:
+        if self.best_state is not None:
+            trainer.model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"values": list(self.values), "best_value": self.best_value,
+                                 "best_epoch": self.best_epoch}
+        for key, value in (self.best_state or {}).items():
+            state[f"best.{key}"] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values = [float(v) for v in state.get("values", [])]
+        self.best_value = state.get("best_value")
+        self.best_epoch = int(state.get("best_epoch", -1))
+        best = {k[len("best."):]: v for k, v in state.items() if k.startswith("best.")}
+        self.best_state = best or None

@@ -13,7 +13,15 @@ import torch
 from torch import nn
 
 from ..augment import ROTATION_ANGLES, SimCLRViews, rotate, rotation_outliers
-from ..losses import CIDERLoss, CSILoss, FIRMLoss, JointContrastiveCELoss, NTXentLoss, OECLLoss, SupConLoss
+from ..losses import (
+    CIDERLoss,
+    CSILoss,
+    FIRMLoss,
+    JointContrastiveCELoss,
+    NTXentLoss,
+    OECLLoss,
+    SupConLoss,
+)
 
 
 class Objective(Protocol):

@@ -7,10 +7,14 @@ neither adapted nor decayed, as in SimCLR's implementation.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "lars", "adamw")
+from ..registry import Registry
+
+OPTIMIZERS: Registry = Registry("optimizer")
 
 
 class LARS(torch.optim.Optimizer):
@@ -57,12 +61,30 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """``sgd`` (momentum, L2 decay), ``lars`` or ``adamw`` (decoupled decay) over the model's parameters."""
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "lars":
-        return LARS(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+@OPTIMIZERS.register("sgd", reference="FIRM appendix A", description="SGD with momentum and L2 decay")
+def _sgd(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("lars", reference="You et al. 2017; SimCLR", description="SGD with layer-wise trust ratios")
+def _lars(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw", reference="Loshchilov & Hutter 2019", description="Adam with decoupled decay")
+def _adamw(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam", reference="Kingma & Ba 2015", description="Adam with L2 decay (the U-Net recipe)")
+def _adam(params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def build_optimizer(name: str, params: nn.Module | Iterable, lr: float, momentum: float = 0.9,
+                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The optimiser registered as ``name`` over a module's parameters (or an iterable of parameters or
+    parameter groups, each of which may carry its own ``lr``)."""
+    if isinstance(params, nn.Module):
+        params = params.parameters()
+    return OPTIMIZERS.get(name)(params, lr, momentum, weight_decay)

@@ -1,5 +1,9 @@
-"""One trainer for every contrastive recipe: SGD + momentum, warm-up + cosine, atomic checkpoints, resume,
-and data-parallel training under ``torchrun``."""
+"""The one training loop of conformood: any model, any objective ``(model, batch, generator) -> loss``.
+
+Contrastive encoders, the segmentation U-Net, the AT/COAT threshold predictor, the learned conformal sets and
+the CLP ensemble members all train here, and all of them get checkpoints, exact resume, progress bars,
+callbacks and (where the objective allows it) data-parallel training under ``torchrun`` from it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,16 +23,22 @@ from .._validation import check_positive_float, check_positive_int
 from ..io import load_state, save_state
 from .objectives import Objective
 from .optimizers import OPTIMIZERS, build_optimizer
-from .schedule import warmup_cosine_lr
+from .schedule import SCHEDULES, build_schedule
 
 CHECKPOINT_KIND = "checkpoint"
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (FIRM appendix A: SGD, momentum 0.9, linear warm-up then cosine, L2 decay).
+    """Optimisation settings (defaults: FIRM appendix A — SGD, momentum 0.9, warm-up then cosine, L2 decay).
 
     ``batch_size`` is the global batch: under ``torchrun`` each of the W processes takes batch_size / W.
+    ``drop_last`` drops the ragged last batch of an epoch; batches smaller than ``min_batch_size`` are skipped
+    (BatchNorm and the contrastive losses need two samples). ``schedule`` names a registered schedule
+    (``warmup_cosine``, ``cosine``, ``constant``). ``clip_grad_norm`` clips the global gradient norm of the
+    stepped optimiser's parameters. With ``shared_generator`` one random stream drives both the shuffling and
+    the objective's augmentations; otherwise each has its own. ``distributed=False`` trains every process
+    alone even inside a process group (for objectives that cannot be split over processes).
     """
 
     epochs: int = 100
@@ -40,46 +51,72 @@ class TrainConfig:
     device: str = "cpu"
     drop_last: bool = True
     optimizer: str = "sgd"
+    schedule: str = "warmup_cosine"
+    clip_grad_norm: float | None = None
+    min_batch_size: int = 2
+    shared_generator: bool = False
+    distributed: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
-        check_positive_int(self.batch_size, "batch_size", minimum=2)
+        check_positive_int(self.min_batch_size, "min_batch_size")
+        check_positive_int(self.batch_size, "batch_size", minimum=max(2, self.min_batch_size) if self.min_batch_size > 1
+                           else 1)
         check_positive_float(self.lr, "lr")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS.names()}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES.names()}, got {self.schedule!r}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+        if self.clip_grad_norm is not None:
+            check_positive_float(self.clip_grad_norm, "clip_grad_norm")
 
 
 @dataclass
 class TrainHistory:
-    """Mean loss and learning rate of each finished epoch."""
+    """Per finished epoch: mean loss (weighted by batch size), last learning rate, and the mean of any
+    statistics the objective reported."""
 
     loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
+    metrics: list[dict[str, float]] = field(default_factory=list)
 
 
 def _augmentation_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0])
 
 
+Batch = torch.Tensor | tuple[torch.Tensor, ...]
+
+
 class Trainer:
-    """Trains ``model`` on in-distribution images with an :class:`Objective`.
+    """Trains ``model`` with an :class:`Objective` over the rows of one tensor or of several aligned tensors.
 
-    Randomness comes from two ``torch.Generator``s seeded from ``config.seed``: one shuffles the data (the
-    same on every process) and one drives synthetic outliers and views (one stream per process). The
-    global generators are never reseeded. With ``checkpoint`` set, the model, the optimiser, the generators
-    and the history are saved atomically every ``checkpoint_every`` epochs, at the end and when
-    interrupted (Ctrl-C), and ``fit(resume=True)`` continues from the last one, reproducing the
-    uninterrupted run. Each callback is called as ``callback(trainer)`` after every epoch.
+    Randomness comes from ``torch.Generator``s seeded from ``config.seed``: one shuffles the data (the same on
+    every process) and one drives synthetic outliers and views (one stream per process), unless
+    ``config.shared_generator``. The global generators are never reseeded.
 
-    Under ``torchrun`` (an initialised process group) the model is wrapped in DistributedDataParallel,
-    each process trains on its slice of every global batch, and only rank 0 writes checkpoints. Give the
-    objective losses built with ``gather_distributed=True`` so anchors see the negatives of every rank.
+    ``optimizers`` (optional) builds the optimisers from the model; by default one, named by
+    ``config.optimizer``, over all parameters. An objective with several optimisers says which one each epoch
+    steps through its ``active_optimizer`` attribute (read after ``set_epoch``).
+
+    With ``checkpoint`` set, the model, optimisers, schedules, generators, objective and callback state and the
+    history are saved atomically every ``checkpoint_every`` epochs, at the end and when interrupted (Ctrl-C),
+    and ``fit(resume=True)`` continues from the last one, reproducing the uninterrupted run.
+
+    Callbacks are called as ``callback(trainer)`` after every epoch (before the checkpoint is written), and
+    ``callback.on_train_end(trainer)`` when training finishes, where defined. A callback with ``state_dict`` /
+    ``load_state_dict`` is checkpointed.
+
+    Under ``torchrun`` (an initialised process group, and ``config.distributed``) the model is wrapped in
+    DistributedDataParallel, each process trains on its slice of every global batch, and only rank 0 writes
+    checkpoints. Give the objective losses built with ``gather_distributed=True`` so anchors see the negatives
+    of every rank.
     """
 
     def __init__(
@@ -92,6 +129,7 @@ class Trainer:
         progress: bool = True,
         description: str = "training",
         callbacks: Sequence[Callable[[Trainer], None]] = (),
+        optimizers: Callable[[nn.Module], Sequence[torch.optim.Optimizer]] | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -103,12 +141,25 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.history = TrainHistory()
         self.epoch = 0
-        self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
-        self.generator = torch.Generator().manual_seed(self.config.seed)
-        self.aug_generator = torch.Generator().manual_seed(_augmentation_seed(self.config.seed, self.rank))
-        self.optimizer = build_optimizer(
-            self.config.optimizer, model, self.config.lr, self.config.momentum, self.config.weight_decay
-        )
+        cfg = self.config
+        self.rank = dist_utils.rank()
+        self.world_size = dist_utils.world_size() if cfg.distributed else 1
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.aug_generator = (self.generator if cfg.shared_generator
+                              else torch.Generator().manual_seed(_augmentation_seed(cfg.seed, self.rank)))
+        if optimizers is None:
+            self.optimizers = [build_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)]
+        else:
+            self.optimizers = list(optimizers(model))
+            if not self.optimizers:
+                raise ValueError("optimizers(model) returned no optimiser")
+        self.schedules: list | None = None
+        self._schedule_steps: int | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first (usually the only) optimiser."""
+        return self.optimizers[0]
 
     def _steps_per_epoch(self, n: int, bs: int) -> int:
         return max(1, n // bs) if self.config.drop_last else max(1, math.ceil(n / bs))
@@ -123,93 +174,139 @@ class Trainer:
         unused = getattr(self.model, "aux_head", None) is not None
         return DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=unused)
 
-    def fit(self, images: torch.Tensor, resume: bool = False, labels: torch.Tensor | None = None) -> TrainHistory:
-        """Train on float images (n, c, h, w) in [0, 1]; returns the per-epoch history.
+    def _build_schedules(self, total_steps: int, warmup_steps: int) -> None:
+        if self.schedules is not None and self._schedule_steps == total_steps:
+            return
+        self.schedules = [build_schedule(self.config.schedule, opt, total_steps, warmup_steps)
+                          for opt in self.optimizers]
+        self._schedule_steps = total_steps
 
-        ``labels`` (n,) integer class indices are required by objectives with ``needs_labels`` (CLP, CIDER)
-        and passed to them batch by batch.
-        """
-        from tqdm.auto import tqdm
-
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or not torch.is_floating_point(images):
+    def _check_data(self, data, labels) -> tuple[tuple[torch.Tensor, ...], bool, torch.Tensor | None]:
+        single = isinstance(data, torch.Tensor)
+        tensors = (data,) if single else tuple(data) if isinstance(data, (tuple, list)) else None
+        if not tensors or not all(isinstance(t, torch.Tensor) and t.ndim >= 1 for t in tensors):
+            raise ValueError("training data must be a tensor or a tuple of tensors with one row per sample")
+        if single and getattr(self.objective, "expects_images", True) and (
+            data.ndim != 4 or not torch.is_floating_point(data)
+        ):
             raise ValueError("images must be a float tensor (n, channels, height, width) in [0, 1]")
-        if images.shape[0] < 2:
-            raise ValueError(f"need at least 2 training images, got {images.shape[0]}")
-        if not torch.isfinite(images).all():
-            raise ValueError("training images contain NaN or infinite values")
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(f"training tensors disagree in length: {[t.shape[0] for t in tensors]}")
+        if n < 2:
+            raise ValueError(f"need at least 2 training samples, got {n}")
+        for t in tensors:
+            if torch.is_floating_point(t) and not torch.isfinite(t).all():
+                raise ValueError("training data contain NaN or infinite values")
         needs_labels = bool(getattr(self.objective, "needs_labels", False))
         if needs_labels and labels is None:
             raise ValueError(f"{type(self.objective).__name__} needs class labels: pass labels= to fit")
         if labels is not None:
             labels = torch.as_tensor(labels)
-            if labels.shape != (images.shape[0],) or labels.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"labels must be an integer tensor of shape ({images.shape[0]},), "
+            if labels.shape != (n,) or labels.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"labels must be an integer tensor of shape ({n},), "
                                  f"got {labels.dtype} {tuple(labels.shape)}")
             if labels.min() < 0:
                 raise ValueError("labels must be non-negative class indices")
-            labels = labels.long()
+            labels = labels.long() if needs_labels else None
+        return tensors, single, labels
+
+    def fit(self, data: Batch | list[torch.Tensor], resume: bool = False,
+            labels: torch.Tensor | None = None) -> TrainHistory:
+        """Train on ``data`` — float images (n, c, h, w) in [0, 1], or a tuple of tensors with n rows each (the
+        objective receives the same tuple, batch by batch) — and return the per-epoch history.
+
+        ``labels`` (n,) integer class indices are required by objectives with ``needs_labels`` (CLP, CIDER)
+        and passed to them batch by batch as ``labels=``.
+        """
+        from tqdm.auto import tqdm
+
+        tensors, single, labels = self._check_data(data, labels)
         cfg = self.config
         if cfg.batch_size % self.world_size != 0:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the {self.world_size} processes")
+        n = tensors[0].shape[0]
+        bs = min(cfg.batch_size, n - n % self.world_size)
+        local = bs // self.world_size
+        if local < 2 and self.world_size > 1:
+            raise ValueError(f"each of the {self.world_size} processes needs at least 2 samples per batch")
+        steps = self._steps_per_epoch(n, bs)
+        self._build_schedules(cfg.epochs * steps, cfg.warmup_epochs * steps)
         if resume and self.checkpoint is not None and self.checkpoint.is_file():
             self.load_checkpoint(self.checkpoint)
         device = torch.device(cfg.device)
         self.model.to(device)
         train_model = self._training_model()
-        n = images.shape[0]
-        bs = min(cfg.batch_size, n - n % self.world_size)
-        local = bs // self.world_size
-        if local < 2:
-            raise ValueError(f"each of the {self.world_size} processes needs at least 2 images per batch")
-        steps = self._steps_per_epoch(n, bs)
-        total, warmup = cfg.epochs * steps, cfg.warmup_epochs * steps
         bar = tqdm(
             total=cfg.epochs, initial=self.epoch, desc=self.description, unit="epoch",
             disable=not self.progress or self.rank != 0, leave=False,
         )
-        lr = cfg.lr
         try:
             while self.epoch < cfg.epochs:
-                train_model.train()
-                if hasattr(self.objective, "set_epoch"):
-                    self.objective.set_epoch(self.epoch)
-                order = torch.randperm(n, generator=self.generator)
-                losses = []
-                for s in range(steps):
-                    lr = warmup_cosine_lr(self.epoch * steps + s, total, warmup, cfg.lr)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    idx = order[s * bs : (s + 1) * bs]
-                    if idx.numel() < bs and self.world_size > 1 or idx.numel() < 2:
-                        continue  # a ragged last batch cannot be split evenly over processes
-                    idx = idx[self.rank * local : (self.rank + 1) * local] if self.world_size > 1 else idx
-                    extra = {"labels": labels[idx].to(device)} if needs_labels else {}
-                    loss = self.objective(train_model, images[idx].to(device), self.aug_generator, **extra)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-                    losses.append(float(loss.detach()))
-                self.epoch += 1
-                self.history.loss.append(self._mean_over_processes(float(np.mean(losses))))
-                self.history.lr.append(lr)
+                self._run_epoch(train_model, tensors, single, labels, n, bs, local, steps, device)
                 bar.update(1)
                 bar.set_postfix(loss=f"{self.history.loss[-1]:.3f}")
+                for callback in self.callbacks:
+                    callback(self)
                 if self.checkpoint is not None and (
                     self.epoch % self.checkpoint_every == 0 or self.epoch == cfg.epochs
                 ):
                     self.save_checkpoint(self.checkpoint)
-                for callback in self.callbacks:
-                    callback(self)
         except KeyboardInterrupt:
             if self.checkpoint is not None:
                 self.save_checkpoint(self.checkpoint)
             raise
         finally:
             bar.close()
+        for callback in self.callbacks:
+            if hasattr(callback, "on_train_end"):
+                callback.on_train_end(self)
         self.model.eval()
         return self.history
+
+    def _run_epoch(self, train_model, tensors, single, labels, n, bs, local, steps, device) -> None:
+        cfg = self.config
+        train_model.train()
+        if hasattr(self.objective, "set_epoch"):
+            self.objective.set_epoch(self.epoch)
+        active = int(getattr(self.objective, "active_optimizer", 0))
+        optimizer, schedule = self.optimizers[active], self.schedules[active]
+        order = torch.randperm(n, generator=self.generator)
+        losses, sizes, stats_sum, stats_count = [], [], {}, 0
+        lr = optimizer.param_groups[0]["lr"]
+        for s in range(steps):
+            idx = order[s * bs : (s + 1) * bs]
+            if idx.numel() < bs and self.world_size > 1 or idx.numel() < cfg.min_batch_size:
+                continue  # a ragged last batch cannot be split evenly over processes
+            idx = idx[self.rank * local : (self.rank + 1) * local] if self.world_size > 1 else idx
+            parts = tuple(t[idx].to(device) for t in tensors)
+            batch = parts[0] if single else parts
+            extra = {"labels": labels[idx].to(device)} if labels is not None else {}
+            out = self.objective(train_model, batch, self.aug_generator, **extra)
+            loss, stats = out if isinstance(out, tuple) else (out, None)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {self.epoch + 1}")
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad_norm is not None:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+            optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            schedule.step()
+            losses.append(float(loss.detach()))
+            sizes.append(int(idx.numel()))
+            if stats:
+                stats_count += 1
+                for key, value in stats.items():
+                    stats_sum[key] = stats_sum.get(key, 0.0) + float(value)
+        self.epoch += 1
+        mean = float(np.average(losses, weights=sizes)) if losses else float("nan")
+        self.history.loss.append(self._mean_over_processes(mean))
+        self.history.lr.append(lr)
+        if stats_count:
+            self.history.metrics.append({k: v / stats_count for k, v in stats_sum.items()})
 
     def _mean_over_processes(self, value: float) -> float:
         if self.world_size == 1:
@@ -234,18 +331,35 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Atomically save model, optimiser, generators and history (safetensors + JSON); rank 0 writes."""
+        """Atomically save model, optimisers, schedules, generators, objective and callback state and the
+        history (safetensors + JSON); rank 0 writes."""
         aug_states = self._all_aug_states()  # a collective: every process takes part
         if self.rank == 0:
             tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-            opt = self.optimizer.state_dict()
-            for pid, state in opt["state"].items():
-                for key, value in state.items():
-                    if isinstance(value, torch.Tensor):
-                        tensors[f"optim.{pid}.{key}"] = value
+            scalars: list[dict] = []
+            groups: list[list] = []
+            for i, opt in enumerate(self.optimizers):
+                opt_state = opt.state_dict()
+                prefix = "optim." if i == 0 else f"optim{i}."
+                plain: dict[str, dict[str, Any]] = {}
+                for pid, state in opt_state["state"].items():
+                    for key, value in state.items():
+                        if isinstance(value, torch.Tensor):
+                            tensors[f"{prefix}{pid}.{key}"] = value
+                        else:
+                            plain.setdefault(str(pid), {})[key] = value
+                scalars.append(plain)
+                groups.append(opt_state["param_groups"])
             if hasattr(self.objective, "state_dict"):
                 for k, v in self.objective.state_dict().items():
                     tensors[f"objective.{k}"] = v
+            callback_meta = []
+            for i, callback in enumerate(self.callbacks):
+                state = callback.state_dict() if hasattr(callback, "state_dict") else {}
+                for k, v in state.items():
+                    if isinstance(v, torch.Tensor):
+                        tensors[f"callback.{i}.{k}"] = v
+                callback_meta.append({k: v for k, v in state.items() if not isinstance(v, torch.Tensor)})
             tensors["generator"] = self.generator.get_state()
             for r, s in enumerate(aug_states):
                 tensors[f"aug_generator.{r}"] = s
@@ -253,7 +367,11 @@ class Trainer:
                 "epoch": self.epoch,
                 "world_size": self.world_size,
                 "train_config": asdict(self.config),
-                "param_groups": opt["param_groups"],
+                "param_groups": groups[0],
+                "optimizers": groups,
+                "optimizer_scalars": scalars,
+                "schedules": [_plain(s.state_dict()) for s in self.schedules or ()],
+                "callbacks": callback_meta,
                 "history": asdict(self.history),
             }
             save_state(path, tensors, config, kind=CHECKPOINT_KIND)
@@ -267,20 +385,47 @@ class Trainer:
         tensors, meta = load_state(path, kind=CHECKPOINT_KIND)
         model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, pid, name = key.split(".", 2)
-                state.setdefault(int(pid), {})[name] = value
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        groups = meta.get("optimizers", [meta["param_groups"]])
+        scalars = meta.get("optimizer_scalars", [{} for _ in groups])
+        if len(groups) != len(self.optimizers):
+            raise ValueError(f"{path} holds {len(groups)} optimiser(s), this run has {len(self.optimizers)}")
+        for i, opt in enumerate(self.optimizers):
+            prefix = "optim." if i == 0 else f"optim{i}."
+            state: dict[int, dict[str, Any]] = {}
+            for key, value in tensors.items():
+                if key.startswith(prefix):
+                    pid, name = key[len(prefix):].split(".", 1)
+                    state.setdefault(int(pid), {})[name] = value
+            for pid, values in scalars[i].items():
+                state.setdefault(int(pid), {}).update(values)
+            opt.load_state_dict({"state": state, "param_groups": groups[i]})
+        self.epoch = int(meta["epoch"])
+        if "schedules" in meta:
+            for schedule, saved in zip(self.schedules or (), meta["schedules"]):
+                schedule.load_state_dict(saved)
+        elif self.schedules is not None:  # a checkpoint of version 1: its closed-form schedule is recomputed
+            for schedule, opt in zip(self.schedules, self.optimizers):
+                schedule.last_epoch = self.epoch * (self._schedule_steps // self.config.epochs)
+                for group, lr in zip(opt.param_groups, schedule.get_lr()):
+                    group["lr"] = lr
         objective_state = {k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}
         if hasattr(self.objective, "load_state_dict"):
             self.objective.load_state_dict(objective_state)
+        for i, callback in enumerate(self.callbacks):
+            if hasattr(callback, "load_state_dict"):
+                saved = dict(meta.get("callbacks", [{}] * len(self.callbacks))[i])
+                prefix = f"callback.{i}."
+                saved.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+                callback.load_state_dict(saved)
         self.generator.set_state(tensors["generator"])
-        self.epoch = int(meta["epoch"])
         aug_key = f"aug_generator.{self.rank}"
         if meta.get("world_size", 1) == self.world_size and aug_key in tensors:
             self.aug_generator.set_state(tensors[aug_key])
         else:  # resumed on another number of processes: fresh, still seeded, augmentation streams
             self.aug_generator.manual_seed(_augmentation_seed(self.config.seed * 1_000 + self.epoch, self.rank))
         self.history = TrainHistory(**meta["history"])
+
+
+def _plain(state: dict) -> dict:
+    """A schedule's state with only JSON values (the schedules keep no callables)."""
+    return {k: v for k, v in state.items() if isinstance(v, (int, float, bool, str, list, type(None)))}
