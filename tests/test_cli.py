@@ -38,16 +38,18 @@ def test_train_single_process_and_resume(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     first = json.loads((tmp_path / "train.json").read_text())
-    assert first["world_size"] == 1 and len(first["history"]["loss"]) == 2
+    assert first["world_size"] == 1 and len(first["history"]["loss"]) == 2 and first["epochs_trained_now"] == 2
     from conformood.data import load_digits_dataset, train_calibration_test_split
 
     digits = load_digits_dataset()
     split = train_calibration_test_split(digits.labels, seed=0)
     assert first["n_train"] == int((digits.labels[split.train] == 4).sum())  # the class-4 training images
-    # resuming a finished run trains nothing more and keeps the history
+    # resuming a finished run trains nothing more (a retrain from scratch would give the same history) and
+    # keeps the history
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "train.json").read_text())["history"] == first["history"]
+    again = json.loads((tmp_path / "train.json").read_text())
+    assert again["epochs_trained_now"] == 0 and again["history"] == first["history"]
 
 
 def test_train_under_torchrun_two_processes(tmp_path):

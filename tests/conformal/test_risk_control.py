@@ -11,10 +11,12 @@ import pytest
 from conformood.conformal import ConformalWarning
 from conformood.conformal.risk_control import (
     adaptive_correction,
-    adaptive_sets,
-    crc_sets,
     crc_threshold,
     nonempty_masks,
+)
+from conformood.conformal.risk_sets import (
+    adaptive_sets,
+    crc_sets,
     oracle_thresholds,
     per_image_thresholds,
 )
@@ -220,10 +222,17 @@ def _both_calibrations_match_brute_force(rng, alphas, dtype=np.float64):
     alpha = float(rng.choice(alphas))
     tau_hat = rng.integers(0, GRID + 1, size=n) / GRID
     expected = _brute_correction(probs, masks, tau_hat, alpha)
-    if expected is not None:
+    if expected is None:  # no correction reaches the level: a warning and sets that take every pixel
+        with pytest.warns(ConformalWarning):
+            t = adaptive_correction(probs, masks, tau_hat, alpha)
+        assert adaptive_sets(probs, tau_hat, t).all()
+    else:
         assert adaptive_correction(probs, masks, tau_hat, alpha) == expected
     expected = _brute_crc(probs, masks, alpha)
-    if expected is not None:
+    if expected is None:  # no threshold is feasible: a warning and τ = 0 (every pixel)
+        with pytest.warns(ConformalWarning):
+            assert crc_threshold(probs, masks, alpha) == 0.0
+    else:
         assert crc_threshold(probs, masks, alpha) == expected
 
 

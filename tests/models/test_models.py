@@ -15,10 +15,19 @@ def test_small_cnn_shapes(size, channels):
     assert model.training  # features() restores the mode
 
 
-def test_features_are_deterministic_in_eval_mode():
+def test_features_are_eval_mode_features_and_leave_the_mode_alone():
     model = small_contrastive_model(1, widths=(4, 8, 8))
     x = torch.rand(10, 1, 8, 8)
-    assert torch.equal(model.features(x), model.features(x))
+    model.train()
+    model(torch.rand(16, 1, 8, 8))  # move the BatchNorm running statistics away from their initial values
+    with torch.no_grad():
+        train_mode = model.encoder(x)  # batch statistics
+    feats = model.features(x, batch_size=4)
+    assert model.training  # the caller's mode is restored
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(feats, model.encoder(x), atol=1e-6)  # running statistics, as in eval mode
+    assert not torch.allclose(feats, train_mode, atol=1e-3)
     # batch composition does not change eval-mode features (BatchNorm uses running statistics)
     assert torch.allclose(model.features(x)[:3], model.features(x[:3]), atol=1e-6)
 

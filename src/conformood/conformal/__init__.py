@@ -2,15 +2,8 @@
 
 from .bh import benjamini_hochberg
 from .detector import ConformalDetector
-from .risk_control import (
-    adaptive_correction,
-    adaptive_sets,
-    crc_sets,
-    crc_threshold,
-    nonempty_masks,
-    oracle_thresholds,
-    per_image_thresholds,
-)
+from .risk_control import adaptive_correction, crc_threshold, nonempty_masks
+from .risk_sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
 from .set_families import (
     SET_FAMILIES,
     ConformalBall,

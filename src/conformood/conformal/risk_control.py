@@ -11,8 +11,8 @@ the FNR is 1 − TPR.
 * :func:`adaptive_correction` — Algorithm 1 lines 15–21 (and eq. 14): t' = inf{t : R(t) ≥ (n+1)(1−α)/n} for
   per-image thresholds clip(τ̂_i − t, 0, 1). Pixel j of image i enters the set exactly when t ≥ τ̂_i − p̂_j
   (or always when p̂_j = 1), so R is again a step function with known jumps: one sort.
-* :func:`oracle_thresholds` — §3.1.2: per image, the largest τ whose hard mask has TPR ≥ 1 − α (the
-  training target τ*(X, Y) of AT), the ⌈(1−α)|Y|⌉-th largest positive probability.
+* The prediction sets of both, and the oracle thresholds that AT trains on, are in
+  :mod:`conformood.conformal.risk_sets`.
 
 Both searches compare cumulative sums of fractions 1/|Y_i| against a level; near a tie the comparison is
 redone in exact rational arithmetic, so an α that makes the level land exactly on a jump gives the same
@@ -44,15 +44,11 @@ from .split import ConformalWarning
 
 __all__ = [
     "adaptive_correction",
-    "adaptive_sets",
     "check_masks",
     "check_probability_maps",
     "compiled_kernel_available",
-    "crc_sets",
     "crc_threshold",
     "nonempty_masks",
-    "oracle_thresholds",
-    "per_image_thresholds",
 ]
 
 # Relative width of the band around the level inside which cumulative float sums are re-checked exactly.
@@ -366,45 +362,3 @@ def _check_thresholds(base_thresholds, n: int) -> np.ndarray:
     if not np.all(np.isfinite(tau)):
         raise ValueError("base_thresholds contains NaN or infinite values")
     return tau
-
-
-def crc_sets(probs, threshold: float) -> np.ndarray:
-    """Prediction sets of eq. 4/6: the boolean maps {p̂_j ≥ τ}."""
-    p = check_probability_maps(probs)
-    return p >= threshold
-
-
-def adaptive_sets(probs, base_thresholds, correction: float) -> np.ndarray:
-    """Prediction sets of Algorithm 1 line 20: {p̂ ≥ clip(τ̂_i − t', 0, 1)}, as boolean maps (n, h, w).
-
-    Written as ``p̂ = 1 or τ̂_i − p̂ ≤ t'`` — the same set for probabilities in [0, 1] — so the inclusion
-    rule uses the very arithmetic of :func:`adaptive_correction` and a calibration pixel on the boundary is
-    never lost to rounding.
-    """
-    p = check_probability_maps(probs)
-    tau = _check_thresholds(base_thresholds, p.shape[0])
-    return (p >= 1.0) | ((tau[:, None, None] - p) <= correction)
-
-
-def per_image_thresholds(base_thresholds, correction: float) -> np.ndarray:
-    """The adjusted thresholds clip(τ̂_i − t', 0, 1) of Algorithm 1 line 19 (for reporting)."""
-    tau = as_numpy(base_thresholds).astype(np.float64).reshape(-1)
-    return np.clip(tau - correction, 0.0, 1.0)
-
-
-def oracle_thresholds(probs, masks, alpha: float) -> np.ndarray:
-    """τ*(X, Y) of §3.1.2 per image: the largest τ whose hard mask {p̂ ≥ τ} has TPR ≥ 1 − α.
-
-    TPR(τ) is a step function, so "TPR = 1 − α" is met only up to the step; the largest τ reaching it is
-    the k-th largest positive probability with k = ⌈(1 − α)|Y|⌉ computed in integer arithmetic.
-    """
-    alpha = check_alpha(alpha)
-    p, m, sizes = _check_pair(probs, masks, "")
-    keep = 1 - _fraction(alpha)
-    out = np.empty(p.shape[0], dtype=np.float64)
-    for i in range(p.shape[0]):
-        positives = p[i][m[i]]
-        k = math.ceil(keep * int(sizes[i]))
-        # k-th largest = (size - k)-th smallest (0-based).
-        out[i] = float(np.partition(positives, positives.size - k)[positives.size - k])
-    return out

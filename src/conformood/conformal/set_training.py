@@ -43,6 +43,7 @@ parallelism would buy nothing. Under ``torchrun`` every process trains the same 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,6 +212,7 @@ def train_conformal_set(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    callbacks: Sequence[Callable] = (),
 ) -> SetTrainingResult:
     """Learn the set's metric on training data; leaves the best epoch's parameters in ``cset`` (and ``encoder``).
 
@@ -218,7 +220,8 @@ def train_conformal_set(
     backbone features) and the set lives in the encoder's output space, trained jointly by eq. 22 with the
     set and encoder updated in alternate epochs. ``labels`` (n,) give supervised positives/negatives;
     otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised). With
-    ``checkpoint``, training is resumable (``resume=True`` continues it exactly).
+    ``checkpoint``, training is resumable (``resume=True`` continues it exactly); ``callbacks`` go to the
+    trainer, after the best-epoch one.
     """
     if not cset.learnable:
         raise ValueError(f"{type(cset).__name__} has no parameters to learn")
@@ -286,7 +289,7 @@ def train_conformal_set(
         shared_generator=True, seed=seed, distributed=False,
     )
     trainer = Trainer(model, set_objective_, config, checkpoint=checkpoint, progress=progress,
-                      description=f"{type(cset).__name__} ({objective})", callbacks=[best], optimizers=optimizers)
+                      description=f"{type(cset).__name__} ({objective})", callbacks=[best, *callbacks], optimizers=optimizers)
     history = trainer.fit(torch.arange(n), resume=resume)
     result = SetTrainingResult(best_epoch=best.best_epoch,
                                best_exclusion=best.best_value if best.best_value is not None else -float("inf"))

@@ -9,6 +9,7 @@ resume. Everything is seeded by ``seed``; nothing touches the global random stat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..losses.coverage import ATLoss, COATLoss
 from ..models.segmentation import ThresholdPredictor
 from ..train import TrainConfig, Trainer
 from ..train.segmentation import random_hflip
-from .risk_control import oracle_thresholds
+from .risk_sets import oracle_thresholds
 
 METHODS = ("at", "coat")
 
@@ -89,6 +90,7 @@ def train_threshold_predictor(
     progress: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    callbacks: Sequence[Callable] = (),
 ) -> ThresholdTraining:
     """Train f_D with L_AT (``method="at"``, eq. 8) or L_COAT (``method="coat"``, Algorithm 1).
 
@@ -100,6 +102,7 @@ def train_threshold_predictor(
     epochs : default 30 for AT and 60 for COAT, as in the paper's app. A.3
     temperature : T of the soft mask σ((p̂ − τ̂)/T) (COAT only; paper: 0.05)
     checkpoint, resume : a resumable checkpoint file, and whether to continue it
+    callbacks : called by the trainer after every epoch
     """
     alpha = check_alpha(alpha)
     if method not in METHODS:
@@ -124,6 +127,6 @@ def train_threshold_predictor(
         warmup_epochs=0, drop_last=False, min_batch_size=2, shared_generator=True, seed=seed + 1,
     )
     trainer = Trainer(model, objective, config, checkpoint=checkpoint, progress=progress,
-                      description=f"{method.upper()} threshold predictor")
+                      description=f"{method.upper()} threshold predictor", callbacks=callbacks)
     history = trainer.fit((x, pm, third), resume=resume)
     return ThresholdTraining(model=model, method=method, alpha=alpha, losses=list(history.loss))

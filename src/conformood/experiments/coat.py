@@ -21,12 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_alpha, check_positive_int
-from ..conformal.risk_control import (
-    adaptive_correction,
-    adaptive_sets,
-    crc_sets,
-    crc_threshold,
-)
+from ..conformal.risk_control import adaptive_correction, crc_threshold
+from ..conformal.risk_sets import adaptive_sets, crc_sets
 from ..conformal.threshold_training import train_threshold_predictor
 from ..data.segmentation import (
     SegmentationData,

@@ -86,9 +86,11 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
             data = data.subset(keep)
         images = resize_images(data.tensor(), (cfg.image_size, cfg.image_size))
         diagnostics = _evaluation_callbacks(cfg, images) if cfg.eval_every else ()
+        trained_epochs: list = []  # one entry per epoch trained by this invocation (0 when resuming a finished run)
         model, history = train_contrastive_encoder(
             images, cfg, out / "checkpoint.safetensors", resume=resume, progress=progress, device=device,
-            labels=data.labels if OBJECTIVES.info(cfg.objective).needs_labels else None, callbacks=diagnostics,
+            labels=data.labels if OBJECTIVES.info(cfg.objective).needs_labels else None,
+            callbacks=(*diagnostics, trained_epochs.append),
         )
         aux = model.aux_head.n_classes if model.aux_head is not None else None
         result = {
@@ -100,6 +102,7 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
             "world_size": dist_utils.world_size(),
             "rank": dist_utils.rank(),
             "history": asdict(history),
+            "epochs_trained_now": len(trained_epochs),
             "wall_time_s": time.perf_counter() - start,
         }
         if diagnostics:

@@ -50,7 +50,7 @@ def render_demo_report(out_dir: str | Path) -> Path:
         f"{metrics['task']}. Each class in turn is in-distribution; every other class is an anomaly.",
         "Metrics treat in-distribution as the positive class. The conformal threshold is calibrated on held-out",
         f"in-distribution images at α = {alpha}: an input is flagged when its score falls below it, which keeps",
-        f"P(flag an in-distribution input) ≤ α. *test FPR at α* is the realised fraction of test inliers flagged.",
+        "P(flag an in-distribution input) ≤ α. *test FPR at α* is the realised fraction of test inliers flagged.",
         "",
         "Methods:",
         *[f"- **{m}**: {d}" for m, d in metrics["methods"].items()],

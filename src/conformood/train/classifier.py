@@ -9,6 +9,10 @@ checkpoints, resume and progress bars. :func:`conformood.metrics.ensemble_predic
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -59,10 +63,14 @@ class EnsembleMember:
 
 def fit_clp_ensemble(features, labels, n_members: int = 5, seed: int = 0, hidden: tuple[int, ...] = (256,),
                      epochs: int = 200, batch_size: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4,
-                     progress: bool = False) -> list[EnsembleMember]:
+                     progress: bool = False, checkpoint_dir: str | os.PathLike | None = None,
+                     resume: bool = False, callbacks: Sequence[Callable] = ()) -> list[EnsembleMember]:
     """Train ``n_members`` MLP classifiers differing only in their seed (``seed + j``: initial weights and
     batch order) on ``features`` (n, d) with integer ``labels`` (n,) — D_in ∪ D_out with the extended label set,
-    as the CLP paper does with its ResNet ensemble (section 4). Returns the fitted members."""
+    as the CLP paper does with its ResNet ensemble (section 4). Returns the fitted members.
+
+    With ``checkpoint_dir``, member j is checkpointed to ``member-j.safetensors`` there, and ``resume=True``
+    continues each member exactly (finished members are restored, not retrained)."""
     x = torch.from_numpy(check_features(features, "features").astype(np.float32))
     y = np.asarray(labels)
     if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
@@ -80,7 +88,9 @@ def fit_clp_ensemble(features, labels, n_members: int = 5, seed: int = 0, hidden
         config = TrainConfig(epochs=epochs, batch_size=min(batch_size, x.shape[0]), lr=lr, optimizer="adam",
                              weight_decay=weight_decay, schedule="constant", warmup_epochs=0, drop_last=False,
                              min_batch_size=1, seed=seed + j)
-        history = Trainer(model, CrossEntropyObjective(), config, progress=progress,
-                          description=f"CLP member {j + 1}/{n_members}").fit((x, targets))
+        checkpoint = Path(checkpoint_dir) / f"member-{j}.safetensors" if checkpoint_dir is not None else None
+        history = Trainer(model, CrossEntropyObjective(), config, checkpoint=checkpoint, progress=progress,
+                          description=f"CLP member {j + 1}/{n_members}", callbacks=callbacks,
+                          checkpoint_every=max(1, epochs // 10)).fit((x, targets), resume=resume)
         members.append(EnsembleMember(model, classes, list(history.loss)))
     return members

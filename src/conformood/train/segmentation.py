@@ -9,6 +9,7 @@ trained in :mod:`conformood.conformal.threshold_training`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,11 +50,12 @@ def train_segmentation_model(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    callbacks: Sequence[Callable] = (),
 ) -> tuple[SmallUNet, list[float]]:
     """A :class:`SmallUNet` trained with pixel-wise binary cross-entropy (Adam, cosine schedule, h-flips).
 
     Returns the model (eval mode) and the mean training loss per epoch. With ``checkpoint``, training is
-    resumable (``resume=True`` continues it exactly).
+    resumable (``resume=True`` continues it exactly); ``callbacks`` go to the trainer.
     """
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -71,7 +73,7 @@ def train_segmentation_model(
         warmup_epochs=0, drop_last=False, min_batch_size=1, shared_generator=True, seed=seed + 1,
     )
     trainer = Trainer(model, SegmentationBCEObjective(pos_weight), config, checkpoint=checkpoint,
-                      progress=progress, description="segmentation model")
+                      progress=progress, description="segmentation model", callbacks=callbacks)
     history = trainer.fit((x, y), resume=resume)
     return model, list(history.loss)
 

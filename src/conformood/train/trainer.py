@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,12 +19,14 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive_float, check_positive_int
-from ..io import load_state, save_state
+from .checkpoint import (
+    augmentation_seed,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .objectives import Objective
 from .optimizers import OPTIMIZERS, build_optimizer
 from .schedule import SCHEDULES, build_schedule
-
-CHECKPOINT_KIND = "checkpoint"
 
 
 @dataclass
@@ -87,10 +88,6 @@ class TrainHistory:
     metrics: list[dict[str, float]] = field(default_factory=list)
 
 
-def _augmentation_seed(seed: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0])
-
-
 Batch = torch.Tensor | tuple[torch.Tensor, ...]
 
 
@@ -146,7 +143,7 @@ class Trainer:
         self.world_size = dist_utils.world_size() if cfg.distributed else 1
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.aug_generator = (self.generator if cfg.shared_generator
-                              else torch.Generator().manual_seed(_augmentation_seed(cfg.seed, self.rank)))
+                              else torch.Generator().manual_seed(augmentation_seed(cfg.seed, self.rank)))
         if optimizers is None:
             self.optimizers = [build_optimizer(cfg.optimizer, model, cfg.lr, cfg.momentum, cfg.weight_decay)]
         else:
@@ -313,119 +310,21 @@ class Trainer:
             return value
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.float64, device=self._collective_device())
+        t = torch.tensor([value], dtype=torch.float64, device=self.collective_device())
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
-    def _collective_device(self) -> torch.device:
+    def collective_device(self) -> torch.device:
         import torch.distributed as dist
 
         return torch.device(self.config.device) if dist.get_backend() == "nccl" else torch.device("cpu")
 
-    def _all_aug_states(self) -> list[torch.Tensor]:
-        state = self.aug_generator.get_state()
-        if self.world_size == 1:
-            return [state]
-        gathered = dist_utils.gather_no_grad(state[None].to(self._collective_device()))
-        return [s.cpu() for s in gathered]
-
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Atomically save model, optimisers, schedules, generators, objective and callback state and the
-        history (safetensors + JSON); rank 0 writes."""
-        aug_states = self._all_aug_states()  # a collective: every process takes part
-        if self.rank == 0:
-            tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-            scalars: list[dict] = []
-            groups: list[list] = []
-            for i, opt in enumerate(self.optimizers):
-                opt_state = opt.state_dict()
-                prefix = "optim." if i == 0 else f"optim{i}."
-                plain: dict[str, dict[str, Any]] = {}
-                for pid, state in opt_state["state"].items():
-                    for key, value in state.items():
-                        if isinstance(value, torch.Tensor):
-                            tensors[f"{prefix}{pid}.{key}"] = value
-                        else:
-                            plain.setdefault(str(pid), {})[key] = value
-                scalars.append(plain)
-                groups.append(opt_state["param_groups"])
-            if hasattr(self.objective, "state_dict"):
-                for k, v in self.objective.state_dict().items():
-                    tensors[f"objective.{k}"] = v
-            callback_meta = []
-            for i, callback in enumerate(self.callbacks):
-                state = callback.state_dict() if hasattr(callback, "state_dict") else {}
-                for k, v in state.items():
-                    if isinstance(v, torch.Tensor):
-                        tensors[f"callback.{i}.{k}"] = v
-                callback_meta.append({k: v for k, v in state.items() if not isinstance(v, torch.Tensor)})
-            tensors["generator"] = self.generator.get_state()
-            for r, s in enumerate(aug_states):
-                tensors[f"aug_generator.{r}"] = s
-            config = {
-                "epoch": self.epoch,
-                "world_size": self.world_size,
-                "train_config": asdict(self.config),
-                "param_groups": groups[0],
-                "optimizers": groups,
-                "optimizer_scalars": scalars,
-                "schedules": [_plain(s.state_dict()) for s in self.schedules or ()],
-                "callbacks": callback_meta,
-                "history": asdict(self.history),
-            }
-            save_state(path, tensors, config, kind=CHECKPOINT_KIND)
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        history (safetensors + JSON); rank 0 writes (:func:`conformood.train.checkpoint.save_checkpoint`)."""
+        save_checkpoint(self, path)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore what :meth:`save_checkpoint` wrote; the model's architecture must match."""
-        tensors, meta = load_state(path, kind=CHECKPOINT_KIND)
-        model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
-        groups = meta.get("optimizers", [meta["param_groups"]])
-        scalars = meta.get("optimizer_scalars", [{} for _ in groups])
-        if len(groups) != len(self.optimizers):
-            raise ValueError(f"{path} holds {len(groups)} optimiser(s), this run has {len(self.optimizers)}")
-        for i, opt in enumerate(self.optimizers):
-            prefix = "optim." if i == 0 else f"optim{i}."
-            state: dict[int, dict[str, Any]] = {}
-            for key, value in tensors.items():
-                if key.startswith(prefix):
-                    pid, name = key[len(prefix):].split(".", 1)
-                    state.setdefault(int(pid), {})[name] = value
-            for pid, values in scalars[i].items():
-                state.setdefault(int(pid), {}).update(values)
-            opt.load_state_dict({"state": state, "param_groups": groups[i]})
-        self.epoch = int(meta["epoch"])
-        if "schedules" in meta:
-            for schedule, saved in zip(self.schedules or (), meta["schedules"]):
-                schedule.load_state_dict(saved)
-        elif self.schedules is not None:  # a checkpoint of version 1: its closed-form schedule is recomputed
-            for schedule, opt in zip(self.schedules, self.optimizers):
-                schedule.last_epoch = self.epoch * (self._schedule_steps // self.config.epochs)
-                for group, lr in zip(opt.param_groups, schedule.get_lr()):
-                    group["lr"] = lr
-        objective_state = {k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")}
-        if hasattr(self.objective, "load_state_dict"):
-            self.objective.load_state_dict(objective_state)
-        for i, callback in enumerate(self.callbacks):
-            if hasattr(callback, "load_state_dict"):
-                saved = dict(meta.get("callbacks", [{}] * len(self.callbacks))[i])
-                prefix = f"callback.{i}."
-                saved.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-                callback.load_state_dict(saved)
-        self.generator.set_state(tensors["generator"])
-        aug_key = f"aug_generator.{self.rank}"
-        if meta.get("world_size", 1) == self.world_size and aug_key in tensors:
-            self.aug_generator.set_state(tensors[aug_key])
-        else:  # resumed on another number of processes: fresh, still seeded, augmentation streams
-            self.aug_generator.manual_seed(_augmentation_seed(self.config.seed * 1_000 + self.epoch, self.rank))
-        self.history = TrainHistory(**meta["history"])
-
-
-def _plain(state: dict) -> dict:
-    """A schedule's state with only JSON values (the schedules keep no callables)."""
-    return {k: v for k, v in state.items() if isinstance(v, (int, float, bool, str, list, type(None)))}
+        load_checkpoint(self, path)

@@ -1,0 +1,71 @@
+"""The house rules of docs/architecture.md that import-linter does not check: no private name or private module
+of one layer imported by another, no source file over 400 lines, and one training loop (one file that calls
+``.backward(``)."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "conformood"
+SHARED = {"_validation"}  # top-level helpers every layer may use
+
+
+def _modules():
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        yield path, parts
+
+
+def _layer(parts: tuple[str, ...]) -> str:
+    return parts[0]
+
+
+def _resolve(parts: tuple[str, ...], node: ast.ImportFrom) -> tuple[str, ...]:
+    package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    if node.level:
+        base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+    else:
+        absolute = (node.module or "").split(".")
+        return tuple(absolute[1:]) if absolute[0] == "conformood" else ()
+    return base + tuple((node.module or "").split(".")) if node.module else base
+
+
+def private_cross_layer_imports(path: Path, parts: tuple[str, ...]) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        target = _resolve(parts, node)
+        if not target or _layer(target) == _layer(parts) or _layer(target) in SHARED:
+            continue
+        private_modules = [p for p in target if p.startswith("_") and p != "__init__"]
+        private_names = [a.name for a in node.names if a.name.startswith("_")]
+        if private_modules or private_names:
+            found.append(f"{'/'.join(parts)}.py:{node.lineno} imports {'.'.join(target)}: "
+                         f"{private_modules + private_names}")
+    return found
+
+
+def test_the_checker_sees_a_private_cross_layer_import(tmp_path):
+    bad = tmp_path / "x.py"
+    bad.write_text("from ..metrics.ood import _roc\nfrom ..augment._rng import seeded\nfrom .._validation import a\n"
+                   "from .base import _private\n")
+    found = private_cross_layer_imports(bad, ("scores", "x"))
+    assert len(found) == 2 and "_roc" in found[0] and "_rng" in found[1]
+
+
+def test_no_private_cross_layer_imports():
+    found = [f for path, parts in _modules() for f in private_cross_layer_imports(path, parts)]
+    assert found == []
+
+
+@pytest.mark.parametrize("limit", [400])
+def test_no_source_file_over_400_lines(limit):
+    long = {"/".join(parts): n for path, parts in _modules() if (n := len(path.read_text().splitlines())) > limit}
+    assert long == {}
+
+
+def test_one_training_loop():
+    callers = sorted("/".join(parts) for path, parts in _modules() if ".backward(" in path.read_text())
+    assert callers == ["train/trainer"]
