@@ -58,6 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
+    from conformood.conformal import ConformalSetDetector
     from conformood.conformal.set_families import SET_FAMILIES
     from conformood.conformal.set_sampling import evaluate_set, pair_samples
     from conformood.conformal.set_training import train_conformal_set
@@ -66,7 +67,6 @@ def main() -> None:
     from conformood.io import save_state
     from conformood.metrics import auroc, fpr_at_95_tpr
     from conformood.scores import (
-        ConformalSetDetector,
         KNNCosineDetector,
         MahalanobisDetector,
     )

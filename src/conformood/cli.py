@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .data import DATASETS, protocol_help
 from .train.recipes import OBJECTIVES
 
 app = typer.Typer(
@@ -58,7 +59,8 @@ def train(
         "train-output"
     ),
     data: Annotated[
-        str, typer.Option(help="digits, fashion-mnist, cifar10, or an image folder / .tar(.gz) laid out split/class/*.jpg.")
+        str, typer.Option(help=f"{', '.join(DATASETS.names())}, or an image folder / .tar(.gz) laid out "
+                         "split/class/*.jpg.")
     ] = "digits",
     split: Annotated[str, typer.Option(help="Sub-folder of the image folder to train on.")] = "train",
     normal_class: Annotated[
@@ -138,11 +140,10 @@ def evaluate(
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
     ] = None,
     data: Annotated[
-        str, typer.Option(help="With --checkpoint: digits, fashion-mnist, cifar10 or an image folder / tar.")
+        str, typer.Option(help=f"With --checkpoint: {', '.join(DATASETS.names())}, or an image folder / tar.")
     ] = "digits",
     protocol: Annotated[
-        str, typer.Option(help="With --checkpoint: one-vs-rest:C, leave-one-class-out:C, few-shot:K or pair:NAME "
-                           "(e.g. pair:digits-vs-fashion-mnist).")
+        str, typer.Option(help=f"With --checkpoint: {protocol_help()}.")
     ] = "one-vs-rest:0",
     detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
     option: Annotated[list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")] = None,

@@ -194,8 +194,8 @@ def test_invalid_inputs():
 
 
 def test_conformal_set_detector_separates_far_and_between_cluster_points():
+    from conformood.conformal import ConformalSetDetector
     from conformood.metrics import auroc
-    from conformood.scores import ConformalSetDetector
 
     x, y = ccs_mixed_clusters(n_per_class=500, seed=2)
     ref, cal, test = np.split(np.random.default_rng(0).permutation(x.shape[0]), [1500, 2000])
@@ -270,3 +270,19 @@ def test_fit_interface_trains_learned_sets_only():
     assert not hasattr(ball, "training_")
     single = SingleNormSet(3).fit(x, y, k=10, epochs=2)
     assert len(single.training_.history) == 2
+
+
+def test_conformal_set_detector_is_registered_and_round_trips(tmp_path):
+    from conformood.conformal import ConformalSetDetector, load_detector
+    from conformood.scores import detector_info
+
+    x, y = ccs_mixed_clusters(n_per_class=150, seed=3)
+    s = SingleNormSet(3, alpha=0.1)
+    a, p, _ = pair_samples(y[:300], 1, 0)
+    s.calibrate(x[:300][a], x[:300][p])
+    det = ConformalSetDetector(s, k=10, variant="neg-pos", seed=1).fit(x[300:], y[300:])
+    assert detector_info("conformal_set").needs_labels
+    det.save(tmp_path / "det.safetensors")
+    back = load_detector(tmp_path / "det.safetensors")
+    assert isinstance(back, ConformalSetDetector) and back.conformal_set.threshold_ == s.threshold_
+    np.testing.assert_array_equal(back.score_samples(x[:50]), det.score_samples(x[:50]))

@@ -26,7 +26,7 @@ def test_unknown_names():
         named_ood_pair("digits-vs-moon")
     with pytest.raises(ValueError, match="unknown data set"):
         load_named("moon")
-    assert {kind for _, _, kind in NAMED_OOD_PAIRS.values()} == {"near", "far"}
+    assert {NAMED_OOD_PAIRS.info(name).kind for name in NAMED_OOD_PAIRS} == {"near", "far"}
 
 
 @pytest.mark.integration

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from conformood.conformal import SingleNormSet, train_conformal_set, train_threshold_predictor
+from conformood.conformal import (
+    SingleNormSet,
+    train_conformal_set,
+    train_threshold_predictor,
+)
 from conformood.data.segmentation import synthetic_segmentation
 from conformood.train import BestEpoch, fit_clp_ensemble
 from conformood.train.segmentation import train_segmentation_model

@@ -1,9 +1,11 @@
 """Conformal calibration: p-values, thresholds, guaranteed decisions, sets and risk control."""
 
+from ..scores import load_detector
 from .bh import benjamini_hochberg
 from .detector import ConformalDetector
 from .risk_control import adaptive_correction, crc_threshold, nonempty_masks
 from .risk_sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
+from .set_detector import ConformalSetDetector
 from .set_families import (
     SET_FAMILIES,
     ConformalBall,
@@ -24,6 +26,8 @@ from .split import (
 from .threshold_training import ThresholdTraining, train_threshold_predictor
 
 __all__ = [
+    "ConformalSetDetector",
+    "load_detector",
     "ConformalBall",
     "ConformalSet",
     "GeneralizedMultiNormSet",

@@ -223,9 +223,14 @@ def load_conformal_set(path) -> ConformalSet:
     from ..io import load_state
 
     tensors, config = load_state(path, kind="ConformalSet")
-    family = {SET_FAMILIES.get(n).__name__: SET_FAMILIES.get(n) for n in SET_FAMILIES}.get(config["kind"])
+    return conformal_set_from_state(tensors, config, str(path))
+
+
+def conformal_set_from_state(tensors: dict[str, torch.Tensor], config: dict, source: str = "the file") -> ConformalSet:
+    """Rebuild a set from the tensors and configuration that :meth:`ConformalSet.save` stores."""
+    family = {SET_FAMILIES.get(n).__name__: SET_FAMILIES.get(n) for n in SET_FAMILIES}.get(config.get("kind"))
     if family is None:
-        raise ValueError(f"unknown conformal set family {config['kind']!r} in {path}")
+        raise ValueError(f"unknown conformal set family {config.get('kind')!r} in {source}")
     cset = family(**config["init"])
     cset.load_state_dict(tensors)
     cset.threshold_ = config["threshold"]

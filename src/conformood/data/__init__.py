@@ -4,7 +4,15 @@ from .arrays import ImageArrays, resize_images, to_float_images
 from .digits import load_digits_dataset
 from .idx import load_fashion_mnist, read_idx
 from .image_folder import default_cache_dir, load_image_folder
-from .named import DATASETS, NAMED_OOD_PAIRS, conform_images, load_named, named_ood_pair
+from .named import (
+    DATASETS,
+    NAMED_OOD_PAIRS,
+    conform_images,
+    default_data_dir,
+    load_named,
+    named_ood_pair,
+)
+from .protocol_registry import PROTOCOLS, parse_protocol, protocol_help, protocol_task
 from .protocols import (
     OODTask,
     few_shot_ood,
@@ -18,6 +26,11 @@ from .splits import Split, train_calibration_test_split
 __all__ = [
     "DATASETS",
     "NAMED_OOD_PAIRS",
+    "PROTOCOLS",
+    "default_data_dir",
+    "parse_protocol",
+    "protocol_help",
+    "protocol_task",
     "conform_images",
     "load_named",
     "named_ood_pair",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..registry import Registry
 from .arrays import ImageArrays, resize_images
 from .digits import load_digits_dataset
 from .idx import load_fashion_mnist
@@ -19,43 +20,61 @@ from .image_folder import load_image_folder
 from .protocols import OODTask, in_vs_out
 from .splits import train_calibration_test_split
 
-DATASETS = ("digits", "fashion-mnist", "cifar10", "tinyimagenet-oe")
+DATASETS: Registry = Registry("data set")
 
 #: name -> (in-distribution data set, OOD data set, kind). "near": natural images of similar statistics;
 #: "far": another modality (digits vs clothing, colour photographs vs grayscale line art).
-NAMED_OOD_PAIRS = {
-    "digits-vs-fashion-mnist": ("digits", "fashion-mnist", "far"),
-    "fashion-mnist-vs-digits": ("fashion-mnist", "digits", "far"),
-    "cifar10-vs-tinyimagenet": ("cifar10", "tinyimagenet-oe", "near"),
-    "cifar10-vs-fashion-mnist": ("cifar10", "fashion-mnist", "far"),
-}
+NAMED_OOD_PAIRS: Registry = Registry("OOD pair")
+for _name, _in, _out, _kind in (
+    ("digits-vs-fashion-mnist", "digits", "fashion-mnist", "far"),
+    ("fashion-mnist-vs-digits", "fashion-mnist", "digits", "far"),
+    ("cifar10-vs-tinyimagenet", "cifar10", "tinyimagenet-oe", "near"),
+    ("cifar10-vs-fashion-mnist", "cifar10", "fashion-mnist", "far"),
+):
+    NAMED_OOD_PAIRS.register(_name, lambda i=_in, o=_out, k=_kind: (i, o, k), description=f"{_in} vs {_out} ({_kind})",
+                             in_data=_in, out_data=_out, kind=_kind)
 
 
 def default_data_dir() -> Path:
+    """``$CONFORMOOD_DATA``, or ``../shared/data``."""
     env = os.environ.get("CONFORMOOD_DATA")
     return Path(env) if env else Path("..") / "shared" / "data"
 
 
+@DATASETS.register("digits", reference="scikit-learn load_digits", description="8x8 handwritten digits (bundled)")
+def _digits(root: Path) -> ImageArrays:
+    return load_digits_dataset()
+
+
+@DATASETS.register("fashion-mnist", reference="Xiao et al. 2017",
+                   description="28x28 clothing (apt-get install dataset-fashion-mnist)")
+def _fashion_mnist(root: Path) -> ImageArrays:
+    tr, te = load_fashion_mnist("train"), load_fashion_mnist("test")
+    return ImageArrays(np.concatenate([tr.images, te.images]), np.r_[tr.labels, te.labels], tr.class_names)
+
+
+@DATASETS.register("cifar10", reference="Krizhevsky 2009", description="32x32 photographs (cifar10-jpg.tar.gz)")
+def _cifar10(root: Path) -> ImageArrays:
+    archive = root / "cifar10-jpg.tar.gz"
+    tr, te = load_image_folder(archive, split="train"), load_image_folder(archive, split="test")
+    return ImageArrays(np.concatenate([tr.images, te.images]), np.r_[tr.labels, te.labels], tr.class_names)
+
+
+@DATASETS.register("tinyimagenet-oe", reference="Hendrycks et al. 2019 (outlier exposure)",
+                   description="32x32 Tiny-ImageNet outlier pool, unlabelled (tinyimagenet_oe_32.npz)")
+def _tinyimagenet_oe(root: Path) -> ImageArrays:
+    path = root / "tinyimagenet_oe_32.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}; pass data_dir= to the folder holding tinyimagenet_oe_32.npz")
+    with np.load(path, allow_pickle=False) as z:
+        x = z["x"]
+    return ImageArrays.from_arrays(x, np.zeros(len(x), dtype=np.int64), ["tinyimagenet"])
+
+
 def load_named(name: str, data_dir: str | os.PathLike | None = None) -> ImageArrays:
-    """A whole data set by name (train and test parts together where the source has both)."""
+    """A whole data set by registry name (train and test parts together where the source has both)."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if name == "digits":
-        return load_digits_dataset()
-    if name == "fashion-mnist":
-        tr, te = load_fashion_mnist("train"), load_fashion_mnist("test")
-        return ImageArrays(np.concatenate([tr.images, te.images]), np.r_[tr.labels, te.labels], tr.class_names)
-    if name == "cifar10":
-        archive = root / "cifar10-jpg.tar.gz"
-        tr, te = load_image_folder(archive, split="train"), load_image_folder(archive, split="test")
-        return ImageArrays(np.concatenate([tr.images, te.images]), np.r_[tr.labels, te.labels], tr.class_names)
-    if name == "tinyimagenet-oe":
-        path = root / "tinyimagenet_oe_32.npz"
-        if not path.is_file():
-            raise FileNotFoundError(f"no {path}; pass data_dir= to the folder holding tinyimagenet_oe_32.npz")
-        with np.load(path, allow_pickle=False) as z:
-            x = z["x"]
-        return ImageArrays.from_arrays(x, np.zeros(len(x), dtype=np.int64), ["tinyimagenet"])
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS.get(name)(root)
 
 
 def conform_images(data: ImageArrays, shape: tuple[int, int, int]) -> ImageArrays:
@@ -77,9 +96,7 @@ def named_ood_pair(
     """The in-vs-out task of a named pair: every class of the first data set is in-distribution (its labels
     may be ignored: the unlabeled multiclass setting), the second data set supplies the test OOD images,
     converted to the in-distribution image shape. The ID data is split 60/20/20 with ``seed``."""
-    if name not in NAMED_OOD_PAIRS:
-        raise ValueError(f"unknown OOD pair {name!r}; known: {', '.join(NAMED_OOD_PAIRS)}")
-    in_name, out_name, kind = NAMED_OOD_PAIRS[name]
+    in_name, out_name, kind = NAMED_OOD_PAIRS.get(name)()
     in_data = load_named(in_name, data_dir)
     out_data = load_named(out_name, data_dir)
     if in_data.images.dtype != np.uint8 or out_data.image_shape != in_data.image_shape:

@@ -24,7 +24,9 @@ ALPHA_GRID = np.round(np.arange(0.01, 0.51, 0.01), 2)
 
 
 @dataclass
-class Split:
+class FeatureFile:
+    """The arrays of one features file (`features`, `labels`, `logits`, `is_ood`)."""
+
     features: np.ndarray | None
     labels: np.ndarray | None = None
     logits: np.ndarray | None = None
@@ -32,7 +34,7 @@ class Split:
     extra: dict = field(default_factory=dict)
 
 
-def load_split(path: str | os.PathLike, needs_ood: bool = False) -> Split:
+def load_feature_file(path: str | os.PathLike, needs_ood: bool = False) -> FeatureFile:
     """Read a ``features`` / ``labels`` / ``logits`` / ``is_ood`` npz file (no pickle)."""
     path = Path(path)
     if not path.is_file():
@@ -42,7 +44,7 @@ def load_split(path: str | os.PathLike, needs_ood: bool = False) -> Split:
     if "features" not in arrays and "logits" not in arrays:
         raise ValueError(f"{path} needs an array 'features' (n, d) or 'logits' (n, C); it has {sorted(arrays)}")
     n = len(arrays.get("features", arrays.get("logits")))
-    split = Split(arrays.get("features"), arrays.get("labels"), arrays.get("logits"))
+    split = FeatureFile(arrays.get("features"), arrays.get("labels"), arrays.get("logits"))
     for key in ("labels", "logits"):
         value = getattr(split, key)
         if value is not None and len(value) != n:
@@ -54,7 +56,7 @@ def load_split(path: str | os.PathLike, needs_ood: bool = False) -> Split:
     return split
 
 
-def _inputs(split: Split, kind: str, name: str, path_hint: str) -> np.ndarray:
+def _inputs(split: FeatureFile, kind: str, name: str, path_hint: str) -> np.ndarray:
     if kind == "logits":
         if split.logits is None:
             raise ValueError(f"detector takes logits but the {path_hint} file has no 'logits' array")
@@ -75,7 +77,7 @@ def evaluate_files(
     the calibrated detector (``detector.safetensors``, reusable by ``conformood score``)."""
     alpha = check_alpha(alpha)
     info = detector_info(detector)
-    tr, cal, te = load_split(train), load_split(calibration), load_split(test, needs_ood=True)
+    tr, cal, te = load_feature_file(train), load_feature_file(calibration), load_feature_file(test, needs_ood=True)
     if info.needs_labels and tr.labels is None:
         raise ValueError(f"detector {detector!r} needs class labels: add 'labels' to the training file")
     if mondrian and (cal.labels is None or te.labels is None):
@@ -194,7 +196,7 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     """Apply a saved calibrated detector to new inputs; write per-input p-values and decisions (JSON + CSV)."""
     alpha = check_alpha(alpha)
     cd = ConformalDetector.load(detector_file)
-    split = load_split(inputs)
+    split = load_feature_file(inputs)
     x = split.logits if use_logits else split.features
     if x is None:
         raise ValueError(f"{inputs} has no '{'logits' if use_logits else 'features'}' array")
@@ -222,23 +224,6 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     return result
 
 
-def protocol_task(data, split, protocol: str, seed: int = 0):
-    """``one-vs-rest:C``, ``leave-one-class-out:C`` or ``few-shot:K`` on a labelled dataset (named pairs,
-    ``pair:NAME``, are resolved by :func:`feature_files_from_checkpoint`)."""
-    from ..data import few_shot_ood, leave_one_class_out, one_vs_rest
-
-    name, _, arg = protocol.partition(":")
-    if not arg:
-        raise ValueError(f"protocol must look like 'one-vs-rest:3', 'leave-one-class-out:cat' or 'few-shot:10', got {protocol!r}")
-    if name == "one-vs-rest":
-        return one_vs_rest(data, split, arg)
-    if name == "leave-one-class-out":
-        return leave_one_class_out(data, split, arg)
-    if name == "few-shot":
-        return few_shot_ood(data, split, int(arg), seed=seed)
-    raise ValueError(f"unknown protocol {name!r}: one-vs-rest, leave-one-class-out or few-shot")
-
-
 def feature_files_from_checkpoint(
     checkpoint: str | os.PathLike, data: str, protocol: str, out_dir: str | os.PathLike, split_name: str = "train",
 ) -> tuple[Path, Path, Path]:
@@ -249,9 +234,11 @@ def feature_files_from_checkpoint(
     """
     from ..data import (
         DATASETS,
+        PROTOCOLS,
         load_image_folder,
         load_named,
-        named_ood_pair,
+        parse_protocol,
+        protocol_task,
         resize_images,
         train_calibration_test_split,
     )
@@ -259,12 +246,13 @@ def feature_files_from_checkpoint(
 
     model, cfg = load_trained_model(checkpoint)
     seed = int(cfg.get("seed", 0))
-    if protocol.startswith("pair:"):
-        task = named_ood_pair(protocol.split(":", 1)[1], seed=seed)
+    name, _ = parse_protocol(protocol)
+    if not PROTOCOLS.info(name).needs_dataset:
+        task = protocol_task(protocol, seed=seed)
     else:
         dataset = load_named(data) if data in DATASETS else load_image_folder(data, split=split_name)
         split = train_calibration_test_split(dataset.labels, seed=seed)
-        task = protocol_task(dataset, split, protocol, seed=seed)
+        task = protocol_task(protocol, dataset, split, seed=seed)
     size = int(cfg.get("image_size", task.train.image_shape[-1]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .encoders import SmallCNN
 from .features import encode
 from .heads import ClassifierHead, DeepProjectionHead, ProjectionHead
@@ -56,25 +57,40 @@ def small_contrastive_model(
     return build_contrastive_model(in_channels, "small_cnn", "mlp", widths, projection_dim, aux_classes)
 
 
-ENCODERS = ("small_cnn", "resnet18")
-HEADS = ("mlp", "deep")
+ENCODERS: Registry = Registry("encoder")
+HEADS: Registry = Registry("head")
+
+
+@ENCODERS.register("small_cnn", description="three conv blocks of the given widths (CPU-sized)")
+def _small_cnn(in_channels: int, widths: tuple[int, ...]) -> nn.Module:
+    return SmallCNN(in_channels, tuple(widths))
+
+
+@ENCODERS.register("resnet18", reference="FIRM appendix A", description="CIFAR ResNet-18 (3x3 stem, no max-pool)")
+def _resnet18(in_channels: int, widths: tuple[int, ...]) -> nn.Module:
+    from .resnet import CifarResNet18
+
+    return CifarResNet18(in_channels)
+
+
+@HEADS.register("mlp", reference="SimCLR", description="2-layer projection head")
+def _mlp_head(feature_dim: int, projection_dim: int) -> nn.Module:
+    return ProjectionHead(feature_dim, out_dim=projection_dim)
+
+
+@HEADS.register("deep", reference="FIRM appendix A", description="[512 x 8, projection_dim] projection head")
+def _deep_head(feature_dim: int, projection_dim: int) -> nn.Module:
+    return DeepProjectionHead(feature_dim, out_dim=projection_dim)
 
 
 def build_contrastive_model(
     in_channels: int, encoder: str = "small_cnn", head: str = "mlp", widths: tuple[int, ...] = (32, 64, 128),
     projection_dim: int = 128, aux_classes: int | None = None,
 ) -> ContrastiveModel:
-    """Encoder + projection head by name: ``small_cnn`` (:class:`SmallCNN` with ``widths``) or ``resnet18``
-    (:class:`CifarResNet18`, FIRM app. A; ``widths`` ignored); head ``mlp`` (SimCLR's 2 layers) or ``deep``
-    (FIRM's [512 x 8, projection_dim]). ``aux_classes`` adds a linear auxiliary head (shift or class)."""
-    from .resnet import CifarResNet18
-
-    if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
-    if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    enc = SmallCNN(in_channels, tuple(widths)) if encoder == "small_cnn" else CifarResNet18(in_channels)
-    proj = (ProjectionHead(enc.feature_dim, out_dim=projection_dim) if head == "mlp"
-            else DeepProjectionHead(enc.feature_dim, out_dim=projection_dim))
+    """Encoder + projection head by registry name: ``small_cnn`` (:class:`SmallCNN` with ``widths``) or
+    ``resnet18`` (:class:`CifarResNet18`, FIRM app. A; ``widths`` ignored); head ``mlp`` (SimCLR's 2 layers) or
+    ``deep`` (FIRM's [512 x 8, projection_dim]). ``aux_classes`` adds a linear auxiliary head (shift or class)."""
+    enc = ENCODERS.get(encoder)(in_channels, tuple(widths))
+    proj = HEADS.get(head)(enc.feature_dim, projection_dim)
     aux = ClassifierHead(enc.feature_dim, aux_classes) if aux_classes else None
     return ContrastiveModel(enc, proj, aux)

@@ -1,7 +1,6 @@
 """Detectors: ``fit(features, labels=None) -> self``, ``score_samples(features)``, higher = more normal."""
 
 from .base import BaseDetector
-from .conformal_set import ConformalSetDetector
 from .ensembles import (
     EnsDetector,
     L2EnsDetector,
@@ -14,16 +13,18 @@ from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
 from .registry import (
+    DETECTORS,
     DetectorInfo,
     detector_info,
     get_detector,
     list_detectors,
     load_detector,
+    register_detector,
 )
 from .simple import CenterDetector, L2NormDetector
 
 __all__ = [
-    "ConformalSetDetector",
+    "DETECTORS",
     "BaseDetector",
     "CenterDetector",
     "ClassConditionalGaussianDetector",
@@ -48,4 +49,5 @@ __all__ = [
     "get_detector",
     "list_detectors",
     "load_detector",
+    "register_detector",
 ]

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
 import os
-from dataclasses import dataclass
 
+from ..registry import Entry, Registry
 from .base import BaseDetector
 from .ensembles import (
     EnsDetector,
@@ -20,62 +19,58 @@ from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
 from .simple import CenterDetector, L2NormDetector
 
+#: Every detector: name -> class, with its input kind ("features", "logits" or "images"), whether ``fit``
+#: needs class labels, and the paper it comes from. Higher layers register theirs here too (the conformal
+#: set detector of :mod:`conformood.conformal`).
+DETECTORS: Registry = Registry("detector")
 
-@dataclass(frozen=True)
-class DetectorInfo:
-    """What a registered detector takes and where it comes from."""
-
-    name: str
-    cls: type[BaseDetector]
-    input: str  # "features", "logits" or "images"
-    needs_labels: bool
-    reference: str
+DetectorInfo = Entry  # a registered detector: .name, .factory (the class), .input, .needs_labels, .reference
 
 
-_INFOS = [
-    DetectorInfo("knn_cosine", KNNCosineDetector, "features", False, "s_con, FIRM eq. 3"),
-    DetectorInfo("knn_cosine_norm", KNNCosineNormDetector, "features", False, "s_con*, FIRM eq. 4"),
-    DetectorInfo("knn_sun", KNNSunDetector, "features", False, "Sun et al. 2022, k-th neighbour distance"),
-    DetectorInfo("center", CenterDetector, "features", False, "1 - s_center, FIRM app. B eq. 7"),
-    DetectorInfo("l2_norm", L2NormDetector, "features", False, "s_l2, OECL eq. 9 / 14"),
-    DetectorInfo("gaussian", ClassConditionalGaussianDetector, "features", True, "CLP eq. 2"),
-    DetectorInfo("mahalanobis", MahalanobisDetector, "features", True, "Lee et al. 2018, shared covariance"),
-    DetectorInfo("kde", KDEDetector, "features", False, "-KDE_gamma, FIRM app. C eq. 8"),
-    DetectorInfo("ocsvm", LinearOCSVMDetector, "features", False, "linear OC-SVM, FIRM app. C eq. 9-11"),
-    DetectorInfo("msp", MSPDetector, "logits", False, "Hendrycks & Gimpel 2017"),
-    DetectorInfo("energy", EnergyDetector, "logits", False, "Liu et al. 2020, T = 1"),
-    DetectorInfo("maxlogit", MaxLogitDetector, "logits", False, "Hendrycks et al. 2022"),
-    DetectorInfo("vim", ViMDetector, "features", False, "Wang et al. 2022 (needs weight=, bias=)"),
-    DetectorInfo("s_mu", SMuDetector, "images", False, "s_mu, OECL eq. 10 / 16 (needs encoder=)"),
-    DetectorInfo("l2_ens", L2EnsDetector, "images", False, "s_l2-ens, OECL eq. 15 (needs encoder=)"),
-    DetectorInfo("sim_s_mu", SimPlusSMuDetector, "images", False, "sim + s_mu, OECL Table VI (needs encoder=)"),
-    DetectorInfo("shift", ShiftDetector, "images", False, "s_shift, FIRM app. B eq. 5 (needs encoder=)"),
-    DetectorInfo("ens", EnsDetector, "images", False, "s_ens, FIRM app. B eq. 6 (needs encoder=)"),
-]
-_REGISTRY = {info.name: info for info in _INFOS}
-_BY_CLASS = {info.cls.__name__: info.cls for info in _INFOS}
+def register_detector(name: str, cls: type[BaseDetector], input: str, needs_labels: bool, reference: str) -> None:
+    """Add a detector class to :data:`DETECTORS` (``input``: "features", "logits" or "images")."""
+    if input not in ("features", "logits", "images"):
+        raise ValueError(f"input must be 'features', 'logits' or 'images', got {input!r}")
+    DETECTORS.register(name, cls, reference=reference, description=(cls.__doc__ or "").split("\n")[0],
+                       input=input, needs_labels=needs_labels, cls=cls)
+
+
+for _name, _cls, _input, _labels, _reference in (
+    ("knn_cosine", KNNCosineDetector, "features", False, "s_con, FIRM eq. 3"),
+    ("knn_cosine_norm", KNNCosineNormDetector, "features", False, "s_con*, FIRM eq. 4"),
+    ("knn_sun", KNNSunDetector, "features", False, "Sun et al. 2022, k-th neighbour distance"),
+    ("center", CenterDetector, "features", False, "1 - s_center, FIRM app. B eq. 7"),
+    ("l2_norm", L2NormDetector, "features", False, "s_l2, OECL eq. 9 / 14"),
+    ("gaussian", ClassConditionalGaussianDetector, "features", True, "CLP eq. 2"),
+    ("mahalanobis", MahalanobisDetector, "features", True, "Lee et al. 2018, shared covariance"),
+    ("kde", KDEDetector, "features", False, "-KDE_gamma, FIRM app. C eq. 8"),
+    ("ocsvm", LinearOCSVMDetector, "features", False, "linear OC-SVM, FIRM app. C eq. 9-11"),
+    ("msp", MSPDetector, "logits", False, "Hendrycks & Gimpel 2017"),
+    ("energy", EnergyDetector, "logits", False, "Liu et al. 2020, T = 1"),
+    ("maxlogit", MaxLogitDetector, "logits", False, "Hendrycks et al. 2022"),
+    ("vim", ViMDetector, "features", False, "Wang et al. 2022 (needs weight=, bias=)"),
+    ("s_mu", SMuDetector, "images", False, "s_mu, OECL eq. 10 / 16 (needs encoder=)"),
+    ("l2_ens", L2EnsDetector, "images", False, "s_l2-ens, OECL eq. 15 (needs encoder=)"),
+    ("sim_s_mu", SimPlusSMuDetector, "images", False, "sim + s_mu, OECL Table VI (needs encoder=)"),
+    ("shift", ShiftDetector, "images", False, "s_shift, FIRM app. B eq. 5 (needs encoder=)"),
+    ("ens", EnsDetector, "images", False, "s_ens, FIRM app. B eq. 6 (needs encoder=)"),
+):
+    register_detector(_name, _cls, _input, _labels, _reference)
 
 
 def list_detectors() -> list[str]:
     """Names accepted by :func:`get_detector`."""
-    return list(_REGISTRY)
+    return DETECTORS.names()
 
 
-def detector_info(name: str) -> DetectorInfo:
+def detector_info(name: str) -> Entry:
     """Input kind, label need and reference of a registered detector."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown detector {name!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return DETECTORS.info(name)
 
 
-def get_detector(name: str, **options) -> BaseDetector:
+def get_detector(name: str, **options: object) -> BaseDetector:
     """A new, unfitted detector by registry name; ``options`` are its constructor's parameters."""
-    cls = detector_info(name).cls
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(f"detector {name!r} has no option(s) {unknown}; it accepts {accepted or 'none'}")
-    return cls(**options)
+    return DETECTORS.create(name, **options)
 
 
 def load_detector(path: str | os.PathLike) -> BaseDetector:
@@ -84,6 +79,8 @@ def load_detector(path: str | os.PathLike) -> BaseDetector:
 
     tensors, config = load_state(path)
     kind = saved_kind(path)
-    if kind not in _BY_CLASS:
-        raise ValueError(f"{path} holds a {kind!r}, which is not a registered detector")
-    return _BY_CLASS[kind]._from_state(tensors, config)
+    by_class = {DETECTORS.get(name).__name__: DETECTORS.get(name) for name in DETECTORS}
+    if kind not in by_class:
+        hint = " (import conformood.conformal, which registers it)" if kind == "ConformalSetDetector" else ""
+        raise ValueError(f"{path} holds a {kind!r}, which is not a registered detector{hint}")
+    return by_class[kind]._from_state(tensors, config)

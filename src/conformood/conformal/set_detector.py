@@ -16,11 +16,13 @@ OOD points fall between classes (sets include negatives) or far from all data (s
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from .._validation import check_features, check_positive_int
-from .base import BaseDetector
+from ..scores import BaseDetector, register_detector
 
 
 class ConformalSetDetector(BaseDetector):
@@ -98,6 +100,36 @@ class ConformalSetDetector(BaseDetector):
             g_neg = self.conformal_set.distance(refs[neg], z[:, None, :]).numpy()
         return (g_neg > q).mean(axis=1), (g_pos > q).mean(axis=1)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """The references and the calibrated set in one file (safetensors + JSON), read by ``load_detector``."""
+        from ..io import save_state
+
+        self._check_fitted()
+        params = {k: v for k, v in self.get_params(deep=False).items() if k != "conformal_set"}
+        arrays, scalars = self._learned_state()
+        cset = self.conformal_set
+        tensors = dict(arrays) | {f"set.{k}": v.detach() for k, v in cset.state_dict().items()}
+        config = {"params": params, "learned": scalars, "conformal_set": cset.state() | {"init": cset._init_args()}}
+        save_state(path, tensors, config, kind=type(self).__name__)
+
+    @classmethod
+    def _from_state(cls, tensors: dict, config: dict) -> ConformalSetDetector:
+        from .set_families import conformal_set_from_state
+
+        set_tensors = {k[len("set."):]: v for k, v in tensors.items() if k.startswith("set.")}
+        cset = conformal_set_from_state(set_tensors, config["conformal_set"])
+        det = cls(conformal_set=cset, **config["params"])
+        for key, value in tensors.items():
+            if not key.startswith("set."):
+                setattr(det, key, value.numpy())
+        for key, value in config["learned"].items():
+            setattr(det, key, value)
+        return det
+
     def score_samples(self, features) -> np.ndarray:
         neg_excl, pos_excl = self.exclusion_rates(features)
         return neg_excl - pos_excl if self.variant == "neg-pos" else neg_excl
+
+
+register_detector("conformal_set", ConformalSetDetector, "features", True,
+                  "CCS eq. 23 and section 6 (needs conformal_set=, a calibrated ConformalSet)")
