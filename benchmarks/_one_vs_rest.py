@@ -26,7 +26,7 @@ CONFIG_KEYS = ("epochs", "n_train", "batch_size", "lr", "crop_scale_min", "weigh
 
 def s_con(f_train: np.ndarray, f_test: np.ndarray, k: int) -> np.ndarray:
     """Cosine similarity to the k-th nearest training feature (higher = more normal)."""
-    return get_detector("knn_cosine", k=k).fit(f_train).score_samples(f_test)
+    return get_detector("knn_cosine", n_neighbors=k).fit(f_train).score_samples(f_test)
 
 
 @torch.no_grad()

@@ -123,7 +123,7 @@ def main() -> None:
         best = None
         if objective is not None:
             res = train_conformal_set(
-                cset, feat_train, y_train, objective=objective, k=20, epochs=args.set_epochs, lr=0.1, momentum=0.9,
+                cset, feat_train, y_train, objective=objective, pairs_per_anchor=20, epochs=args.set_epochs, lr=0.1, momentum=0.9,
                 weight_decay=5e-4, clip=1.0, lam=0.05, steepness=7.0, seed=args.seed,
             )
             best = res.best_epoch
@@ -132,19 +132,19 @@ def main() -> None:
         for s, (cal, ev) in enumerate(halves):
             a_cal, p_cal, _ = pair_samples(test.labels[cal], 1, seed=args.seed + 1 + s)
             cset.calibrate(feat_test[cal][a_cal], feat_test[cal][p_cal])
-            r = evaluate_set(cset, feat_test[ev], test.labels[ev], k=20, seed=args.seed + 2 + s)
+            r = evaluate_set(cset, feat_test[ev], test.labels[ev], pairs_per_anchor=20, seed=args.seed + 2 + s)
             for key in cells:
                 cells[key].append(r[key])
             is_in = np.r_[np.ones(len(ev), bool), np.zeros(len(feat_ood), bool)]
             for variant in ("neg", "neg-pos"):
-                det = ConformalSetDetector(cset, k=20, variant=variant, seed=args.seed + s).fit(feat_train, y_train)
+                det = ConformalSetDetector(cset, n_samples=20, variant=variant, seed=args.seed + s).fit(feat_train, y_train)
                 sc = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
                 scores[variant].append((auroc(sc, is_in), fpr_at_95_tpr(sc, is_in)))
         table[label] = {k: stat(v) for k, v in cells.items()} | {"best_epoch": best, "seconds": time.perf_counter() - t}
         for variant, vals in scores.items():
             ood[f"{label} [{variant}]"] = {"auroc": stat([v[0] for v in vals]), "fpr95": stat([v[1] for v in vals])}
         print(label, table[label], flush=True)
-    for name, det in (("kNN cosine (k=5)", KNNCosineDetector(k=5)), ("Mahalanobis (class-conditional)", MahalanobisDetector())):
+    for name, det in (("kNN cosine (k=5)", KNNCosineDetector(n_neighbors=5)), ("Mahalanobis (class-conditional)", MahalanobisDetector())):
         det.fit(feat_train, y_train)
         vals = []
         for cal, ev in halves:

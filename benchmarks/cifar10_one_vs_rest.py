@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     train, test = load_image_folder(archive, split="train"), load_image_folder(archive, split="test")
     methods = {
         "firm": {"objective": "firm", "temperature": 0.2, "flip": True},
-        "oecl_oe": {"objective": "oecl_oe", "temperature": 0.5, "flip": True, "oe_pool": str(pool), "oe_alpha": 1.0,
+        "oecl_oe": {"objective": "oecl_oe", "temperature": 0.5, "flip": True, "oe_pool": str(pool), "oe_weight": 1.0,
                     "oe_warmup_epochs": max(1, args.epochs // 5)},
     }
     labels = {

@@ -31,7 +31,7 @@ from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
 
 def _evaluate(f_train, f_cal, f_test, is_inlier, alpha):
-    cd = ConformalDetector(get_detector("knn_cosine", k=1)).fit(f_train).calibrate(f_cal)
+    cd = ConformalDetector(get_detector("knn_cosine", n_neighbors=1)).fit(f_train).calibrate(f_cal)
     scores = cd.detector.score_samples(f_test)
     p = cd.p_values_from_scores(scores)
     bh = benjamini_hochberg(p, alpha)

@@ -4,7 +4,7 @@
 one run. Each implementation builds its structure from the raw bank and returns the mean cosine similarity
 of the k nearest neighbours of every query:
 
-* ``conformood``: ``KNNCosineDetector(k=5).fit(bank).score_samples(queries)`` (input checks included);
+* ``conformood``: ``KNNCosineDetector(n_neighbors=5).fit(bank).score_samples(queries)`` (input checks included);
 * ``faiss``: L2-normalise, ``IndexFlatIP.add``, ``search``, mean;
 * ``sklearn``: ``NearestNeighbors(metric="cosine", algorithm="brute").fit(bank).kneighbors(queries)``.
 
@@ -37,7 +37,7 @@ def _data(n_bank: int, n_query: int):
 def run_conformood(bank, queries):
     from conformood.scores import KNNCosineDetector
 
-    return KNNCosineDetector(k=K, backend="faiss").fit(bank).score_samples(queries)
+    return KNNCosineDetector(n_neighbors=K, backend="faiss").fit(bank).score_samples(queries)
 
 
 def run_faiss(bank, queries):

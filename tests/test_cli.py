@@ -107,7 +107,7 @@ def test_evaluate_and_score_end_to_end(tmp_path):
     _write_feature_files(tmp_path)
     out = tmp_path / "ev"
     args = ["evaluate", "--train", str(tmp_path / "train.npz"), "--calibration", str(tmp_path / "cal.npz"),
-            "--test", str(tmp_path / "test.npz"), "--detector", "knn_cosine", "--option", "k=3",
+            "--test", str(tmp_path / "test.npz"), "--detector", "knn_cosine", "--option", "n_neighbors=3",
             "--alpha", "0.1", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

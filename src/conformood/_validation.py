@@ -192,3 +192,16 @@ def check_positive_counts(masks: np.ndarray, name: str) -> np.ndarray:
             "undefined for |Y| = 0 — drop them first (see nonempty_masks)"
         )
     return counts
+
+
+# -- renamed parameters ----------------------------------------------------------------------------------------
+def renamed(new_value: Any, old_value: Any, new: str, old: str, default: Any = None) -> Any:
+    """The value of a renamed parameter: ``old`` still works, with a FutureWarning, unless both are given."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    if new_value is not None and new_value != default:
+        raise ValueError(f"give {new}= only ({old}= is its former name)")
+    warnings.warn(f"{old}= is deprecated; use {new}=", FutureWarning, stacklevel=3)
+    return old_value

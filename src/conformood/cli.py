@@ -267,7 +267,9 @@ def reproduce_ccs_sim(
         bool, typer.Option(help="Detach q̂ as the paper's text says (diverges; see the module docs).")
     ] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the learned sets.")] = 30,
-    k: Annotated[int, typer.Option(min=1, help="Positives and negatives sampled per training anchor.")] = 200,
+    pairs_per_anchor: Annotated[
+        int, typer.Option("--pairs-per-anchor", "--k", min=1, help="Positives and negatives sampled per training anchor.")
+    ] = 200,
     n_per_class: Annotated[int, typer.Option(min=50, help="Points per class of the simulation.")] = 5000,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
@@ -281,7 +283,7 @@ def reproduce_ccs_sim(
             workers=workers,
             detach_quantile=detach_quantile,
             epochs=epochs,
-            k=k,
+            pairs_per_anchor=pairs_per_anchor,
             n_per_class=n_per_class,
         )
     except ValueError as exc:

@@ -84,12 +84,12 @@ def test_bh_fdr_controlled_over_repetitions():
 def test_with_a_real_detector_and_save_load(tmp_path):
     rng = np.random.default_rng(3)
     x, cal, test = rng.normal(size=(200, 5)), rng.normal(size=(80, 5)), rng.normal(size=(20, 5))
-    cd = ConformalDetector(get_detector("knn_cosine", k=3)).fit(x).calibrate(cal)
+    cd = ConformalDetector(get_detector("knn_cosine", n_neighbors=3)).fit(x).calibrate(cal)
     cd.save(tmp_path / "cd.safetensors")
     loaded = ConformalDetector.load(tmp_path / "cd.safetensors")
     np.testing.assert_allclose(loaded.p_values(test), cd.p_values(test))
     y = rng.integers(0, 2, 80)
-    mond = ConformalDetector(get_detector("knn_cosine", k=3), mondrian=True).fit(x).calibrate(cal, y)
+    mond = ConformalDetector(get_detector("knn_cosine", n_neighbors=3), mondrian=True).fit(x).calibrate(cal, y)
     mond.save(tmp_path / "m.safetensors")
     t_classes = rng.integers(0, 2, 20)
     np.testing.assert_allclose(

@@ -162,13 +162,13 @@ def test_training_improves_exclusion_over_the_ball():
     tr, ca, te = np.split(np.random.default_rng(0).permutation(x.shape[0]), [1800, 2400])
     ball = ConformalBall(3)
     learned = SingleNormSet(3)
-    result = train_conformal_set(learned, x[tr], y[tr], objective="neg", k=50, epochs=6, seed=0)
+    result = train_conformal_set(learned, x[tr], y[tr], objective="neg", pairs_per_anchor=50, epochs=6, seed=0)
     assert 0 <= result.best_epoch < 6
     out = {}
     for name, s in (("ball", ball), ("learned", learned)):
         a, p, _ = pair_samples(y[ca], 1, seed=1)
         s.calibrate(x[ca][a], x[ca][p])
-        out[name] = evaluate_set(s, x[te], y[te], k=20, seed=2)
+        out[name] = evaluate_set(s, x[te], y[te], pairs_per_anchor=20, seed=2)
     assert out["learned"]["exclusion"] > out["ball"]["exclusion"] + 0.03
     assert abs(out["learned"]["coverage"] - 0.95) < 0.03
 
@@ -206,7 +206,7 @@ def test_conformal_set_detector_separates_far_and_between_cluster_points():
     far = rng.uniform(-15, 15, size=(300, 3))
     far = far[np.linalg.norm(far, axis=1) > 10][:150]
     for variant in ("neg", "neg-pos"):
-        det = ConformalSetDetector(s, k=20, variant=variant).fit(x[ref], y[ref])
+        det = ConformalSetDetector(s, n_samples=20, variant=variant).fit(x[ref], y[ref])
         s_in = det.score_samples(x[test])
         s_far = det.score_samples(far)
         assert np.all((s_in >= -1) & (s_in <= 1))
@@ -228,7 +228,7 @@ def test_joint_infonce_training_alternates_set_and_encoder():
     encoder = torch.nn.Linear(5, 3)
     before = encoder.weight.detach().clone()
     s = SingleNormSet(3)
-    result = train_conformal_set(s, features, y, objective="neg+vol", k=10, epochs=4, encoder=encoder, seed=0)
+    result = train_conformal_set(s, features, y, objective="neg+vol", pairs_per_anchor=10, epochs=4, encoder=encoder, seed=0)
     assert [h["trained"] for h in result.history] == ["set", "encoder", "set", "encoder"]
     assert not torch.equal(before, encoder.weight.detach()) or result.best_epoch == 0
     with torch.no_grad():
@@ -243,10 +243,10 @@ def test_unsupervised_views_training_runs_and_keeps_coverage():
     base = rng.normal(size=(300, 3)) * 3
     views = base[:, None, :] + 0.3 * rng.normal(size=(300, 8, 3))
     s = GeneralizedMultiNormSet(3, alpha=0.1)
-    result = train_conformal_set(s, views[:, 0], views=views, objective="neg", k=5, epochs=3, seed=0)
+    result = train_conformal_set(s, views[:, 0], views=views, objective="neg", pairs_per_anchor=5, epochs=3, seed=0)
     assert len(result.history) == 3 and result.best_exclusion > 0.5
     with pytest.raises(ValueError, match="views"):
-        train_conformal_set(GeneralizedMultiNormSet(3), views[:, 0], views=views[:10], k=5)
+        train_conformal_set(GeneralizedMultiNormSet(3), views[:, 0], views=views[:10], pairs_per_anchor=5)
 
 
 @pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
@@ -268,7 +268,7 @@ def test_fit_interface_trains_learned_sets_only():
     x, y = ccs_mixed_clusters(n_per_class=100, seed=0)
     ball = ConformalBall(3).fit(x, y)
     assert not hasattr(ball, "training_")
-    single = SingleNormSet(3).fit(x, y, k=10, epochs=2)
+    single = SingleNormSet(3).fit(x, y, pairs_per_anchor=10, epochs=2)
     assert len(single.training_.history) == 2
 
 
@@ -280,7 +280,7 @@ def test_conformal_set_detector_is_registered_and_round_trips(tmp_path):
     s = SingleNormSet(3, alpha=0.1)
     a, p, _ = pair_samples(y[:300], 1, 0)
     s.calibrate(x[:300][a], x[:300][p])
-    det = ConformalSetDetector(s, k=10, variant="neg-pos", seed=1).fit(x[300:], y[300:])
+    det = ConformalSetDetector(s, n_samples=10, variant="neg-pos", seed=1).fit(x[300:], y[300:])
     assert detector_info("conformal_set").needs_labels
     det.save(tmp_path / "det.safetensors")
     back = load_detector(tmp_path / "det.safetensors")

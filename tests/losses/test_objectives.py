@@ -139,7 +139,7 @@ def test_alignment_and_uniformity_match_loops():
 def test_oecl_adds_alpha_times_mean_raw_norm_after_warmup():
     z1, z2 = _rand(6, 4, seed=1), _rand(6, 4, seed=2)
     oe = _rand(5, 4, seed=3) * 3.0
-    loss = OECLLoss(temperature=0.5, alpha=0.7, warmup_epochs=2)
+    loss = OECLLoss(temperature=0.5, norm_weight=0.7, warmup_epochs=2)
     base = NTXentLoss(0.5)(z1, z2).item()
     assert loss(z1, z2, oe).item() == pytest.approx(base, abs=1e-12)  # warm-up: alpha = 0
     loss.set_epoch(2)
@@ -223,3 +223,12 @@ def test_cider_first_call_initialises_prototypes_from_class_means():
     value = loss(z, labels)
     assert torch.isfinite(value)
     assert torch.allclose(loss.prototypes.norm(dim=1), torch.ones(2, dtype=torch.float64))
+
+
+def test_former_parameter_names_still_work_with_a_warning():
+    with pytest.warns(FutureWarning, match="norm_weight"):
+        assert OECLLoss(alpha=0.3).norm_weight == 0.3
+    with pytest.warns(FutureWarning, match="exponent"):
+        assert AlignmentLoss(alpha=3.0).exponent == 3.0
+    with pytest.raises(ValueError, match="norm_weight= only"):
+        OECLLoss(norm_weight=0.5, alpha=0.3)

@@ -49,19 +49,19 @@ def test_knn_cosine_norm_and_sun(data):
     x, _, q = data
     sims = np.sort(unit(q) @ unit(x).T, axis=1)[:, ::-1]
     s_con = sims[:, :3].mean(1)
-    np.testing.assert_allclose(KNNCosineNormDetector(k=3).fit(x).score_samples(q), s_con * np.linalg.norm(q, axis=1), atol=1e-5)
+    np.testing.assert_allclose(KNNCosineNormDetector(n_neighbors=3).fit(x).score_samples(q), s_con * np.linalg.norm(q, axis=1), atol=1e-5)
     dists = np.sort(np.linalg.norm(unit(q)[:, None] - unit(x)[None], axis=2), axis=1)
-    np.testing.assert_allclose(KNNSunDetector(k=7).fit(x).score_samples(q), -dists[:, 6], atol=1e-4)
+    np.testing.assert_allclose(KNNSunDetector(n_neighbors=7).fit(x).score_samples(q), -dists[:, 6], atol=1e-4)
     for backend in ("torch", "faiss"):
-        np.testing.assert_allclose(KNNSunDetector(k=7, backend=backend).fit(x).score_samples(q), -dists[:, 6], atol=1e-4)
+        np.testing.assert_allclose(KNNSunDetector(n_neighbors=7, backend=backend).fit(x).score_samples(q), -dists[:, 6], atol=1e-4)
 
 
 def test_knn_ivf_matches_exact_on_easy_data():
     rng = np.random.default_rng(1)
     bank = rng.normal(size=(4000, 16)).astype(np.float32)
     q = bank[:200] + 0.01 * rng.normal(size=(200, 16)).astype(np.float32)
-    exact = get_detector("knn_cosine", k=1).fit(bank).score_samples(q)
-    approx = get_detector("knn_cosine", k=1, index="ivf", nlist=16, nprobe=16).fit(bank).score_samples(q)
+    exact = get_detector("knn_cosine", n_neighbors=1).fit(bank).score_samples(q)
+    approx = get_detector("knn_cosine", n_neighbors=1, index="ivf", nlist=16, nprobe=16).fit(bank).score_samples(q)
     np.testing.assert_allclose(approx, exact, atol=1e-5)  # probing every list is exact
 
 

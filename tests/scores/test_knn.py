@@ -24,7 +24,7 @@ def features():
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
 def test_s_con_matches_numpy_formula(features, k, backend):
     train, test = features
-    scores = KNNCosineDetector(k=k, backend=backend).fit(train).score_samples(test)
+    scores = KNNCosineDetector(n_neighbors=k, backend=backend).fit(train).score_samples(test)
     tol = 1e-12 if backend == "torch" else 1e-5
     np.testing.assert_allclose(scores, brute_s_con(train, test, k), atol=tol)
 
@@ -42,8 +42,8 @@ def test_chunked_torch_equals_faiss_on_a_larger_bank():
 
 def test_s_con_invariant_to_feature_scaling(features):
     train, test = features
-    base = KNNCosineDetector(k=3, backend="torch").fit(train).score_samples(test)
-    scaled = KNNCosineDetector(k=3, backend="torch").fit(train * 13.0).score_samples(test * 0.01)
+    base = KNNCosineDetector(n_neighbors=3, backend="torch").fit(train).score_samples(test)
+    scaled = KNNCosineDetector(n_neighbors=3, backend="torch").fit(train * 13.0).score_samples(test * 0.01)
     np.testing.assert_allclose(base, scaled, atol=1e-12)
 
 
@@ -53,12 +53,12 @@ def test_higher_score_for_in_distribution():
     train = center + 0.1 * rng.normal(size=(100, 8))
     inl = center + 0.1 * rng.normal(size=(20, 8))
     out = -center + 0.1 * rng.normal(size=(20, 8))
-    det = KNNCosineDetector(k=5).fit(train)
+    det = KNNCosineDetector(n_neighbors=5).fit(train)
     assert det.score_samples(inl).min() > det.score_samples(out).max()
 
 
 def test_clone_and_params(features):
-    det = KNNCosineDetector(k=4, backend="torch")
+    det = KNNCosineDetector(n_neighbors=4, backend="torch")
     twin = clone(det)
     assert twin.get_params() == det.get_params()
     assert not hasattr(twin, "bank_")
@@ -68,14 +68,14 @@ def test_clone_and_params(features):
 
 def test_accepts_torch_tensors(features):
     train, test = features
-    a = KNNCosineDetector(k=2).fit(torch.from_numpy(train)).score_samples(torch.from_numpy(test))
-    b = KNNCosineDetector(k=2).fit(train).score_samples(test)
+    a = KNNCosineDetector(n_neighbors=2).fit(torch.from_numpy(train)).score_samples(torch.from_numpy(test))
+    b = KNNCosineDetector(n_neighbors=2).fit(train).score_samples(test)
     np.testing.assert_allclose(a, b)
 
 
 def test_save_load_roundtrip(tmp_path, features):
     train, test = features
-    det = KNNCosineDetector(k=3).fit(train)
+    det = KNNCosineDetector(n_neighbors=3).fit(train)
     det.save(tmp_path / "knn.safetensors")
     loaded = KNNCosineDetector.load(tmp_path / "knn.safetensors")
     assert loaded.get_params() == det.get_params()
@@ -88,7 +88,7 @@ def test_validation(features):
 
     with pytest.raises(NotFittedError):
         KNNCosineDetector().score_samples(test)
-    det = KNNCosineDetector(k=3).fit(train)
+    det = KNNCosineDetector(n_neighbors=3).fit(train)
     with pytest.raises(ValueError, match="16"):
         det.score_samples(test[:, :5])
     bad = test.copy()
@@ -98,12 +98,22 @@ def test_validation(features):
     with pytest.raises(ValueError, match="2-D"):
         det.score_samples(test[0])
     with pytest.raises(ValueError, match="only 2 training"):
-        KNNCosineDetector(k=3).fit(train[:2])
-    with pytest.raises(ValueError, match="k must be"):
-        KNNCosineDetector(k=0).fit(train)
+        KNNCosineDetector(n_neighbors=3).fit(train[:2])
+    with pytest.raises(ValueError, match="n_neighbors must be"):
+        KNNCosineDetector(n_neighbors=0).fit(train)
     with pytest.raises(ValueError, match="backend"):
         KNNCosineDetector(backend="gpu").fit(train)
     zero = test.copy()
     zero[0] = 0.0
     with pytest.raises(ValueError, match="all zero"):
         det.score_samples(zero)
+
+
+def test_former_name_k_still_sets_the_neighbour_count():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(30, 4)), rng.normal(size=(5, 4))
+    with pytest.warns(FutureWarning, match="n_neighbors"):
+        old = KNNCosineDetector(k=3).fit(train)
+    np.testing.assert_array_equal(old.score_samples(test), KNNCosineDetector(n_neighbors=3).fit(train).score_samples(test))
+    with pytest.raises(ValueError, match="n_neighbors= only"):
+        KNNCosineDetector(n_neighbors=2, k=3).fit(train)

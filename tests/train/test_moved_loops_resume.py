@@ -89,7 +89,7 @@ def test_conformal_set_training_resumes_exactly_with_its_best_epoch(tmp_path):
 
     def train(checkpoint, resume, callbacks):
         cset = SingleNormSet(3, alpha=0.1)
-        result = train_conformal_set(cset, x, y, objective="neg", k=10, epochs=5, batch_size=32, seed=2,
+        result = train_conformal_set(cset, x, y, objective="neg", pairs_per_anchor=10, epochs=5, batch_size=32, seed=2,
                                      checkpoint=checkpoint, resume=resume, callbacks=callbacks)
         train.result = result
         return cset, [h["exclusion"] for h in result.history]

@@ -67,18 +67,18 @@ def test_oecl_warmup_reaches_the_loss():
     from conformood.train.objectives import OECLObjective
 
     pool = OutlierExposurePool(np.zeros((4, 8, 8), dtype=np.uint8), (1, 8, 8))
-    obj = OECLObjective(SimCLRViews((8, 8), ViewConfig()), pool, alpha=2.0, warmup_epochs=3)
+    obj = OECLObjective(SimCLRViews((8, 8), ViewConfig()), pool, norm_weight=2.0, warmup_epochs=3)
     obj.set_epoch(1)
-    assert obj.loss.current_alpha == 0.0
+    assert obj.loss.current_norm_weight == 0.0
     obj.set_epoch(3)
-    assert obj.loss.current_alpha == 2.0
+    assert obj.loss.current_norm_weight == 2.0
 
 
 def test_train_with_per_epoch_evaluation_writes_diagnostics(tmp_path):
     recipe = tmp_path / "eval.yaml"
     recipe.write_text(yaml.safe_dump({
         "data": "digits", "normal_class": "3", "objective": "firm", "epochs": 2, "batch_size": 16, "image_size": 8,
-        "widths": [4, 8, 8], "eval_every": 1, "eval_k": 3, "eval_max_images": 60,
+        "widths": [4, 8, 8], "eval_every": 1, "eval_n_neighbors": 3, "eval_max_images": 60,
     }))
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress"])

@@ -64,7 +64,7 @@ def test_csi_objective_is_ntxent_over_shifted_instances_plus_shift_ce(x):
 
 def test_self_oecl_objective_adds_the_outlier_norm_after_warmup(x):
     model = _model(aux=2)
-    obj = SelfOECLObjective(IdentityViews(), temperature=0.5, alpha=2.0, warmup_epochs=1)
+    obj = SelfOECLObjective(IdentityViews(), temperature=0.5, norm_weight=2.0, warmup_epochs=1)
     obj.set_epoch(0)
     warm = obj(model, x, torch.Generator().manual_seed(0))
     shifted = torch.cat([x, rotate(x, 90)])

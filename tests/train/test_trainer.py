@@ -128,7 +128,7 @@ def test_norm_and_auroc_callbacks_record_every_epoch(tmp_path, images):
     outliers = rotate(images[:16], 90)
     norms = FeatureNormCallback(images[:16], outliers)
     eval_x = torch.cat([images[16:24], outliers[:8]])
-    au = AUROCCallback(images[:16], eval_x, np.r_[np.ones(8, bool), np.zeros(8, bool)], k=1)
+    au = AUROCCallback(images[:16], eval_x, np.r_[np.ones(8, bool), np.zeros(8, bool)], n_neighbors=1)
     _, trainer = _setup(epochs=3, callbacks=[norms, au])
     trainer.fit(images)
     assert norms.epochs == [1, 2, 3] and len(norms.outlier_norm) == 3

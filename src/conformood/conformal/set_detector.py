@@ -2,8 +2,7 @@
 
 For a test embedding z, build the calibrated covering set N(z) = {u : g(u, z) ≤ q̂} with a learned (or fixed)
 set, take the class c of z's nearest in-distribution reference point (ℓ2 in the set's transformed space),
-and sample k reference points
-of class c (positives) and k of the other classes (negatives). The paper's OOD score is
+and sample ``n_samples`` reference points of class c (positives) and as many of the other classes (negatives). The paper's OOD score is
 1 − (negative exclusion rate) (eq. 23); §6 reports that also subtracting the positive exclusion rate works
 slightly better. In our convention (higher = more in-distribution) the scores are
 
@@ -21,14 +20,16 @@ import os
 import numpy as np
 import torch
 
-from .._validation import check_features, check_positive_int
+from .._validation import check_features, check_positive_int, renamed
 from ..scores import BaseDetector, register_detector
 
 
 class ConformalSetDetector(BaseDetector):
     """Eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID references."""
 
-    def __init__(self, conformal_set=None, k: int = 20, variant: str = "neg-pos", seed: int = 0, chunk: int = 256):
+    def __init__(self, conformal_set=None, n_samples: int = 20, variant: str = "neg-pos", seed: int = 0,
+                 chunk: int = 256, k: int | None = None) -> None:
+        self.n_samples = n_samples
         self.conformal_set = conformal_set
         self.k = k
         self.variant = variant
@@ -40,7 +41,7 @@ class ConformalSetDetector(BaseDetector):
             raise ValueError("conformal_set must be a calibrated ConformalSet (call calibrate first)")
         if self.variant not in ("neg", "neg-pos"):
             raise ValueError(f"variant must be 'neg' or 'neg-pos', got {self.variant!r}")
-        check_positive_int(self.k, "k")
+        self.n_samples_ = check_positive_int(renamed(self.n_samples, self.k, "n_samples", "k", default=20), "n_samples")
         x = check_features(features, "features", n_features=self.conformal_set.dim)
         if labels is None:
             raise ValueError("ConformalSetDetector needs class labels of the reference features")
@@ -50,8 +51,8 @@ class ConformalSetDetector(BaseDetector):
         classes, counts = np.unique(y, return_counts=True)
         if classes.size < 2:
             raise ValueError("need at least two classes: negatives are points of the other classes")
-        if counts.min() < self.k or (x.shape[0] - counts.max()) < self.k:
-            raise ValueError(f"k = {self.k} exceeds the smallest class or its complement")
+        if counts.min() < self.n_samples_ or (x.shape[0] - counts.max()) < self.n_samples_:
+            raise ValueError(f"n_samples = {self.n_samples_} exceeds the smallest class or its complement")
         self.references_ = x.astype(np.float32)
         self.reference_labels_ = np.searchsorted(classes, y).astype(np.int64)
         self.classes_ = classes
@@ -81,9 +82,9 @@ class ConformalSetDetector(BaseDetector):
         rng = np.random.default_rng(self.seed)
         members = [np.flatnonzero(self.reference_labels_ == c) for c in range(self.classes_.size)]
         others = [np.flatnonzero(self.reference_labels_ != c) for c in range(self.classes_.size)]
-        pos = np.empty((x.shape[0], self.k), dtype=np.int64)
-        neg = np.empty((x.shape[0], self.k), dtype=np.int64)
-        steps = np.arange(self.k)
+        pos = np.empty((x.shape[0], self.n_samples_), dtype=np.int64)
+        neg = np.empty((x.shape[0], self.n_samples_), dtype=np.int64)
+        steps = np.arange(self.n_samples_)
         for c in range(self.classes_.size):
             rows = np.flatnonzero(predicted == c)
             if rows.size == 0:

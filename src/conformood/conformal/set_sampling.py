@@ -100,22 +100,24 @@ def gather_triplets(embeddings: torch.Tensor, anchors, pos_idx, neg_idx, views):
     return z, zp, _rows(embeddings, neg_idx)
 
 
-def pair_samples(labels, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For evaluation: (anchor, positive index, negative index) arrays with k pairs per anchor (supervised)."""
+def pair_samples(labels, pairs_per_anchor: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For evaluation: (anchor, positive index, negative index) arrays with ``pairs_per_anchor`` pairs per
+    anchor (supervised)."""
+    k = pairs_per_anchor
     y = np.asarray(labels)
     sampler = TripletSampler(labels=y)
     if sampler.min_pool() < k:
-        raise ValueError(f"k = {k} exceeds the smallest class pool ({sampler.min_pool()})")
+        raise ValueError(f"pairs_per_anchor = {k} exceeds the smallest class pool ({sampler.min_pool()})")
     g = torch.Generator().manual_seed(seed)
     anchors = torch.arange(y.shape[0])
     pos, neg = sampler.sample(anchors, k, g)
     return anchors.repeat_interleave(k).numpy(), pos.reshape(-1).numpy(), neg.reshape(-1).numpy()
 
 
-def evaluate_set(cset: ConformalSet, embeddings, labels, k: int = 20, seed: int = 0) -> dict:
+def evaluate_set(cset: ConformalSet, embeddings, labels, pairs_per_anchor: int = 20, seed: int = 0) -> dict:
     """Coverage of positives, exclusion of negatives and log-volume on labelled test embeddings."""
     z = np.asarray(embeddings, dtype=np.float64)
-    a, p, n = pair_samples(labels, k, seed)
+    a, p, n = pair_samples(labels, pairs_per_anchor, seed)
     coverage = float(cset.contains(z[p], z[a]).mean())
     exclusion = float((~cset.contains(z[n], z[a])).mean())
     return {"coverage": coverage, "exclusion": exclusion, "log_volume": cset.log_volume()}

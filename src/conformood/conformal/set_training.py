@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_alpha, check_positive_float, check_positive_int
+from .._validation import check_alpha, check_positive_float, check_positive_int, renamed
 from ..losses import InfoNCELoss
 from ..train import BestEpoch, TrainConfig, Trainer, build_optimizer
 from .set_sampling import TripletSampler, gather_triplets
@@ -193,7 +193,7 @@ def train_conformal_set(
     *,
     views=None,
     objective: str = "neg+vol",
-    k: int = 200,
+    pairs_per_anchor: int = 200,
     epochs: int = 30,
     batch_size: int = 256,
     lr: float = 0.01,
@@ -213,13 +213,15 @@ def train_conformal_set(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     callbacks: Sequence[Callable] = (),
+    k: int | None = None,
 ) -> SetTrainingResult:
     """Learn the set's metric on training data; leaves the best epoch's parameters in ``cset`` (and ``encoder``).
 
     ``embeddings`` (n, d) are the training points; with ``encoder`` they are the encoder's *inputs* (e.g.
     backbone features) and the set lives in the encoder's output space, trained jointly by eq. 22 with the
     set and encoder updated in alternate epochs. ``labels`` (n,) give supervised positives/negatives;
-    otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised). With
+    otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised).
+    ``pairs_per_anchor`` positives and as many negatives are sampled per anchor (``k=`` is its former name). With
     ``checkpoint``, training is resumable (``resume=True`` continues it exactly); ``callbacks`` go to the
     trainer, after the best-epoch one.
     """
@@ -227,7 +229,7 @@ def train_conformal_set(
         raise ValueError(f"{type(cset).__name__} has no parameters to learn")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    k = check_positive_int(k, "k")
+    k = check_positive_int(renamed(pairs_per_anchor, k, "pairs_per_anchor", "k", default=200), "pairs_per_anchor")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive_float(lr, "lr")
@@ -251,12 +253,13 @@ def train_conformal_set(
         if v.ndim != 3 or v.shape[0] != x.shape[0]:
             raise ValueError(f"views must have shape (n, v, d) with n = {x.shape[0]}, got {tuple(v.shape)}")
         if v.shape[1] < k:
-            raise ValueError(f"k = {k} positives need at least k views per sample, got {v.shape[1]}")
+            raise ValueError(f"pairs_per_anchor = {k} positives need as many views per sample, got {v.shape[1]}")
         sampler = TripletSampler(n=x.shape[0], views=v.shape[1])
     else:
         raise ValueError("give labels (supervised) or views (unsupervised) to define positives")
     if sampler.min_pool() < k:
-        raise ValueError(f"k = {k} is larger than the smallest positive/negative pool ({sampler.min_pool()})")
+        raise ValueError(f"pairs_per_anchor = {k} is larger than the smallest positive/negative pool "
+                         f"({sampler.min_pool()})")
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 training points, got {x.shape[0]}")
 

@@ -54,7 +54,7 @@ class CCSSimConfig:
     seeds: int = 40
     seed_offset: int = 0
     alpha: float = 0.05
-    k: int = 200
+    pairs_per_anchor: int = 200
     epochs: int = 30
     lr: float = 0.01
     momentum: float = 0.9
@@ -69,7 +69,7 @@ class CCSSimConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self.seeds, "seeds")
-        check_positive_int(self.k, "k")
+        check_positive_int(self.pairs_per_anchor, "pairs_per_anchor")
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.workers, "workers")
         check_positive_int(self.eval_pairs, "eval_pairs")
@@ -97,7 +97,7 @@ def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) ->
     info: dict = {}
     if objective is not None:
         result = train_conformal_set(
-            cset, x[tr], y[tr], objective=objective, k=cfg.k, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            cset, x[tr], y[tr], objective=objective, pairs_per_anchor=cfg.pairs_per_anchor, epochs=cfg.epochs, batch_size=cfg.batch_size,
             lr=cfg.lr, momentum=cfg.momentum, clip=cfg.clip, lam=cfg.lam, steepness=cfg.steepness,
             detach_quantile=cfg.detach_quantile, seed=seed,
         )
@@ -171,7 +171,7 @@ def render_ccs_markdown(payload: dict) -> str:
     lines = [
         "# Contrastive conformal sets on the 3-D mixed clusters (Table 1)",
         "",
-        f"{cfg['seeds']} seed(s) from {cfg['seed_offset']}; α = {cfg['alpha']}, k = {cfg['k']}, {cfg['epochs']} epochs, "
+        f"{cfg['seeds']} seed(s) from {cfg['seed_offset']}; α = {cfg['alpha']}, {cfg['pairs_per_anchor']} pairs per anchor, {cfg['epochs']} epochs, "
         f"SGD lr {cfg['lr']} (momentum {cfg['momentum']}), batch {cfg['batch_size']}, clip {cfg['clip']}, λ = {cfg['lam']}, "
         f"steepness {cfg['steepness']}, quantile {'detached' if cfg['detach_quantile'] else 'differentiated'}. "
         "Mean ± std over seeds; the paper's Table 1 (40 seeds) beside it.",

@@ -46,7 +46,7 @@ class DemoConfig:
     classes: list[str] = field(default_factory=lambda: [str(c) for c in range(10)])
     seed: int = 0
     alpha: float = 0.1
-    k: int = 1
+    n_neighbors: int = 1
     batch_size: int = 32
     lr: float = 0.1
     temperature: float = 0.2
@@ -59,7 +59,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
-        check_positive_int(self.k, "k")
+        check_positive_int(self.n_neighbors, "n_neighbors")
         check_positive_int(self.image_size, "image_size", minimum=4)
         self.alpha = check_alpha(self.alpha)
         if not self.classes:
@@ -129,7 +129,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         }
         scores_out[name] = {"is_inlier": task.test_is_inlier.astype(int).tolist()}
         for method, (f_train, f_cal, f_test) in features.items():
-            detector = get_detector("knn_cosine", k=cfg.k).fit(f_train)
+            detector = get_detector("knn_cosine", n_neighbors=cfg.n_neighbors).fit(f_train)
             s_cal, s_test = detector.score_samples(f_cal), detector.score_samples(f_test)
             per_class[name][method] = _method_result(s_test, s_cal, task, cfg.alpha)
             scores_out[name][method] = {"test": s_test.tolist(), "threshold": per_class[name][method]["threshold"]}

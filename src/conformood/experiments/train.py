@@ -53,7 +53,7 @@ def _evaluation_callbacks(cfg: TrainRunConfig, train_images: torch.Tensor):
     x = resize_images(test.tensor(), (cfg.image_size, cfg.image_size))
     bank = train_images[np.sort(rng.permutation(train_images.shape[0])[: cfg.eval_max_images])]
     norms = FeatureNormCallback(x[is_inlier], x[~is_inlier], every=cfg.eval_every)
-    aurocs = AUROCCallback(bank, x, is_inlier, k=cfg.eval_k, every=cfg.eval_every)
+    aurocs = AUROCCallback(bank, x, is_inlier, n_neighbors=cfg.eval_n_neighbors, every=cfg.eval_every)
     return norms, aurocs
 
 

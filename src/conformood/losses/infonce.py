@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_positive_float
+from .._validation import check_positive_float, renamed
 from ._common import check_embeddings, check_views
 
 
@@ -50,19 +50,20 @@ class InfoNCELoss(nn.Module):
 
 
 class AlignmentLoss(nn.Module):
-    """Alignment E ||z(x) - z(y)||_2^alpha over positive pairs (OECL paper appendix B eq. 12, alpha = 2).
+    """Alignment E ||z(x) - z(y)||_2^p over positive pairs (OECL paper appendix B eq. 12, where the exponent is
+    called alpha; here ``exponent``, default 2).
 
     Projections are L2-normalised inside. Call with the two views ``z1, z2`` (n, d).
     """
 
-    def __init__(self, alpha: float = 2.0) -> None:
+    def __init__(self, exponent: float = 2.0, alpha: float | None = None) -> None:
         super().__init__()
-        self.alpha = check_positive_float(alpha, "alpha")
+        self.exponent = check_positive_float(renamed(exponent, alpha, "exponent", "alpha", default=2.0), "exponent")
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         check_views(z1, z2)
         diff = F.normalize(z1, dim=1) - F.normalize(z2, dim=1)
-        return diff.norm(dim=1).pow(self.alpha).mean()
+        return diff.norm(dim=1).pow(self.exponent).mean()
 
 
 class UniformityLoss(nn.Module):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import renamed
 from ._common import check_embeddings, check_sample_vector, check_views
 from .ntxent import NTXentLoss
 
@@ -13,37 +14,41 @@ from .ntxent import NTXentLoss
 class OECLLoss(nn.Module):
     """OECL (OECL paper ``oecl-l2-norm-outlier-exposure.md`` eq. 7; eq. 8 for self-OECL)::
 
-        L = L_contrastive(z1, z2) + alpha * mean_j ||f(t(x_oe_j))||_2
+        L = L_contrastive(z1, z2) + λ * mean_j ||f(t(x_oe_j))||_2
 
     The norm term uses the *unnormalised* projections of the outlier-exposure views ``oe_raw`` (m, d).
     ``base`` is the contrastive loss on the in-distribution views (default :class:`NTXentLoss`, any module
     called as ``base(z1, z2)``). For self-OECL with CSI as the base (eq. 8), add
-    ``oecl.current_alpha * oecl.norm_penalty(oe_raw)`` to a :class:`CSILoss`.
+    ``oecl.current_norm_weight * oecl.norm_penalty(oe_raw)`` to a :class:`CSILoss`.
 
-    alpha follows a warm-up schedule: it is 0 until :meth:`set_epoch` reports ``warmup_epochs`` finished
-    epochs (the paper warms up 50 epochs with alpha = 0, appendix H), then ``alpha``.
+    The paper calls the weight λ of the norm term α; here ``alpha`` is kept for error levels, and the weight is
+    ``norm_weight``. It follows a warm-up schedule: 0 until :meth:`set_epoch` reports ``warmup_epochs``
+    finished epochs (the paper warms up 50 epochs with weight 0, appendix H), then ``norm_weight``.
     """
 
     def __init__(
-        self, temperature: float = 0.5, alpha: float = 1.0, warmup_epochs: int = 0, base: nn.Module | None = None
+        self, temperature: float = 0.5, norm_weight: float = 1.0, warmup_epochs: int = 0,
+        base: nn.Module | None = None, alpha: float | None = None,
     ) -> None:
         super().__init__()
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        norm_weight = renamed(norm_weight, alpha, "norm_weight", "alpha", default=1.0)
+        if not norm_weight >= 0:
+            raise ValueError(f"norm_weight must be >= 0, got {norm_weight}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
-        self.alpha = float(alpha)
+        self.norm_weight = float(norm_weight)
         self.warmup_epochs = int(warmup_epochs)
         self.base = base if base is not None else NTXentLoss(temperature)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss how many epochs are finished (drives the alpha warm-up)."""
+        """Tell the loss how many epochs are finished (drives the warm-up of the norm weight)."""
         self.epoch = int(epoch)
 
     @property
-    def current_alpha(self) -> float:
-        return 0.0 if self.epoch < self.warmup_epochs else self.alpha
+    def current_norm_weight(self) -> float:
+        """The weight of the norm term this epoch (0 during the warm-up)."""
+        return 0.0 if self.epoch < self.warmup_epochs else self.norm_weight
 
     def norm_penalty(self, oe_raw: torch.Tensor) -> torch.Tensor:
         """mean_j ||oe_raw_j||_2 of unnormalised outlier-exposure projections (m, d)."""
@@ -53,7 +58,7 @@ class OECLLoss(nn.Module):
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, oe_raw: torch.Tensor) -> torch.Tensor:
         loss = self.base(z1, z2)
         penalty = self.norm_penalty(oe_raw)
-        return loss + self.current_alpha * penalty
+        return loss + self.current_norm_weight * penalty
 
 
 class CSILoss(nn.Module):

@@ -18,6 +18,9 @@ class BaseDetector(BaseEstimator):
     :func:`conformood.scores.load_detector` reads any detector back.
     """
 
+    #: learned attributes saved under a former name: {former: current} (files written before a rename load)
+    _former_state_names: dict[str, str] = {}
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(features) first")
@@ -74,7 +77,7 @@ class BaseDetector(BaseEstimator):
             if not key.startswith("param."):
                 setattr(det, key, value.numpy())
         for key, value in config["learned"].items():
-            setattr(det, key, value)
+            setattr(det, cls._former_state_names.get(key, key), value)
         return det
 
     @classmethod

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import models
-from .._validation import check_positive_int
+from .._validation import check_positive_int, renamed
 from ..augment import SimCLRViews, ViewConfig, rotate
 from ..augment.rng import seeded_from
 from ..data.arrays import to_float_images
@@ -114,7 +114,7 @@ class SimPlusSMuDetector(SMuDetector):
     def score_samples(self, features) -> np.ndarray:
         images = self._check_input(features)
         if getattr(self, "_knn", None) is None:  # built once per fitted bank, not on every call
-            self._knn = KNNCosineDetector(k=1).fit(self.bank_)
+            self._knn = KNNCosineDetector(n_neighbors=1).fit(self.bank_)
         sim = self._knn.score_samples(encode(self.encoder, images, self.batch_size, self.device))
         return sim + super().score_samples(images)
 
@@ -125,8 +125,10 @@ class ShiftDetector(_EncoderDetector):
         s_shift(x) = 1/4 sum_{gamma in {0, 90, 180, 270}} s_con(R_gamma(x), R_gamma({x_m}), k).
     """
 
-    def __init__(self, encoder=None, k: int = 1, batch_size: int = 256, device: str = "cpu") -> None:
+    def __init__(self, encoder=None, n_neighbors: int = 1, batch_size: int = 256, device: str = "cpu",
+                 k: int | None = None) -> None:
         self.encoder = encoder
+        self.n_neighbors = n_neighbors
         self.k = k
         self.batch_size = batch_size
         self.device = device
@@ -138,6 +140,7 @@ class ShiftDetector(_EncoderDetector):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError("rotation ensembles need square images")
         self._record_input(images)
+        renamed(self.n_neighbors, self.k, "n_neighbors", "k", default=1)  # warns when the former name was used
         self.banks_ = np.stack([encode(self.encoder, rotate(images, a), self.batch_size, self.device) for a in ROTATIONS])
         self._knns = None
         return self
@@ -145,7 +148,8 @@ class ShiftDetector(_EncoderDetector):
     def _knn(self, r: int) -> KNNCosineDetector:
         """The s_con searcher of rotation r, built once per fitted bank (normalisation and index included)."""
         if getattr(self, "_knns", None) is None:
-            self._knns = [KNNCosineDetector(k=self.k).fit(bank) for bank in self.banks_]
+            self._knns = [KNNCosineDetector(n_neighbors=self.k if self.k is not None else self.n_neighbors).fit(bank)
+                          for bank in self.banks_]
         return self._knns[r]
 
     def _query_images(self, images: torch.Tensor, angle: int):
@@ -173,10 +177,10 @@ class EnsDetector(ShiftDetector):
     """
 
     def __init__(
-        self, encoder=None, k: int = 1, n_crops: int = 10, crop_scale: tuple[float, float] = (0.5, 1.0),
-        batch_size: int = 256, seed: int = 0, device: str = "cpu",
+        self, encoder=None, n_neighbors: int = 1, n_crops: int = 10, crop_scale: tuple[float, float] = (0.5, 1.0),
+        batch_size: int = 256, seed: int = 0, device: str = "cpu", k: int | None = None,
     ) -> None:
-        super().__init__(encoder=encoder, k=k, batch_size=batch_size, device=device)
+        super().__init__(encoder=encoder, n_neighbors=n_neighbors, batch_size=batch_size, device=device, k=k)
         self.n_crops = n_crops
         self.crop_scale = crop_scale
         self.seed = seed

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
-from .._validation import check_features, check_positive_int
+from .._validation import check_features, check_positive_int, renamed
 from .base import BaseDetector
 
 # the torch fallback keeps at most this many similarities in memory at once (256 MB in float32)
@@ -89,7 +91,7 @@ class _NormalizedBankDetector(BaseDetector):
     """Shared machinery: an L2-normalised training bank searched by faiss or chunked torch."""
 
     def _validate_search_params(self) -> str:
-        check_positive_int(self.k, "k")
+        check_positive_int(self.neighbours(), "n_neighbors")
         check_positive_int(self.query_chunk, "query_chunk")
         if self.index not in ("flat", "ivf"):
             raise ValueError(f"index must be 'flat' or 'ivf', got {self.index!r}")
@@ -102,12 +104,21 @@ class _NormalizedBankDetector(BaseDetector):
             raise ValueError("index='ivf' needs the faiss backend")
         return backend
 
+    def neighbours(self, warn: bool = False) -> int:
+        """The neighbour count: ``n_neighbors``, or the former parameter ``k`` when that was given."""
+        if self.k is None:
+            return self.n_neighbors
+        if warn:
+            default = inspect.signature(type(self)).parameters["n_neighbors"].default
+            return renamed(self.n_neighbors, self.k, "n_neighbors", "k", default=default)
+        return self.k
+
     def _fit_bank(self, features) -> np.ndarray:
-        k = check_positive_int(self.k, "k")
+        k = check_positive_int(self.neighbours(warn=True), "n_neighbors")
         self._validate_search_params()
         x = check_features(features, "features")
         if x.shape[0] < k:
-            raise ValueError(f"k = {k} neighbours requested but only {x.shape[0]} training features given")
+            raise ValueError(f"n_neighbors = {k} requested but only {x.shape[0]} training features given")
         self.bank_ = l2_normalize(x)
         self.n_features_in_ = x.shape[1]
         self._index = None
@@ -121,12 +132,12 @@ class _NormalizedBankDetector(BaseDetector):
         if self._validate_search_params() == "faiss":
             if getattr(self, "_index", None) is None:
                 self._index = build_faiss_index(self.bank_, self.index, self.nlist, self.nprobe)
-            top = topk_inner_products_faiss(q, self._index, self.k, query_chunk=self.query_chunk)
+            top = topk_inner_products_faiss(q, self._index, self.neighbours(), query_chunk=self.query_chunk)
         else:
             dtype = np.promote_types(q.dtype, self.bank_.dtype)
             bank_chunk = max(1, min(self.bank_.shape[0], _TORCH_BLOCK // min(self.query_chunk, 1024)))
             top = topk_inner_products_torch(
-                q.astype(dtype), self.bank_.astype(dtype), self.k, min(self.query_chunk, 1024), bank_chunk
+                q.astype(dtype), self.bank_.astype(dtype), self.neighbours(), min(self.query_chunk, 1024), bank_chunk
             )
         return top.astype(np.float64), raw
 
@@ -139,7 +150,7 @@ class KNNCosineDetector(_NormalizedBankDetector):
 
     Parameters
     ----------
-    k : number of neighbours (FIRM uses k = 1 for its comparisons).
+    n_neighbors : number of neighbours k (FIRM uses k = 1 for its comparisons); ``k=`` is its former name.
     backend : ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"`` (chunked matrix
         products in the features' precision, memory bounded whatever the bank's size).
     index : ``"flat"`` (exact ``IndexFlatIP``) or ``"ivf"`` (approximate ``IndexIVFFlat`` with ``nlist``
@@ -148,9 +159,10 @@ class KNNCosineDetector(_NormalizedBankDetector):
     """
 
     def __init__(
-        self, k: int = 1, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
-        query_chunk: int = 16384,
+        self, n_neighbors: int = 1, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
+        query_chunk: int = 16384, k: int | None = None,
     ) -> None:
+        self.n_neighbors = n_neighbors
         self.k = k
         self.backend = backend
         self.index = index
@@ -185,10 +197,11 @@ class KNNSunDetector(KNNCosineDetector):
     """
 
     def __init__(
-        self, k: int = 50, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
-        query_chunk: int = 16384,
+        self, n_neighbors: int = 50, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
+        query_chunk: int = 16384, k: int | None = None,
     ) -> None:
-        super().__init__(k=k, backend=backend, index=index, nlist=nlist, nprobe=nprobe, query_chunk=query_chunk)
+        super().__init__(n_neighbors=n_neighbors, backend=backend, index=index, nlist=nlist, nprobe=nprobe,
+                         query_chunk=query_chunk, k=k)
 
     def score_samples(self, features) -> np.ndarray:
         top, _ = self._top_similarities(features)

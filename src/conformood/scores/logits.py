@@ -54,10 +54,13 @@ class ViMDetector(BaseDetector):
 
     Built with the classifier's ``weight`` (C, d) and ``bias`` (C,); takes features. ``fit`` centres the
     training features at u = -pinv(W) b, keeps the residual space orthogonal to the top ``dim`` principal
-    directions (default: 1000 for d >= 2048, 512 for d >= 768, else d // 2) and sets
-    alpha = mean max-logit / mean residual norm on the training features. Score (higher = more normal):
-    logsumexp(W f + b) - alpha * ||P_residual (f - u)||.
+    directions (default: 1000 for d >= 2048, 512 for d >= 768, else d // 2) and sets the scale (the
+    paper's alpha, here ``scale_``) = mean max-logit / mean residual norm on the training
+    features. Score (higher = more normal):
+    logsumexp(W f + b) - scale_ * ||P_residual (f - u)||.
     """
+
+    _former_state_names = {"alpha_": "scale_"}
 
     def __init__(self, weight=None, bias=None, dim: int | None = None) -> None:
         self.weight = weight
@@ -88,7 +91,7 @@ class ViMDetector(BaseDetector):
         residual = np.linalg.norm(centred @ residual_space, axis=1)
         max_logit = (x @ w.T + b).max(axis=1)
         self.origin_, self.residual_space_ = u, residual_space
-        self.alpha_ = float(max_logit.mean() / residual.mean())
+        self.scale_ = float(max_logit.mean() / residual.mean())
         self.n_features_in_ = d
         return self
 
@@ -98,4 +101,4 @@ class ViMDetector(BaseDetector):
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
         energy = logsumexp(x @ w.T + b, axis=1)
         residual = np.linalg.norm((x - self.origin_) @ self.residual_space_, axis=1)
-        return energy - self.alpha_ * residual
+        return energy - self.scale_ * residual

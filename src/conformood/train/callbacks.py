@@ -50,13 +50,13 @@ class FeatureNormCallback:
 class AUROCCallback:
     """AUROC of s_con (k-NN cosine, in-distribution positive) on an evaluation split after each epoch."""
 
-    def __init__(self, train_inliers: torch.Tensor, eval_images: torch.Tensor, eval_is_inlier, k: int = 1,
+    def __init__(self, train_inliers: torch.Tensor, eval_images: torch.Tensor, eval_is_inlier, n_neighbors: int = 1,
                  every: int = 1) -> None:
         self.train_inliers, self.eval_images = train_inliers, eval_images
         self.is_inlier = check_binary_labels(eval_is_inlier, "eval_is_inlier", eval_images.shape[0])
         if self.is_inlier.all() or not self.is_inlier.any():
             raise ValueError("the evaluation split needs both inliers and outliers")
-        self.k = check_positive_int(k, "k")
+        self.n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
         self.every = check_positive_int(every, "every")
         self.epochs: list[int] = []
         self.aurocs: list[float] = []
@@ -67,7 +67,7 @@ class AUROCCallback:
         from ..scores import KNNCosineDetector
 
         bank = _features(trainer, self.train_inliers).numpy()
-        scores = KNNCosineDetector(k=self.k, backend="torch").fit(bank).score_samples(
+        scores = KNNCosineDetector(n_neighbors=self.n_neighbors, backend="torch").fit(bank).score_samples(
             _features(trainer, self.eval_images).numpy()
         )
         self.epochs.append(int(trainer.epoch))

@@ -132,14 +132,15 @@ class FIRMOutlierExposureObjective:
 
 
 class OECLObjective:
-    """OECL (OECL paper eq. 7): NT-Xent on two views of the inliers + α·mean ‖f(view of OE image)‖₂, with α = 0
-    for the first ``warmup_epochs`` epochs (the trainer reports epochs through :meth:`set_epoch`)."""
+    """OECL (OECL paper eq. 7): NT-Xent on two views of the inliers + λ·mean ‖f(view of OE image)‖₂ (the paper's
+    α, here ``norm_weight``), with λ = 0 for the first ``warmup_epochs`` epochs (the trainer reports epochs
+    through :meth:`set_epoch`)."""
 
-    def __init__(self, views: SimCLRViews, pool, temperature: float = 0.5, alpha: float = 1.0,
+    def __init__(self, views: SimCLRViews, pool, temperature: float = 0.5, norm_weight: float = 1.0,
                  warmup_epochs: int = 0) -> None:
         self.views = views
         self.pool = pool
-        self.loss = OECLLoss(temperature, alpha=alpha, warmup_epochs=warmup_epochs)
+        self.loss = OECLLoss(temperature, norm_weight=norm_weight, warmup_epochs=warmup_epochs)
 
     def set_epoch(self, epoch: int) -> None:
         self.loss.set_epoch(epoch)
@@ -172,11 +173,12 @@ class CSIObjective:
 
 class SelfOECLObjective:
     """Self-OECL (OECL eq. 8, section IV): CSI over the in-distribution shifts S = {I, R90} plus
-    alpha * mean ||f(t(S_oe(x)))||_2 over outliers made with S_oe = {R180, R270} (one angle drawn per image),
-    where f is the unnormalised projection. alpha is 0 for the first ``warmup_epochs`` epochs (appendix G).
+    λ * mean ||f(t(S_oe(x)))||_2 over outliers made with S_oe = {R180, R270} (one angle drawn per image),
+    where f is the unnormalised projection and λ (the paper's α) is ``norm_weight``, 0 for the first
+    ``warmup_epochs`` epochs (appendix G).
     The model's shift head has ``len(id_shifts)`` outputs."""
 
-    def __init__(self, views: SimCLRViews, temperature: float = 0.5, alpha: float = 1.0, warmup_epochs: int = 0,
+    def __init__(self, views: SimCLRViews, temperature: float = 0.5, norm_weight: float = 1.0, warmup_epochs: int = 0,
                  id_shifts: tuple[int, ...] = (0, 90), oe_shifts: tuple[int, ...] = (180, 270),
                  shift_weight: float = 1.0, gather_distributed: bool = False) -> None:
         if set(id_shifts) & set(oe_shifts):
@@ -184,7 +186,7 @@ class SelfOECLObjective:
         self.views = views
         self.id_shifts, self.oe_shifts = tuple(id_shifts), tuple(oe_shifts)
         self.csi = CSILoss(temperature, shift_weight=shift_weight, gather_distributed=gather_distributed)
-        self.oecl = OECLLoss(temperature, alpha=alpha, warmup_epochs=warmup_epochs)
+        self.oecl = OECLLoss(temperature, norm_weight=norm_weight, warmup_epochs=warmup_epochs)
 
     def set_epoch(self, epoch: int) -> None:
         self.oecl.set_epoch(epoch)
@@ -197,7 +199,7 @@ class SelfOECLObjective:
         z, logits = model(batch, with_aux=True)
         z1, z2, z_oe = z.split([m, m, oe.shape[0]])
         loss = self.csi(z1, z2, logits[: 2 * m], labels)
-        return loss + self.oecl.current_alpha * self.oecl.norm_penalty(z_oe)
+        return loss + self.oecl.current_norm_weight * self.oecl.norm_penalty(z_oe)
 
 
 class CLPTwoStageObjective:

@@ -35,6 +35,8 @@ from .trainer import TrainConfig, Trainer
 CSI_SHIFTS = (0, 90, 180, 270)
 SELF_OECL_ID_SHIFTS = (0, 90)
 MODEL_KIND = "ContrastiveModel"
+#: recipe fields that were renamed: former name -> current name
+FORMER_FIELD_NAMES = {"oe_alpha": "oe_weight", "eval_k": "eval_n_neighbors"}
 
 
 OBJECTIVES: Registry = Registry("objective")
@@ -71,9 +73,9 @@ def _firm_oe(cfg, views, pool, n_classes, gather):
     return FIRMOutlierExposureObjective(views, pool, cfg.temperature, gather_distributed=gather)
 
 
-@_objective("oecl_oe", "OECL eq. 7", "NT-Xent + weight * ||f(OE image)||", needs_oe_pool=True)
+@_objective("oecl_oe", "OECL eq. 7", "NT-Xent + oe_weight * ||f(OE image)||", needs_oe_pool=True)
 def _oecl_oe(cfg, views, pool, n_classes, gather):
-    return OECLObjective(views, pool, cfg.temperature, alpha=cfg.oe_alpha, warmup_epochs=cfg.oe_warmup_epochs)
+    return OECLObjective(views, pool, cfg.temperature, norm_weight=cfg.oe_weight, warmup_epochs=cfg.oe_warmup_epochs)
 
 
 @_objective("csi", "Tack et al. 2020; OECL section IV", "rotations as shifted instances + shift classifier",
@@ -85,7 +87,7 @@ def _csi(cfg, views, pool, n_classes, gather):
 @_objective("self_oecl", "OECL eq. 8", "CSI on {0, 90} + weight * ||f|| of {180, 270}-rotated outliers",
             aux_classes=len(SELF_OECL_ID_SHIFTS))
 def _self_oecl(cfg, views, pool, n_classes, gather):
-    return SelfOECLObjective(views, cfg.temperature, alpha=cfg.oe_alpha, warmup_epochs=cfg.oe_warmup_epochs,
+    return SelfOECLObjective(views, cfg.temperature, norm_weight=cfg.oe_weight, warmup_epochs=cfg.oe_warmup_epochs,
                              id_shifts=SELF_OECL_ID_SHIFTS, oe_shifts=(180, 270), shift_weight=cfg.shift_weight,
                              gather_distributed=gather)
 
@@ -131,7 +133,7 @@ class TrainRunConfig:
     weight_decay: float = 5e-4
     warmup_epochs: int | None = None
     oe_pool: str | None = None
-    oe_alpha: float = 1.0
+    oe_weight: float = 1.0
     oe_warmup_epochs: int = 0
     max_images: int | None = None
     shift_weight: float = 1.0
@@ -140,7 +142,7 @@ class TrainRunConfig:
     stage1_epochs: int = 0
     cider_momentum: float = 0.5
     eval_every: int = 0
-    eval_k: int = 1
+    eval_n_neighbors: int = 1
     eval_max_images: int = 2000
 
     def __post_init__(self) -> None:
@@ -157,7 +159,7 @@ class TrainRunConfig:
             raise ValueError(f"eval_every must be >= 0 (0 = no per-epoch evaluation), got {self.eval_every}")
         if self.eval_every and self.normal_class is None:
             raise ValueError("eval_every needs normal_class: the evaluation split's other classes are the outliers")
-        check_positive_int(self.eval_k, "eval_k")
+        check_positive_int(self.eval_n_neighbors, "eval_n_neighbors")
         check_positive_int(self.eval_max_images, "eval_max_images", minimum=2)
         if not 0 <= self.stage1_epochs <= self.epochs:
             raise ValueError(f"stage1_epochs must lie in [0, epochs], got {self.stage1_epochs}")
@@ -195,6 +197,14 @@ def load_train_config(path: str | os.PathLike, **overrides) -> TrainRunConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of TrainRunConfig fields")
     data.pop("description", None)
+    for former, current in FORMER_FIELD_NAMES.items():
+        if former in data:
+            import warnings
+
+            if current in data:
+                raise ValueError(f"{path}: give {current} only ({former} is its former name)")
+            warnings.warn(f"{path}: {former} is deprecated; use {current}", FutureWarning, stacklevel=2)
+            data[current] = data.pop(former)
     data.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(TrainRunConfig)}
     unknown = sorted(set(data) - known)
