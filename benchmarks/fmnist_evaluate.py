@@ -91,16 +91,19 @@ def main(argv=None):
                   f"raw {r['raw_pixels']['auroc']:.3f} FPR@a {r['firm']['realised_fpr_at_alpha']:.3f} "
                   f"({r['train_seconds']:.0f} s)", flush=True)
             if not example_written and protocol == "one-vs-rest":
-                from conformood.experiments.evaluate import evaluate_files
+                from conformood.experiments.evaluate import (
+                    EvaluateConfig,
+                    run_evaluation,
+                )
 
                 ex = args.out / "fmnist_evaluate_example"
                 ex.mkdir(parents=True, exist_ok=True)
                 paths = []
                 for name, f, extra in (("train", feats[0], {}), ("calibration", feats[1], {}),
-                                       ("test", feats[2], {"is_ood": ~is_inlier})):
+                                       ("test", feats[2], {"is_inlier": is_inlier})):
                     np.savez(ex / f"features_{name}.npz", features=f, **extra)
                     paths.append(ex / f"features_{name}.npz")
-                evaluate_files(*paths, detector="knn_cosine", options={"k": 1}, alpha=args.alpha, out_dir=ex)
+                run_evaluation(EvaluateConfig(*paths, detector="knn_cosine", options={"n_neighbors": 1}, alpha=args.alpha), ex)
                 for p in paths:
                     p.unlink()  # the features are large; the evaluation is what is kept
                 for name in ("test_scores.npz", "detector.safetensors", "detector.safetensors.detector"):

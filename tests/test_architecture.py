@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "conformood"
-SHARED = {"_validation"}  # top-level helpers every layer may use
+SHARED = {"_validation", "_version"}  # top-level helpers every layer may use
+FOUNDATION = {"_validation", "_version", "io", "registry", "distributed", "results"}  # one layer
 
 
 def _modules():
@@ -18,7 +19,7 @@ def _modules():
 
 
 def _layer(parts: tuple[str, ...]) -> str:
-    return parts[0]
+    return "foundation" if parts[0] in FOUNDATION else parts[0]
 
 
 def _resolve(parts: tuple[str, ...], node: ast.ImportFrom) -> tuple[str, ...]:
@@ -37,10 +38,10 @@ def private_cross_layer_imports(path: Path, parts: tuple[str, ...]) -> list[str]
         if not isinstance(node, ast.ImportFrom):
             continue
         target = _resolve(parts, node)
-        if not target or _layer(target) == _layer(parts) or _layer(target) in SHARED:
+        if not target or _layer(target) == _layer(parts) or target[0] in SHARED:
             continue
         private_modules = [p for p in target if p.startswith("_") and p != "__init__"]
-        private_names = [a.name for a in node.names if a.name.startswith("_")]
+        private_names = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
         if private_modules or private_names:
             found.append(f"{'/'.join(parts)}.py:{node.lineno} imports {'.'.join(target)}: "
                          f"{private_modules + private_names}")

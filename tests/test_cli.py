@@ -13,12 +13,12 @@ def test_demo_end_to_end_small(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["per_class"]) == ["0", "7"]
-    keys = {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "test_fpr_at_alpha"}
+    keys = {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "realised_fpr_at_alpha"}
     for method in ("firm", "raw_pixels"):
         assert keys <= set(metrics["mean"][method])
         for c in ("0", "7"):
             r = metrics["per_class"][c][method]
-            assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["test_fpr_at_alpha"] <= 1.0
+            assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["realised_fpr_at_alpha"] <= 1.0
         mean_auroc = (metrics["per_class"]["0"][method]["auroc"] + metrics["per_class"]["7"][method]["auroc"]) / 2
         assert abs(metrics["mean"][method]["auroc"] - mean_auroc) < 1e-12
     for name in ("report.md", "roc.png", "histograms_firm.png", "histograms_raw_pixels.png", "training_loss.png"):
@@ -97,7 +97,7 @@ def _write_feature_files(tmp_path, seed=0):
     x, y, lg = part(100)
     np.savez(tmp_path / "cal.npz", features=x, labels=y, logits=lg)
     x, y, lg = part(100, 50)
-    np.savez(tmp_path / "test.npz", features=x, labels=y, logits=lg, is_ood=np.r_[np.zeros(100, bool), np.ones(50, bool)])
+    np.savez(tmp_path / "test.npz", features=x, labels=y, logits=lg, is_inlier=np.r_[np.ones(100, bool), np.zeros(50, bool)])
 
 
 def test_evaluate_and_score_end_to_end(tmp_path):
@@ -116,8 +116,8 @@ def test_evaluate_and_score_end_to_end(tmp_path):
                 "bh_discoveries", "bh_fdp", "bh_power"):
         assert key in r
     with np.load(out / "test_scores.npz") as z:
-        assert r["auroc"] == roc_auc_score(~z["is_ood"], z["scores"])
-        assert r["realised_fpr_at_alpha"] == float((z["p_values"][~z["is_ood"]] <= 0.1).mean())
+        assert r["auroc"] == roc_auc_score(z["is_inlier"], z["scores"])
+        assert r["realised_fpr_at_alpha"] == float((z["p_values"][z["is_inlier"]] <= 0.1).mean())
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "http" not in html.split("<body>")[1]
     for name in ("evaluation.md", "roc.png", "score_histogram.png", "guarantee.png"):

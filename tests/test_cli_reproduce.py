@@ -74,10 +74,10 @@ def test_reproduce_coat_accepts_space_separated_alphas(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_run(out, config, progress=True):
+    def fake_run(config, out, progress=True):
         seen["alphas"] = config.alphas
         (tmp_path / "coat.md").write_text("x")
-        return {"seconds": 0.0}
+        return {"wall_time_s": 0.0}
 
     monkeypatch.setattr(coat, "run_coat", fake_run)
     result = runner.invoke(app, ["reproduce", "coat", "--alpha", "0.1", "0.2", "--out", str(tmp_path)])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -45,12 +46,9 @@ def demo(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     names = [c for item in (classes or []) for c in item.replace(",", " ").split()]
-    try:
-        config = DemoConfig(epochs=epochs, seed=seed, alpha=alpha, device=device, **({"classes": names} if names else {}))
-        result = run_demo(out, config, progress=progress)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    _print_summary(result, out)
+    config = _config(DemoConfig, epochs=epochs, seed=seed, alpha=alpha, device=device,
+                     **({"classes": names} if names else {}))
+    _run_experiment(run_demo, config, out, lambda result: _print_summary(result, out), progress=progress)
 
 
 @app.command()
@@ -93,27 +91,27 @@ def train(
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        if config is not None:
-            from .train.recipes import load_train_config
+    if config is not None:
+        from .train.recipes import load_train_config
 
-            if not config.is_file():
-                raise ValueError(f"no config file {config}")
-            cfg = load_train_config(config, device=device, normal_class=normal_class)
-        else:
-            cfg = TrainRunConfig(
-                data=data, split=split, normal_class=normal_class, objective=objective,
-                epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, image_size=image_size,
-                seed=seed, device=device,
-            )
-        result = run_training(cfg, out, resume=resume, progress=progress)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    if result["rank"] == 0:
-        typer.echo(
-            f"trained {cfg.objective} on {result['n_train']} images with {result['world_size']} process(es): "
-            f"final loss {result['history']['loss'][-1]:.4f}, {result['wall_time_s']:.1f} s -> {out}"
+        if not config.is_file():
+            raise typer.BadParameter(f"no config file {config}")
+        cfg = _config(load_train_config, path=config, device=device, normal_class=normal_class)
+    else:
+        cfg = _config(
+            TrainRunConfig, data=data, split=split, normal_class=normal_class, objective=objective,
+            epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, image_size=image_size,
+            seed=seed, device=device,
         )
+
+    def show(result: dict) -> None:
+        if result["rank"] == 0:
+            typer.echo(
+                f"trained {cfg.objective} on {result['n_train']} images with {result['world_size']} process(es): "
+                f"final loss {result['history']['loss'][-1]:.4f}, {result['wall_time_s']:.1f} s -> {out}"
+            )
+
+    _run_experiment(run_training, cfg, out, show, resume=resume, progress=progress)
 
 
 def _parse_options(items: list[str] | None) -> dict:
@@ -135,7 +133,7 @@ def _parse_options(items: list[str] | None) -> dict:
 def evaluate(
     train: Annotated[Path | None, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")] = None,
     calibration: Annotated[Path | None, typer.Option(help="npz of held-out in-distribution data, same arrays.")] = None,
-    test: Annotated[Path | None, typer.Option(help="npz with the same arrays plus 'is_ood' (n,) bool.")] = None,
+    test: Annotated[Path | None, typer.Option(help="npz with the same arrays plus 'is_inlier' (n,) bool, True = in-distribution.")] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
     ] = None,
@@ -154,21 +152,28 @@ def evaluate(
     ),
 ) -> None:
     """Fit a detector, calibrate it conformally, and measure OOD metrics and the guarantees."""
-    from .experiments.evaluate import evaluate_files, feature_files_from_checkpoint
-
-    try:
-        if checkpoint is not None:
-            train, calibration, test = feature_files_from_checkpoint(checkpoint, data, protocol, out)
-        elif train is None or calibration is None or test is None:
-            raise ValueError("give --train, --calibration and --test files, or --checkpoint with --data and --protocol")
-        r = evaluate_files(train, calibration, test, detector, _parse_options(option), alpha, out, mondrian)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    typer.echo(
-        f"{detector}: AUROC {r['auroc']:.4f}, FPR@95TPR {r['fpr95']:.4f}, realised FPR at α={alpha}: "
-        f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "
-        f"power {r['bh_power']:.3f}) -> {out / 'evaluation.json'}"
+    from .experiments.evaluate import (
+        EvaluateConfig,
+        feature_files_from_checkpoint,
+        run_evaluation,
     )
+
+    if checkpoint is not None:
+        train, calibration, test = _user_errors(feature_files_from_checkpoint, checkpoint, data, protocol, out)
+    elif train is None or calibration is None or test is None:
+        raise typer.BadParameter("give --train, --calibration and --test files, or --checkpoint with --data and "
+                                 "--protocol")
+    config = _config(EvaluateConfig, train=train, calibration=calibration, test=test, detector=detector,
+                     options=_parse_options(option), alpha=alpha, mondrian=mondrian)
+
+    def show(r: dict) -> None:
+        typer.echo(
+            f"{detector}: AUROC {r['auroc']:.4f}, FPR@95TPR {r['fpr95']:.4f}, realised FPR at α={alpha}: "
+            f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "
+            f"power {r['bh_power']:.3f}) -> {out / 'evaluation.json'}"
+        )
+
+    _run_experiment(run_evaluation, config, out, show)
 
 
 @app.command()
@@ -184,10 +189,7 @@ def score(
     """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection."""
     from .experiments.evaluate import score_file
 
-    try:
-        r = score_file(detector_file, inputs, alpha, out, use_logits=logits)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    r = _user_errors(score_file, detector_file, inputs, alpha, out, use_logits=logits)
     typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={alpha}, {r['n_bh_selected']} selected by BH -> {out}")
 
 
@@ -240,20 +242,9 @@ def reproduce_coat(
         alphas = tuple(float(w) for w in words) if words else (0.1, 0.2)
     except ValueError as exc:
         raise typer.BadParameter(f"alpha values must be numbers, got {words}") from exc
-    try:
-        config = CoatConfig(
-            data=data,
-            class_name=class_name,
-            data_dir=str(data_dir) if data_dir else None,
-            alphas=alphas,
-            splits=splits,
-            seed=seed,
-            unet_epochs=unet_epochs,
-            at_epochs=at_epochs,
-            coat_epochs=coat_epochs,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    config = _config(CoatConfig, data=data, class_name=class_name, data_dir=str(data_dir) if data_dir else None,
+                     alphas=alphas, splits=splits, seed=seed, unet_epochs=unet_epochs, at_epochs=at_epochs,
+                     coat_epochs=coat_epochs)
     _run_reproduction(run_coat, out, config, progress, "coat", width=140)
 
 
@@ -276,31 +267,44 @@ def reproduce_ccs_sim(
     """Table 1 of the contrastive conformal sets paper: 8 set families on the 3-D mixed clusters."""
     from .experiments.ccs import CCSSimConfig, run_ccs_sim
 
-    try:
-        config = CCSSimConfig(
-            seeds=seeds,
-            seed_offset=seed_offset,
-            workers=workers,
-            detach_quantile=detach_quantile,
-            epochs=epochs,
-            pairs_per_anchor=pairs_per_anchor,
-            n_per_class=n_per_class,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    config = _config(CCSSimConfig, seeds=seeds, seed_offset=seed_offset, workers=workers,
+                     detach_quantile=detach_quantile, epochs=epochs, pairs_per_anchor=pairs_per_anchor,
+                     n_per_class=n_per_class)
     _run_reproduction(run_ccs_sim, out, config, progress, "ccs_sim", width=160)
 
 
-def _run_reproduction(run, out: Path, config, progress: bool, name: str, width: int) -> None:
-    """Run a reproduction; a ValueError becomes a usage error; print ``name.md`` and the wall time."""
+def _user_errors(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``function``; a user error (a bad value, a missing file) becomes one usage line and exit code 2."""
+    try:
+        return function(*args, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _config(factory: Callable[..., Any], **fields: Any) -> Any:
+    """An experiment's configuration; an invalid field is a usage error."""
+    return _user_errors(factory, **fields)
+
+
+def _run_experiment(run: Callable[..., dict], config: Any, out: Path, show: Callable[[dict], None],
+                    **options: Any) -> dict:
+    """The one runner of every experiment: ``run(config, out, **options)`` writes JSON and its report, then
+    ``show(result)`` prints the summary. User errors become one usage line (exit code 2)."""
+    result = _user_errors(run, config, out, **options)
+    show(result)
+    return result
+
+
+def _run_reproduction(run: Callable[..., dict], out: Path, config: Any, progress: bool, name: str,
+                      width: int) -> None:
+    """A reproduction through :func:`_run_experiment`; prints ``name.md`` and the wall time."""
     from rich.console import Console
 
-    try:
-        result = run(out, config, progress=progress)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    Console(width=width).print((out / f"{name}.md").read_text())
-    Console().print(f"wall time {result['seconds']:.1f} s; results: {out / f'{name}.json'}")
+    def show(result: dict) -> None:
+        Console(width=width).print((out / f"{name}.md").read_text())
+        Console().print(f"wall time {result['wall_time_s']:.1f} s; results: {out / f'{name}.json'}")
+
+    _run_experiment(run, config, out, show, progress=progress)
 
 
 def _print_summary(result: dict, out: Path) -> None:
@@ -308,7 +312,7 @@ def _print_summary(result: dict, out: Path) -> None:
     from rich.table import Table
 
     table = Table(title=f"mean over {len(result['per_class'])} class(es), α = {result['config']['alpha']}")
-    keys = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "test_fpr_at_alpha")
+    keys = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "realised_fpr_at_alpha")
     table.add_column("method")
     for k in keys:
         table.add_column(k, justify="right")

@@ -113,3 +113,23 @@ def test_errors():
         mond.p_values(np.zeros((1, 1)), np.array([5]))
     with pytest.warns(ConformalWarning, match="below 1/\\(n\\+1\\)"):
         mond.predict(np.zeros((1, 1)), 0.1, np.array([0]))
+
+
+def test_conformal_detector_is_an_estimator_and_takes_labels_as_fit_does():
+    from sklearn.base import clone
+
+    from conformood.scores import get_detector
+
+    rng = np.random.default_rng(4)
+    x, cal, test = rng.normal(size=(60, 3)), rng.normal(size=(40, 3)), rng.normal(size=(10, 3))
+    y, t = rng.integers(0, 2, size=40), rng.integers(0, 2, size=10)
+    cd = ConformalDetector(get_detector("knn_cosine", n_neighbors=3), mondrian=True, min_calibration=2)
+    copy = clone(cd)
+    assert copy.get_params()["mondrian"] and copy.detector is not cd.detector
+    assert copy.detector.get_params()["n_neighbors"] == 3
+    copy.set_params(min_calibration=3)
+    assert copy.min_calibration == 3
+    cd.fit(x).calibrate(cal, labels=y)
+    with pytest.warns(FutureWarning, match="labels="):
+        old = ConformalDetector(get_detector("knn_cosine", n_neighbors=3), mondrian=True).fit(x).calibrate(cal, classes=y)
+    np.testing.assert_array_equal(cd.p_values(test, labels=t), old.p_values(test, t))

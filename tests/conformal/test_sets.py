@@ -74,11 +74,11 @@ def test_membership_agrees_with_score(family):
     s = _random_set(family, 4, 3)
     rng = np.random.default_rng(0)
     a, p = rng.normal(size=(500, 4)), rng.normal(size=(500, 4))
-    s.threshold_ = float(np.median(s.score(p, a)))
-    np.testing.assert_array_equal(s.contains(p, a), s.score(p, a) <= s.threshold_)
+    s.threshold_ = float(np.median(s.nonconformity(p, a)))
+    np.testing.assert_array_equal(s.contains(p, a), s.nonconformity(p, a) <= s.threshold_)
     # The score is a distance to the anchor: zero at the anchor, symmetric in its arguments.
-    np.testing.assert_allclose(s.score(a, a), 0.0, atol=1e-5)
-    np.testing.assert_allclose(s.score(p, a), s.score(a, p), rtol=1e-5)
+    np.testing.assert_allclose(s.nonconformity(a, a), 0.0, atol=1e-5)
+    np.testing.assert_allclose(s.nonconformity(p, a), s.nonconformity(a, p), rtol=1e-5)
 
 
 def test_log_volume_is_finite_in_high_dimension():
@@ -107,7 +107,7 @@ def test_coverage_guarantee_over_random_splits(family):
     alpha, n_cal = 0.1, 200
     s.alpha = alpha
     a_all, p_all, _ = pair_samples(y, 1, seed=0)
-    scores = s.score(x[p_all], x[a_all])
+    scores = s.nonconformity(x[p_all], x[a_all])
     rng = np.random.default_rng(1)
     covs = []
     for _ in range(250):

@@ -48,8 +48,8 @@ def test_one_vs_rest():
     s = train_calibration_test_split(d.labels, seed=0)
     task = one_vs_rest(d, s, "3")
     assert np.all(task.train.labels == 3) and np.all(task.calibration.labels == 3)
-    assert np.array_equal(task.test_is_inlier, task.test.labels == 3)
-    assert task.test_is_inlier.any() and (~task.test_is_inlier).any()
+    assert np.array_equal(task.is_inlier, task.test.labels == 3)
+    assert task.is_inlier.any() and (~task.is_inlier).any()
     assert set(task.test.labels.tolist()) == set(range(10))
     with pytest.raises(ValueError, match="unknown class"):
         one_vs_rest(d, s, "eleven")

@@ -35,7 +35,7 @@ def test_digits_vs_fashion_mnist_pair():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     task = named_ood_pair("digits-vs-fashion-mnist", out_test_size=200, seed=1)
     assert task.test.images.shape[1:] == (1, 8, 8)
-    assert int((~task.test_is_inlier).sum()) == 200
-    assert len(task.train) + len(task.calibration) + int(task.test_is_inlier.sum()) == 1797
+    assert int((~task.is_inlier).sum()) == 200
+    assert len(task.train) + len(task.calibration) + int(task.is_inlier.sum()) == 1797
     again = named_ood_pair("digits-vs-fashion-mnist", out_test_size=200, seed=1)
     np.testing.assert_array_equal(again.test.images, task.test.images)

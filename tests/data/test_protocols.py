@@ -29,7 +29,7 @@ def test_leave_one_class_out_sizes_and_disjointness(digits):
     assert 4 not in set(task.train.labels) and 4 not in set(task.calibration.labels)
     assert len(task.train) == int((d.labels[s.train] != 4).sum())
     assert len(task.calibration) == int((d.labels[s.calibration] != 4).sum())
-    np.testing.assert_array_equal(task.test_is_inlier, task.test.labels != 4)
+    np.testing.assert_array_equal(task.is_inlier, task.test.labels != 4)
     assert not (_ids(task.train, d) & _ids(task.test, d))
     again = leave_one_class_out(d, train_calibration_test_split(d.labels, seed=0), 4)
     np.testing.assert_array_equal(again.train.images, task.train.images)
@@ -38,7 +38,7 @@ def test_leave_one_class_out_sizes_and_disjointness(digits):
 def test_one_vs_rest_and_leave_one_out_are_complements(digits):
     d, s = digits
     a, b = one_vs_rest(d, s, 2), leave_one_class_out(d, s, 2)
-    np.testing.assert_array_equal(a.test_is_inlier, ~b.test_is_inlier)
+    np.testing.assert_array_equal(a.is_inlier, ~b.is_inlier)
 
 
 @pytest.mark.parametrize("shots", [0, 1, 10])
@@ -63,8 +63,8 @@ def test_in_vs_out(digits):
     out = ImageArrays(rng.uniform(size=(50, 1, 8, 8)).astype(np.float32), np.zeros(50, dtype=int))
     task = in_vs_out(d, out, s, name="digits-vs-noise", out_test_size=20)
     assert len(task.test) == len(s.test) + 20
-    assert task.test_is_inlier.sum() == len(s.test)
-    assert np.all(task.test.labels[~task.test_is_inlier] == -1)
+    assert task.is_inlier.sum() == len(s.test)
+    assert np.all(task.test.labels[~task.is_inlier] == -1)
     assert len(task.train) == len(s.train) and len(task.calibration) == len(s.calibration)
     with pytest.raises(ValueError, match="shape"):
         in_vs_out(d, ImageArrays(np.zeros((3, 1, 4, 4), np.float32), np.zeros(3, dtype=int)), s)

@@ -6,15 +6,16 @@ import os
 import warnings
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
-from .._validation import check_alpha, check_scores
+from .._validation import check_alpha, check_scores, renamed
 from .bh import benjamini_hochberg
 from .split import ConformalWarning, conformal_p_values, conformal_rank
 
 KIND = "ConformalDetector"
 
 
-class ConformalDetector:
+class ConformalDetector(BaseEstimator):
     """Split-conformal calibration of a detector (higher score = more in-distribution).
 
     ``fit`` trains the wrapped detector; ``calibrate`` scores held-out in-distribution data that the
@@ -25,9 +26,13 @@ class ConformalDetector:
     * :meth:`select`: Benjamini–Hochberg over a batch of p-values, hence FDR <= alpha among the flagged
       inputs (conformal p-values are PRDS, Bates et al. 2023).
 
+    **Which is which.** The wrapped detector's scores are *higher for inliers*; p-values are *small for
+    unusual inputs*; :meth:`predict` and :meth:`select` return *flags*, True for an input declared
+    out-of-distribution.
+
     With ``mondrian=True`` the calibration is class-conditional: calibration scores are grouped by the
-    ``classes`` given to :meth:`calibrate`, and a test input is compared only with the scores of the class
-    given for it, so each class keeps its own guarantee P(flag | in-distribution, class k) <= alpha. Give
+    ``labels`` given to :meth:`calibrate` (the same name as in :meth:`fit`), and a test input is compared only
+    with the scores of the class given for it, so each class keeps its own guarantee P(flag | in-distribution, class k) <= alpha. Give
     true classes when they are known at test time, or predicted classes in both places (the guarantee is
     then conditional on the predicted class).
     """
@@ -43,12 +48,15 @@ class ConformalDetector:
         self.detector.fit(features, labels)
         return self
 
-    def calibrate(self, features, classes=None) -> ConformalDetector:
-        """Score held-out in-distribution data and keep the sorted scores (per class when Mondrian)."""
-        return self.calibrate_scores(self.detector.score_samples(features), classes)
+    def calibrate(self, features, labels=None, *, classes=None) -> ConformalDetector:
+        """Score held-out in-distribution data and keep the sorted scores (per class of ``labels`` when
+        Mondrian; ``classes=`` is the former name)."""
+        labels = renamed(labels, classes, "labels", "classes")
+        return self.calibrate_scores(self.detector.score_samples(features), labels)
 
-    def calibrate_scores(self, scores, classes=None) -> ConformalDetector:
+    def calibrate_scores(self, scores, labels=None, *, classes=None) -> ConformalDetector:
         """Calibrate from precomputed scores of held-out in-distribution data."""
+        classes = renamed(labels, classes, "labels", "classes")
         s = check_scores(scores, "calibration scores", min_size=self.min_calibration)
         if self.mondrian:
             c = self._check_classes(classes, s.size, "calibrate")
@@ -59,17 +67,17 @@ class ConformalDetector:
                 raise ValueError(f"classes with fewer than {self.min_calibration} calibration scores: {small}")
         else:
             if classes is not None:
-                raise ValueError("classes are only used with mondrian=True")
+                raise ValueError("labels are only used with mondrian=True")
             self.calibration_ = {-1: np.sort(s)}
         return self
 
     @staticmethod
     def _check_classes(classes, n: int, where: str) -> np.ndarray:
         if classes is None:
-            raise ValueError(f"mondrian=True needs the class of every input: {where}(..., classes=...)")
+            raise ValueError(f"mondrian=True needs the class of every input: {where}(..., labels=...)")
         c = np.asarray(classes)
         if c.shape != (n,) or not np.issubdtype(c.dtype, np.integer):
-            raise ValueError(f"classes must be integers of shape ({n},), got dtype {c.dtype} and shape {c.shape}")
+            raise ValueError(f"labels must be integers of shape ({n},), got dtype {c.dtype} and shape {c.shape}")
         return c
 
     def _check_calibrated(self) -> None:
@@ -77,8 +85,9 @@ class ConformalDetector:
             raise ValueError("call calibrate(...) on held-out in-distribution data before testing")
 
     # -- decisions ---------------------------------------------------------------------------------
-    def p_values_from_scores(self, scores, classes=None) -> np.ndarray:
+    def p_values_from_scores(self, scores, labels=None, *, classes=None) -> np.ndarray:
         """Conformal p-values of precomputed test scores (small = unusually abnormal)."""
+        classes = renamed(labels, classes, "labels", "classes")
         self._check_calibrated()
         s = check_scores(scores, "test scores")
         if not self.mondrian:
@@ -86,7 +95,7 @@ class ConformalDetector:
         c = self._check_classes(classes, s.size, "p_values")
         unknown = sorted(set(np.unique(c).tolist()) - set(self.calibration_))
         if unknown:
-            raise ValueError(f"classes {unknown} had no calibration data")
+            raise ValueError(f"labels {unknown} had no calibration data")
         p = np.empty(s.size)
         for k, cal in self.calibration_.items():
             sel = c == k
@@ -94,21 +103,26 @@ class ConformalDetector:
                 p[sel] = conformal_p_values(cal, s[sel])
         return p
 
-    def p_values(self, features, classes=None) -> np.ndarray:
-        """Conformal p-values of new inputs."""
+    def p_values(self, features, labels=None, *, classes=None) -> np.ndarray:
+        """Conformal p-values of new inputs (small = unusual)."""
+        labels = renamed(labels, classes, "labels", "classes")
         self._check_calibrated()
-        return self.p_values_from_scores(self.detector.score_samples(features), classes)
+        return self.p_values_from_scores(self.detector.score_samples(features), labels)
 
-    def predict(self, features, alpha: float, classes=None) -> np.ndarray:
-        """True for inputs flagged as out-of-distribution at level alpha (P(false alarm) <= alpha)."""
+    def predict(self, features, alpha: float, labels=None, *, classes=None) -> np.ndarray:
+        """Flags: True for inputs declared out-of-distribution at level alpha, so that
+        P(an in-distribution input is flagged) <= alpha."""
+        labels = renamed(labels, classes, "labels", "classes")
         alpha = check_alpha(alpha)
-        p = self.p_values(features, classes)
+        p = self.p_values(features, labels)
         self._warn_unreachable(alpha)
         return p <= alpha
 
-    def select(self, features, alpha: float, classes=None) -> np.ndarray:
-        """Benjamini–Hochberg selection over the batch: flagged inputs with FDR <= alpha."""
-        return benjamini_hochberg(self.p_values(features, classes), alpha)
+    def select(self, features, alpha: float, labels=None, *, classes=None) -> np.ndarray:
+        """Flags by Benjamini–Hochberg over the batch: True for inputs declared out-of-distribution, with
+        FDR <= alpha among them."""
+        labels = renamed(labels, classes, "labels", "classes")
+        return benjamini_hochberg(self.p_values(features, labels), alpha)
 
     def _warn_unreachable(self, alpha: float) -> None:
         small = {k: v.size for k, v in self.calibration_.items() if conformal_rank(alpha, v.size) == 0}

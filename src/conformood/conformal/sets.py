@@ -6,7 +6,7 @@ contains a new anchor's positive with probability ≥ 1 − α (Lemma 1, eq. 8),
 learned to exclude negatives (eq. 16) or to shrink the set's volume (eq. 19, Proposition 1).
 
 This module holds the interface every family shares (``fit`` on training triplets, ``calibrate`` on
-calibration pairs, ``distance``, ``contains``, ``log_volume``, ``score``) and the conformal quantile; the
+calibration pairs, ``distance``, ``contains``, ``log_volume``, ``nonconformity``) and the conformal quantile; the
 families themselves are in :mod:`conformood.conformal.set_families`, their training in
 :mod:`conformood.conformal.set_training`.
 """
@@ -170,8 +170,9 @@ class ConformalSet(nn.Module):
     def forward(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         return self.distance(points, anchors)
 
-    def score(self, points, anchors) -> np.ndarray:
-        """g(point_i, anchor_i) row by row, as float64 (the conformity score; lower = inside)."""
+    def nonconformity(self, points, anchors) -> np.ndarray:
+        """g(point_i, anchor_i) row by row, as float64: a distance, *lower = inside the set* (the opposite of
+        the detectors' scores, which are higher for inliers)."""
         p = _as_tensor(points, "points", self.dim)
         a = _as_tensor(anchors, "anchors", self.dim)
         if p.shape[0] != a.shape[0]:
@@ -179,9 +180,17 @@ class ConformalSet(nn.Module):
         with torch.no_grad():
             return self._distance64(p, a).numpy()
 
+    def score(self, points, anchors) -> np.ndarray:
+        """Former name of :meth:`nonconformity` (a distance, lower = inside)."""
+        import warnings
+
+        warnings.warn("ConformalSet.score is deprecated: it is a distance; use nonconformity", FutureWarning,
+                      stacklevel=2)
+        return self.nonconformity(points, anchors)
+
     def contains(self, points, anchors) -> np.ndarray:
         """Boolean (n,): point_i ∈ N(anchor_i), i.e. g(point_i, anchor_i) ≤ q̂."""
-        return self.score(points, anchors) <= self._check_calibrated()
+        return self.nonconformity(points, anchors) <= self._check_calibrated()
 
     def log_volume(self) -> float:
         """log Vol(N_q̂) of the calibrated set (same for every anchor)."""

@@ -14,14 +14,22 @@ from .splits import Split
 class OODTask:
     """One OOD problem: in-distribution training and calibration images, a mixed test set.
 
-    ``test_is_inlier`` is True for test images of the in-distribution class(es).
+    ``is_inlier`` is True for test images of the in-distribution class(es).
     """
 
     name: str
     train: ImageArrays
     calibration: ImageArrays
     test: ImageArrays
-    test_is_inlier: np.ndarray
+    is_inlier: np.ndarray
+
+    @property
+    def test_is_inlier(self) -> np.ndarray:
+        """Former name of :attr:`is_inlier`."""
+        import warnings
+
+        warnings.warn("OODTask.test_is_inlier is deprecated; use is_inlier", FutureWarning, stacklevel=2)
+        return self.is_inlier
     outlier_exposure: ImageArrays | None = None
 
 
@@ -47,7 +55,7 @@ def one_vs_rest(data: ImageArrays, split: Split, normal_class: str | int) -> OOD
         train=data.subset(train_idx),
         calibration=data.subset(cal_idx),
         test=test,
-        test_is_inlier=is_inlier,
+        is_inlier=is_inlier,
     )
 
 

@@ -11,7 +11,6 @@ exclusion of negatives, log-volume. Jobs (seed × method) run in ``workers`` pro
 from __future__ import annotations
 
 import multiprocessing as mp
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._validation import check_alpha, check_positive_int
 from ..io import write_json
+from ..results import environment, result_header
 
 ROWS = (
     ("Conformal Ball (ℓ2)", "ball", None),
@@ -105,7 +105,7 @@ def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) ->
     a, p, _ = pair_samples(y[ca], 1, seed + 1)
     cset.calibrate(x[ca][a], x[ca][p])
     out = evaluate_set(cset, x[te], y[te], cfg.eval_pairs, seed + 2)
-    return out | info | {"seed": seed, "seconds": time.perf_counter() - t0, "params": cset.state()}
+    return out | info | {"seed": seed, "wall_time_s": time.perf_counter() - t0, "params": cset.state()}
 
 
 def _job(args):
@@ -118,7 +118,7 @@ def _stat(values) -> dict:
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
 
-def run_ccs_sim(out_dir: str | Path, config: CCSSimConfig | None = None, progress: bool = True) -> dict:
+def run_ccs_sim(config: CCSSimConfig | None, out_dir: str | Path, progress: bool = True) -> dict:
     """Run Table 1; write ``ccs_sim.json`` (per method coverage / exclusion / log_volume, mean and std over
     seeds) and ``ccs_sim.md`` to ``out_dir``."""
     cfg = config or CCSSimConfig()
@@ -150,42 +150,19 @@ def run_ccs_sim(out_dir: str | Path, config: CCSSimConfig | None = None, progres
             "coverage": _stat([r["coverage"] for r in runs]),
             "exclusion": _stat([r["exclusion"] for r in runs]),
             "log_volume": _stat([r["log_volume"] for r in runs]),
-            "per_seed": [{k: r[k] for k in ("seed", "coverage", "exclusion", "log_volume", "seconds")} for r in runs],
+            "per_seed": [{k: r[k] for k in ("seed", "coverage", "exclusion", "log_volume", "wall_time_s")} for r in runs],
         }
     payload = {
-        "config": asdict(cfg),
+        **result_header("reproduce ccs-sim", asdict(cfg)),
         "methods": methods,
         "paper_table1": {
             k: {"coverage_pct": v[0], "exclusion_pct": v[1], "log_volume": v[2]} for k, v in PAPER_TABLE1.items()
         },
-        "seconds": time.perf_counter() - t0,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "workers": cfg.workers},
+        "wall_time_s": time.perf_counter() - t0,
+        "environment": environment(workers=cfg.workers),
     }
     write_json(out / "ccs_sim.json", payload)
-    (out / "ccs_sim.md").write_text(render_ccs_markdown(payload))
+    from ..report.ccs import render_ccs
+
+    render_ccs(payload, out)
     return payload
-
-
-def render_ccs_markdown(payload: dict) -> str:
-    cfg = payload["config"]
-    lines = [
-        "# Contrastive conformal sets on the 3-D mixed clusters (Table 1)",
-        "",
-        f"{cfg['seeds']} seed(s) from {cfg['seed_offset']}; α = {cfg['alpha']}, {cfg['pairs_per_anchor']} pairs per anchor, {cfg['epochs']} epochs, "
-        f"SGD lr {cfg['lr']} (momentum {cfg['momentum']}), batch {cfg['batch_size']}, clip {cfg['clip']}, λ = {cfg['lam']}, "
-        f"steepness {cfg['steepness']}, quantile {'detached' if cfg['detach_quantile'] else 'differentiated'}. "
-        "Mean ± std over seeds; the paper's Table 1 (40 seeds) beside it.",
-        "",
-        "| Method | Coverage | Exclusion ↑ | LogVol ↓ | paper Coverage | paper Exclusion | paper LogVol |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for label, r in payload["methods"].items():
-        pc, pe, pv = PAPER_TABLE1[label]
-        lines.append(
-            f"| {label} | {100 * r['coverage']['mean']:.1f} ± {100 * r['coverage']['std']:.1f}% "
-            f"| {100 * r['exclusion']['mean']:.1f} ± {100 * r['exclusion']['std']:.1f}% "
-            f"| {r['log_volume']['mean']:.2f} ± {r['log_volume']['std']:.2f} "
-            f"| {pc[0]:.1f} ± {pc[1]:.1f}% | {pe[0]:.1f} ± {pe[1]:.1f}% | {pv[0]:.2f} ± {pv[1]:.2f} |"
-        )
-    lines += ["", f"Wall time {payload['seconds']:.0f} s with {cfg['workers']} worker process(es).", ""]
-    return "\n".join(lines)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .._validation import check_alpha, check_positive_int
@@ -30,9 +28,11 @@ from ..data.segmentation import (
     load_segmentation_folders,
     load_segmentation_npz,
 )
-from ..io import atomic_path, load_state, save_state, write_json
+from ..io import load_state, save_state, write_json, write_npz
 from ..metrics.segmentation import coverage_gap, marginal_coverage, segmentation_risk
 from ..models.segmentation import SmallUNet
+from ..report.coat import render_coat
+from ..results import environment, result_header
 from ..train.segmentation import predict_probabilities, train_segmentation_model
 
 METHODS = ("CRC", "AT", "COAT")
@@ -141,9 +141,7 @@ def base_probabilities(
         if probs.shape == held.masks.shape:
             return probs, info
     probs = predict_probabilities(model, held.float_images())
-    with atomic_path(cache_path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, probs=probs)
+    write_npz(cache_path, probs=probs)
     return probs, info
 
 
@@ -172,7 +170,7 @@ def split_indices(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return order[:n_eval], order[n_eval : n_eval + n_fit], order[n_eval + n_fit :]
 
 
-def run_coat(out_dir: str | Path, config: CoatConfig | None = None, progress: bool = True) -> dict:
+def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = True) -> dict:
     """Run CRC, AT and COAT over random splits; write ``coat.json``, ``coat.md`` and figures to ``out_dir``."""
     cfg = config or CoatConfig()
     out = Path(out_dir)
@@ -240,7 +238,7 @@ def run_coat(out_dir: str | Path, config: CoatConfig | None = None, progress: bo
             results[key][method]["per_split_coverage_gap"] = [r["coverage_gap"] for r in runs]
             results[key][method]["per_split_marginal_coverage"] = [r["marginal_coverage"] for r in runs]
     payload = {
-        "config": asdict(cfg),
+        **result_header("reproduce coat", asdict(cfg)),
         "data": {
             **source,
             "base_train_images": len(train),
@@ -252,118 +250,24 @@ def run_coat(out_dir: str | Path, config: CoatConfig | None = None, progress: bo
         "base_model": {k: v for k, v in base_info.items() if k != "train_loss"}
         | {"final_train_loss": (base_info.get("train_loss") or [None])[-1]},
         "results": results,
+        "coat_training_loss": coat_losses,
         "paper": PAPER_NOTE,
-        "seconds": time.perf_counter() - t_start,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "wall_time_s": time.perf_counter() - t_start,
+        "environment": environment(),
     }
     write_json(out / "coat.json", payload)
-    _write_figures(out, cfg, per_split, coat_losses, examples, held, probs)
-    (out / "coat.md").write_text(render_coat_markdown(payload))
+    render_coat(payload, out, {key: _overlay_examples(ex, held, probs) for key, ex in examples.items()})
     return payload
 
 
-def render_coat_markdown(payload: dict) -> str:
-    """Markdown table of ``coat.json`` (mean ± std over splits)."""
-    cfg = payload["config"]
-    d = payload["data"]
-    alphas = list(payload["results"])
-    lines = [
-        "# CRC, AT and COAT: marginal coverage and coverage gap",
-        "",
-        f"Data: {d['source']}" + (f" (class {d['class']})" if "class" in d else "")
-        + f"; base model trained on {d['base_train_images']} images; {d['held_out_used']} held-out images with a "
-        f"non-empty mask ({d['held_out_empty_masks_dropped']} dropped for an empty mask), split "
-        f"{d['split_sizes']['evaluation']} / {d['split_sizes']['threshold_training']} / {d['split_sizes']['calibration']} "
-        f"(evaluation / threshold training / calibration) over {cfg['splits']} random splits.",
-        "",
-        "| Method | " + " | ".join(f"α={a} coverage | α={a} gap | α={a} set size" for a in alphas) + " |",
-        "|---|" + "---|---|---|" * len(alphas),
-    ]
-    for method in METHODS:
-        cells = []
-        for a in alphas:
-            r = payload["results"][a][method]
-            cells += [
-                f"{r['marginal_coverage']['mean']:.3f} ({r['marginal_coverage']['std']:.3f})",
-                f"{r['coverage_gap']['mean']:.3f} ({r['coverage_gap']['std']:.3f})",
-                f"{r['set_size']['mean']:.3f}",
-            ]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean (std) over splits. " + payload["paper"], ""]
-    for a in alphas:
-        gaps = {m: payload["results"][a][m]["coverage_gap"]["mean"] for m in METHODS}
-        cov = payload["results"][a]["COAT"]["marginal_coverage"]["mean"]
-        lo, hi = 1 - float(a) - 0.02, 1 - float(a) + 0.03
-        lines.append(
-            f"- α = {a}: COAT gap {gaps['COAT']:.3f} vs CRC {gaps['CRC']:.3f} "
-            f"({'below' if gaps['COAT'] < gaps['CRC'] else 'NOT below'}); COAT coverage {cov:.3f} "
-            f"({'inside' if lo <= cov <= hi else 'OUTSIDE'} [{lo:.2f}, {hi:.2f}])."
-        )
-    lines += ["", "Figures: `coverage_gap_boxplot.png`, `coat_training_loss.png`, `overlays_alpha*.png`.", ""]
-    return "\n".join(lines)
-
-
-def _write_figures(out, cfg, per_split, coat_losses, examples, held, probs) -> None:
-    from ..report.plots import plot_curves, pyplot
-
-    plt = pyplot()
-    alphas = list(per_split)
-    fig, axes = plt.subplots(1, len(alphas), figsize=(4.5 * len(alphas), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], alphas):
-        data = [[r["coverage_gap"] for r in per_split[key][m]] for m in METHODS]
-        ax.boxplot(data)
-        ax.set_xticks(range(1, len(METHODS) + 1), METHODS)
-        ax.set_title(f"coverage gap, α = {key}")
-        ax.set_ylabel("mean |TPR − (1 − α)|")
-    fig.tight_layout()
-    with atomic_path(out / "coverage_gap_boxplot.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    if coat_losses:
-        plot_curves(
-            {f"α = {k}": v for k, v in coat_losses.items()},
-            out / "coat_training_loss.png",
-            xlabel="epoch",
-            ylabel="L_COAT (mean over D_2)",
-            title="COAT training loss (split 0)",
-        )
-    for key, ex in examples.items():
-        _overlay_figure(out / f"overlays_alpha{key}.png", float(key), ex, held, probs)
-
-
-def _overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """True positives white, false negatives red, false positives cyan, on a dimmed image."""
-    rgb = image.astype(np.float32) / 255.0 * 0.45
-    rgb[pred & truth] = (1.0, 1.0, 1.0)
-    rgb[~pred & truth] = (1.0, 0.0, 0.0)
-    rgb[pred & ~truth] = (0.0, 0.9, 0.9)
-    return rgb
-
-
-def _overlay_figure(path: Path, alpha: float, ex: dict, held: SegmentationData, probs: np.ndarray) -> None:
-    from ..report.plots import pyplot
-
-    plt = pyplot()
+def _overlay_examples(ex: dict, held: SegmentationData, probs: np.ndarray, n: int = 6) -> dict:
+    """The ``n`` evaluation images where CRC and COAT differ most in TPR (the informative ones), with both
+    sets and the ground truth, for :func:`conformood.report.coat.render_coat`."""
     ev = ex["eval"]
     t_ev, corr = ex["coat"]
     crc = crc_sets(probs[ev], ex["crc_threshold"])
     coat = adaptive_sets(probs[ev], t_ev, corr)
     tpr_crc = segmentation_risk(crc, held.masks[ev]).tpr
-    # Show the images where the two methods differ most, the informative ones.
-    pick = np.argsort(-np.abs(tpr_crc - segmentation_risk(coat, held.masks[ev]).tpr))[:6]
-    fig, axes = plt.subplots(3, len(pick), figsize=(2.4 * len(pick), 6.0), squeeze=False)
-    for col, j in enumerate(pick):
-        i = ev[j]
-        truth = held.masks[i]
-        axes[0, col].imshow(held.images[i])
-        for row, (name, sets) in enumerate((("CRC", crc[j]), ("COAT", coat[j])), start=1):
-            fnr = 1.0 - np.count_nonzero(sets & truth) / np.count_nonzero(truth)
-            axes[row, col].imshow(_overlay(held.images[i], sets, truth))
-            axes[row, col].set_title(f"{name} FNR={fnr:.3f}", fontsize=8)
-        for row in range(3):
-            axes[row, col].axis("off")
-    fig.suptitle(f"CRC vs COAT at α = {alpha:g} (white TP, red FN, cyan FP)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    pick = np.argsort(-np.abs(tpr_crc - segmentation_risk(coat, held.masks[ev]).tpr))[:n]
+    rows = ev[pick]
+    return {"images": held.images[rows], "truth": held.masks[rows], "CRC": crc[pick], "COAT": coat[pick]}

@@ -9,7 +9,6 @@ report shows what training bought.
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from ..data import (
     train_calibration_test_split,
 )
 from ..io import write_json
-from ..metrics import flagged_rate, ood_metrics
+from ..metrics import decision_metrics, ood_metrics
+from ..results import environment, result_header
 from ..scores import get_detector
 from ..train.recipes import TrainRunConfig, train_contrastive_encoder
 
@@ -69,12 +69,9 @@ class DemoConfig:
 
 def _method_result(scores_test: np.ndarray, scores_cal: np.ndarray, task: OODTask, alpha: float) -> dict:
     threshold = conformal_threshold(scores_cal, alpha)
-    inlier_scores = scores_test[task.test_is_inlier]
-    anomaly_scores = scores_test[~task.test_is_inlier]
     return {
-        **ood_metrics(scores_test, task.test_is_inlier).to_dict(),
-        "test_fpr_at_alpha": flagged_rate(inlier_scores, threshold),
-        "test_anomalies_flagged_at_alpha": flagged_rate(anomaly_scores, threshold),
+        **ood_metrics(scores_test, task.is_inlier).to_dict(),
+        **decision_metrics(scores_test < threshold, task.is_inlier),
         "threshold": threshold,
     }
 
@@ -94,7 +91,7 @@ def _train_firm(task: OODTask, cfg: DemoConfig, seed: int, checkpoint: Path, pro
     )
 
 
-def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bool = True) -> dict:
+def run_demo(config: DemoConfig | None, out_dir: str | Path, progress: bool = True) -> dict:
     """Run the demo, write ``metrics.json``, ``scores.json``, ``report.md`` and plots to ``out_dir``."""
     from tqdm.auto import tqdm
 
@@ -124,10 +121,10 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         per_class[name] = {
             "n_train": len(task.train),
             "n_calibration": len(task.calibration),
-            "n_test_inliers": int(task.test_is_inlier.sum()),
-            "n_test_anomalies": int((~task.test_is_inlier).sum()),
+            "n_test_inliers": int(task.is_inlier.sum()),
+            "n_test_ood": int((~task.is_inlier).sum()),
         }
-        scores_out[name] = {"is_inlier": task.test_is_inlier.astype(int).tolist()}
+        scores_out[name] = {"is_inlier": task.is_inlier.astype(int).tolist()}
         for method, (f_train, f_cal, f_test) in features.items():
             detector = get_detector("knn_cosine", n_neighbors=cfg.n_neighbors).fit(f_train)
             s_cal, s_test = detector.score_samples(f_cal), detector.score_samples(f_test)
@@ -137,23 +134,18 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     metric_keys = [k for k in per_class[next(iter(per_class))]["firm"] if k != "threshold"]
     mean = {m: {k: float(np.mean([per_class[c][m][k] for c in per_class])) for k in metric_keys} for m in METHODS}
     result = {
+        **result_header("demo", asdict(cfg)),
         "task": "one-vs-rest anomaly detection on scikit-learn digits",
         "positive_class": "in-distribution (metrics); flagged = score below the conformal threshold",
         "methods": {
             "firm": "FIRM loss with rotations as synthetic outliers, s_con on encoder features",
             "raw_pixels": "s_con on raw pixel vectors (no training)",
         },
-        "config": asdict(cfg),
         "per_class": per_class,
         "mean": mean,
         "training_loss": losses,
         "wall_time_s": time.perf_counter() - start,
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": cfg.device,
-        },
+        "environment": environment(device=cfg.device),
     }
     write_json(out / "metrics.json", result)
     write_json(out / "scores.json", scores_out)

@@ -1,7 +1,8 @@
 """``conformood evaluate``: any registered detector, conformal calibration, OOD metrics and guarantees.
 
 Inputs are ``.npz`` files with ``features`` (n, d), optional ``labels`` (n,) and ``logits`` (n, C); the test
-file also holds ``is_ood`` (n,) bool. The detector is fitted on the training file, calibrated on the
+file also holds ``is_inlier`` (n,) bool, True for in-distribution samples (the legacy ``is_ood``, its
+negation, is also read). The detector is fitted on the training file, calibrated on the
 calibration file (in-distribution only), and evaluated on the test file. Results are written as JSON first;
 Markdown, HTML and figures are rendered from them.
 """
@@ -9,15 +10,18 @@ Markdown, HTML and figures are rendered from them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .._validation import check_alpha, check_binary_labels
 from ..conformal import ConformalDetector, benjamini_hochberg, conformal_threshold
-from ..io import write_json
-from ..metrics import ood_metrics
+from ..io import write_json, write_npz, write_text
+from ..metrics import decision_metrics, ood_metrics
+from ..report.evaluation import render_evaluation
+from ..results import environment, result_header
 from ..scores import detector_info, get_detector
 
 ALPHA_GRID = np.round(np.arange(0.01, 0.51, 0.01), 2)
@@ -25,17 +29,18 @@ ALPHA_GRID = np.round(np.arange(0.01, 0.51, 0.01), 2)
 
 @dataclass
 class FeatureFile:
-    """The arrays of one features file (`features`, `labels`, `logits`, `is_ood`)."""
+    """The arrays of one features file (`features`, `labels`, `logits`, `is_inlier`)."""
 
     features: np.ndarray | None
     labels: np.ndarray | None = None
     logits: np.ndarray | None = None
-    is_ood: np.ndarray | None = None
+    is_inlier: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
 
 def load_feature_file(path: str | os.PathLike, needs_ood: bool = False) -> FeatureFile:
-    """Read a ``features`` / ``labels`` / ``logits`` / ``is_ood`` npz file (no pickle)."""
+    """Read a ``features`` / ``labels`` / ``logits`` / ``is_inlier`` npz file (no pickle; ``is_ood``, the
+    former key, is read as its negation)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file {path}")
@@ -50,9 +55,14 @@ def load_feature_file(path: str | os.PathLike, needs_ood: bool = False) -> Featu
         if value is not None and len(value) != n:
             raise ValueError(f"{path}: '{key}' has {len(value)} rows but there are {n} samples")
     if needs_ood:
-        if "is_ood" not in arrays:
-            raise ValueError(f"{path} needs a boolean array 'is_ood' (n,) marking the OOD samples")
-        split.is_ood = check_binary_labels(arrays["is_ood"], "is_ood", n)
+        if "is_inlier" in arrays and "is_ood" in arrays:
+            raise ValueError(f"{path} holds both 'is_inlier' and 'is_ood'; keep one ('is_inlier', True = in-distribution)")
+        if "is_inlier" in arrays:
+            split.is_inlier = check_binary_labels(arrays["is_inlier"], "is_inlier", n)
+        elif "is_ood" in arrays:
+            split.is_inlier = ~check_binary_labels(arrays["is_ood"], "is_ood", n)
+        else:
+            raise ValueError(f"{path} needs a boolean array 'is_inlier' (n,), True for the in-distribution samples")
     return split
 
 
@@ -68,16 +78,39 @@ def _inputs(split: FeatureFile, kind: str, name: str, path_hint: str) -> np.ndar
     return split.features
 
 
-def evaluate_files(
-    train: str | os.PathLike, calibration: str | os.PathLike, test: str | os.PathLike, detector: str,
-    options: dict | None = None, alpha: float = 0.1, out_dir: str | os.PathLike = "evaluation",
-    mondrian: bool = False,
-) -> dict:
+@dataclass
+class EvaluateConfig:
+    """What ``conformood evaluate`` evaluates: three feature files, a registered detector and its options,
+    the level α of the guarantees, and whether to calibrate per class (Mondrian)."""
+
+    train: str
+    calibration: str
+    test: str
+    detector: str = "knn_cosine"
+    options: dict = field(default_factory=dict)
+    alpha: float = 0.1
+    mondrian: bool = False
+
+    def __post_init__(self) -> None:
+        self.alpha = check_alpha(self.alpha)
+        detector_info(self.detector)  # a clear error for an unknown name
+        self.train, self.calibration, self.test = str(self.train), str(self.calibration), str(self.test)
+        self.options = dict(self.options or {})
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Run the evaluation and write ``evaluation.json``, ``evaluation.md``, ``report.html``, figures and
     the calibrated detector (``detector.safetensors``, reusable by ``conformood score``)."""
-    alpha = check_alpha(alpha)
+    start = time.perf_counter()
+    cfg = config
+    alpha, detector, options, mondrian = cfg.alpha, cfg.detector, cfg.options, cfg.mondrian
     info = detector_info(detector)
-    tr, cal, te = load_feature_file(train), load_feature_file(calibration), load_feature_file(test, needs_ood=True)
+    tr, cal, te = (load_feature_file(cfg.train), load_feature_file(cfg.calibration),
+                   load_feature_file(cfg.test, needs_ood=True))
     if info.needs_labels and tr.labels is None:
         raise ValueError(f"detector {detector!r} needs class labels: add 'labels' to the training file")
     if mondrian and (cal.labels is None or te.labels is None):
@@ -90,12 +123,12 @@ def evaluate_files(
     cd.calibrate_scores(cal_scores, cal.labels if mondrian else None)
     test_scores = det.score_samples(_inputs(te, info.input, detector, "test"))
     p = cd.p_values_from_scores(test_scores, te.labels if mondrian else None)
-    is_inlier = ~te.is_ood
+    is_inlier = te.is_inlier
     metrics = ood_metrics(test_scores, is_inlier).to_dict()
     flagged = p <= alpha
     bh = benjamini_hochberg(p, alpha)
-    n_disc = int(bh.sum())
     result = {
+        **result_header("evaluate", asdict(cfg)),
         "detector": detector,
         "reference": info.reference,
         "options": options or {},
@@ -106,11 +139,8 @@ def evaluate_files(
         "n_test_inliers": int(is_inlier.sum()),
         "n_test_ood": int((~is_inlier).sum()),
         **metrics,
-        "realised_fpr_at_alpha": float(flagged[is_inlier].mean()),
-        "ood_flagged_at_alpha": float(flagged[~is_inlier].mean()),
-        "bh_discoveries": n_disc,
-        "bh_fdp": float(bh[is_inlier].sum() / max(n_disc, 1)),
-        "bh_power": float(bh[~is_inlier].mean()),
+        **decision_metrics(flagged, is_inlier, bh),
+        "threshold": _finite_or_none(conformal_threshold(cal_scores, alpha)) if not mondrian else None,
         "realised_fpr_curve": {
             "alpha": ALPHA_GRID.tolist(),
             "fpr": [float((p[is_inlier] <= a).mean()) for a in ALPHA_GRID],
@@ -118,77 +148,15 @@ def evaluate_files(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    result["wall_time_s"] = time.perf_counter() - start
+    result["environment"] = environment()
     write_json(out / "evaluation.json", result)
-    np.savez(out / "test_scores.npz", scores=test_scores, p_values=p, is_ood=te.is_ood, calibration_scores=cal_scores)
+    write_npz(out / "test_scores.npz", scores=test_scores, p_values=p, is_inlier=te.is_inlier,
+              calibration_scores=cal_scores)
     if all(isinstance(v, (int, float, str, bool)) for v in (options or {}).values()):
         cd.save(out / "detector.safetensors")
     render_evaluation(out)
     return result
-
-
-def render_evaluation(out_dir: str | os.PathLike) -> None:
-    """Render ``evaluation.md``, ``report.html`` and the figures from ``evaluation.json``."""
-    import json
-
-    from ..report.html import render_html
-    from ..report.plots import plot_roc_grid, plot_score_histograms, pyplot
-
-    out = Path(out_dir)
-    r = json.loads((out / "evaluation.json").read_text())
-    with np.load(out / "test_scores.npz", allow_pickle=False) as z:
-        scores, p, is_ood, cal = z["scores"], z["p_values"], z["is_ood"], z["calibration_scores"]
-    inl = ~is_ood
-    plot_roc_grid({r["detector"]: {r["detector"]: (scores, inl)}}, out / "roc.png", "ROC (in-distribution positive)")
-    threshold = conformal_threshold(cal, r["alpha"]) if not r["mondrian"] else float("nan")
-    plot_score_histograms({r["detector"]: (scores, inl, threshold)}, out / "score_histogram.png",
-                          f"test scores; marginal conformal threshold at α = {r['alpha']}")
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].hist(p[inl], bins=20, range=(0, 1), color="tab:blue", alpha=0.8)
-    axes[0].set_title("p-values of test inliers (≈ uniform)")
-    axes[0].set_xlabel("conformal p-value")
-    curve = r["realised_fpr_curve"]
-    axes[1].plot(curve["alpha"], curve["fpr"], label="realised FPR on test inliers")
-    axes[1].plot([0, 0.5], [0, 0.5], ls=":", color="grey", label="target α")
-    axes[1].set_xlabel("α")
-    axes[1].set_ylabel("fraction of inliers flagged")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(out / "guarantee.png", dpi=110)
-    plt.close(fig)
-
-    keys = ["auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "realised_fpr_at_alpha",
-            "ood_flagged_at_alpha", "bh_discoveries", "bh_fdp", "bh_power"]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
-    lines = [
-        f"# conformood evaluation: {r['detector']}",
-        "",
-        f"Detector `{r['detector']}` ({r['reference']}), options {r['options']}; "
-        f"{r['n_train']} training, {r['n_calibration']} calibration, {r['n_test_inliers']} test inliers and "
-        f"{r['n_test_ood']} test OOD samples. α = {r['alpha']}{' (Mondrian, per class)' if r['mondrian'] else ''}.",
-        "Metrics take in-distribution as the positive class. `realised_fpr_at_alpha` is the fraction of test",
-        "inliers flagged (guaranteed ≤ α in expectation); `bh_*` describe Benjamini–Hochberg selection at level α",
-        "(false discovery proportion and power among the OOD samples).",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *[f"| {k} | {fmt(r[k])} |" for k in keys],
-        "",
-        "![ROC](roc.png)",
-        "",
-        "![scores](score_histogram.png)",
-        "",
-        "![guarantee](guarantee.png)",
-        "",
-    ]
-    (out / "evaluation.md").write_text("\n".join(lines))
-    render_html(
-        f"conformood evaluation: {r['detector']}",
-        [("Set-up", lines[2] + " " + lines[3] + " " + lines[4] + " " + lines[5])],
-        [("Metrics", ["metric", "value"], [[k, fmt(r[k])] for k in keys])],
-        [out / "roc.png", out / "score_histogram.png", out / "guarantee.png"],
-        out / "report.html",
-    )
 
 
 def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alpha: float,
@@ -205,6 +173,8 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     p = cd.p_values_from_scores(scores, classes)
     selected = benjamini_hochberg(p, alpha)
     result = {
+        **result_header("score", {"detector_file": str(detector_file), "inputs": str(inputs), "alpha": alpha,
+                                  "use_logits": use_logits}),
         "alpha": alpha,
         "n": int(p.size),
         "n_flagged": int((p <= alpha).sum()),
@@ -220,7 +190,7 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
         f"{i},{s:.10g},{q:.10g},{int(q <= alpha)},{int(b)}"
         for i, (s, q, b) in enumerate(zip(scores, p, selected))
     ]
-    out.with_suffix(".csv").write_text("\n".join(rows) + "\n")
+    write_text(out.with_suffix(".csv"), "\n".join(rows) + "\n")
     return result
 
 
@@ -261,8 +231,8 @@ def feature_files_from_checkpoint(
         feats = model.features(resize_images(part.tensor(), (size, size))).numpy()
         arrays = {"features": feats, "labels": part.labels}
         if part_name == "test":
-            arrays["is_ood"] = ~task.test_is_inlier
+            arrays["is_inlier"] = task.is_inlier
         path = out / f"features_{part_name}.npz"
-        np.savez(path, **arrays)
+        write_npz(path, **arrays)
         paths.append(path)
     return tuple(paths)  # type: ignore[return-value]

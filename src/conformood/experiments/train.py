@@ -20,6 +20,7 @@ from ..data import (
     train_calibration_test_split,
 )
 from ..io import save_state, write_json
+from ..results import environment, result_header
 from ..train.recipes import (
     MODEL_KIND,
     OBJECTIVES,
@@ -67,7 +68,7 @@ def _init_process_group(device: str) -> bool:
     return True
 
 
-def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def run_training(cfg: TrainRunConfig, out_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
     """Train and write ``checkpoint.safetensors`` (resumable), ``model.safetensors`` and ``train.json``."""
     import torch.distributed as dist
 
@@ -94,7 +95,7 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
         )
         aux = model.aux_head.n_classes if model.aux_head is not None else None
         result = {
-            "config": asdict(cfg),
+            **result_header("train", asdict(cfg)),
             "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
                       "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data, "aux_classes": aux,
                       "encoder": cfg.encoder, "head": cfg.head},
@@ -104,6 +105,7 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, resume: bool = False,
             "history": asdict(history),
             "epochs_trained_now": len(trained_epochs),
             "wall_time_s": time.perf_counter() - start,
+            "environment": environment(device=device),
         }
         if diagnostics:
             norms, aurocs = diagnostics

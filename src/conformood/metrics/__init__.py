@@ -9,6 +9,7 @@ from .clp import (
     ensemble_probabilities,
     ood_rank,
 )
+from .decisions import decision_metrics
 from .ood import (
     OODMetrics,
     aulc,
@@ -20,6 +21,7 @@ from .ood import (
     fpr_at_95_tpr,
     fpr_at_tpr,
     ood_metrics,
+    roc_curve,
 )
 from .segmentation import (
     SegmentationRisk,
@@ -40,6 +42,8 @@ __all__ = [
     "ensemble_predict",
     "ensemble_probabilities",
     "ood_rank",
+    "decision_metrics",
+    "roc_curve",
     "OODMetrics",
     "aulc",
     "aupr_in",

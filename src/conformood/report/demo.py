@@ -14,8 +14,8 @@ _COLUMNS = (
     ("aupr_out", "AUPR-Out"),
     ("fpr95", "FPR@95TPR"),
     ("detection_accuracy", "Det. acc."),
-    ("test_fpr_at_alpha", "test FPR at α"),
-    ("test_anomalies_flagged_at_alpha", "anomalies flagged at α"),
+    ("realised_fpr_at_alpha", "test FPR at α"),
+    ("ood_flagged_at_alpha", "anomalies flagged at α"),
 )
 
 
@@ -81,12 +81,12 @@ def render_demo_report(out_dir: str | Path) -> Path:
         "|---|---|" + "---|" * (2 * len(methods)),
     ]
     for c, r in metrics["per_class"].items():
-        counts = f"{r['n_train']} / {r['n_calibration']} / {r['n_test_inliers']} / {r['n_test_anomalies']}"
+        counts = f"{r['n_train']} / {r['n_calibration']} / {r['n_test_inliers']} / {r['n_test_ood']}"
         lines.append(
             f"| {c} | {counts} | "
             + " | ".join(_fmt(r[m]["auroc"]) for m in methods)
             + " | "
-            + " | ".join(_fmt(r[m]["test_fpr_at_alpha"]) for m in methods)
+            + " | ".join(_fmt(r[m]["realised_fpr_at_alpha"]) for m in methods)
             + " |"
         )
     lines += [

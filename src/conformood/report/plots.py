@@ -58,8 +58,7 @@ def plot_roc_grid(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_score_histograms(
@@ -81,8 +80,7 @@ def plot_score_histograms(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
@@ -98,8 +96,7 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel:
     if len(curves) <= 12:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
