@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test lint test-slow venv clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/conformood demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+# The layer contract (import-linter), lint (ruff), then the fast suite; the architecture tests check private
+# cross-layer imports, file sizes, the one training loop and the public type hints.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

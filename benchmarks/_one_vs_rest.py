@@ -18,6 +18,7 @@ import torch
 
 from conformood.io import write_json
 from conformood.metrics import ood_metrics
+from conformood.models import encode
 from conformood.scores import get_detector
 from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
@@ -29,11 +30,9 @@ def s_con(f_train: np.ndarray, f_test: np.ndarray, k: int) -> np.ndarray:
     return get_detector("knn_cosine", n_neighbors=k).fit(f_train).score_samples(f_test)
 
 
-@torch.no_grad()
 def projection_norms(model, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
     """s_l2 (OECL eq. 9): ||g(f(x))||_2 of the unnormalised projection, in evaluation mode."""
-    model.eval()
-    return torch.cat([model(x[i : i + batch_size]).norm(dim=1) for i in range(0, x.shape[0], batch_size)]).numpy()
+    return encode(model, x, batch_size=batch_size).norm(dim=1).numpy()
 
 
 def class_sampler(data, n_train: int) -> Callable[[int, np.random.Generator], torch.Tensor]:
@@ -66,9 +65,18 @@ def add_common_arguments(parser, epochs: int, n_train: int, batch_size: int, cro
 
 
 def run_benchmark(
-    *, name: str, title: str, args, class_names: list[str], train_images: Callable[[int, np.random.Generator], torch.Tensor],
-    x_test: torch.Tensor, test_labels: np.ndarray, methods: dict[str, dict], method_labels: dict[str, str],
-    description: str, notes: tuple[str, ...] = (),
+    *,
+    name: str,
+    title: str,
+    args,
+    class_names: list[str],
+    train_images: Callable[[int, np.random.Generator], torch.Tensor],
+    x_test: torch.Tensor,
+    test_labels: np.ndarray,
+    methods: dict[str, dict],
+    method_labels: dict[str, str],
+    description: str,
+    notes: tuple[str, ...] = (),
 ) -> dict:
     """Run every (class, method) of ``args.classes`` not yet in ``args.out / f"{name}_runs"`` (one JSON per
     run, so several processes can share the work and a stopped benchmark continues), then gather all the

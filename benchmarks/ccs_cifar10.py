@@ -30,14 +30,11 @@ import torch
 
 
 def _features(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """L2-normalised encoder features (:func:`conformood.models.encode`), float32."""
     from conformood.data.arrays import to_float_images
+    from conformood.models import encode
 
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            out.append(model.features(to_float_images(images[i : i + batch])))
-    f = torch.cat(out)
+    f = encode(model.encoder, to_float_images(images), batch_size=batch)
     return torch.nn.functional.normalize(f, dim=1).numpy().astype(np.float32)
 
 
@@ -97,8 +94,12 @@ def main() -> None:
     else:
         t = time.perf_counter()
         model, history = train_contrastive_encoder(train.tensor(enc_idx), cfg, None, progress=True)
-        encoder_info = {"train_images": int(args.train_images), "epochs": args.epochs, "seconds": time.perf_counter() - t,
-                        "loss_per_epoch": list(history.loss)}
+        encoder_info = {
+            "train_images": int(args.train_images),
+            "epochs": args.epochs,
+            "seconds": time.perf_counter() - t,
+            "loss_per_epoch": list(history.loss),
+        }
         save_state(out_dir / "ccs_cifar10_encoder.safetensors", model.state_dict(),
                    {"in_channels": 3, "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
                     "image_size": 32, "seed": args.seed, "data": "cifar10"}, kind="ContrastiveModel")
@@ -147,7 +148,7 @@ def main() -> None:
     for name, det in (("kNN cosine (k=5)", KNNCosineDetector(n_neighbors=5)), ("Mahalanobis (class-conditional)", MahalanobisDetector())):
         det.fit(feat_train, y_train)
         vals = []
-        for cal, ev in halves:
+        for _cal, ev in halves:
             is_in = np.r_[np.ones(len(ev), bool), np.zeros(len(feat_ood), bool)]
             sc = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
             vals.append((auroc(sc, is_in), fpr_at_95_tpr(sc, is_in)))

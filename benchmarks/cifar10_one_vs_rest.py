@@ -22,7 +22,6 @@ import argparse
 from pathlib import Path
 
 from _one_vs_rest import add_common_arguments, class_sampler, run_benchmark
-
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
 

@@ -146,7 +146,9 @@ def main() -> None:
         "agree_within_tolerance": bool(0.0 <= v_ref - v_ex <= args.tol),
         "exact_numpy_s": t_np, "numpy_value_equal": v_np == v_ex,
     }
-    t_tr, v_tr = _best(lambda: reference_correction_torch(probs, masks, taus, args.alpha, args.tol), args.reference_repeats)
+    t_tr, v_tr = _best(
+        lambda: reference_correction_torch(probs, masks, taus, args.alpha, args.tol), args.reference_repeats
+    )
     rows["at_coat_correction"].update(
         reference_torch_s=t_tr, speedup_vs_torch=t_tr / rows["at_coat_correction"]["exact_s"], reference_torch_value=v_tr
     )

@@ -21,7 +21,6 @@ import argparse
 from pathlib import Path
 
 from _one_vs_rest import add_common_arguments, class_sampler, run_benchmark
-
 from conformood.data import load_fashion_mnist
 from conformood.data.idx import FASHION_MNIST_CLASSES
 
@@ -56,11 +55,17 @@ def main(argv=None) -> dict:
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
 
     return run_benchmark(
-        name="fmnist", title="Fashion-MNIST one-vs-rest: NT-Xent vs SupCon (binary) vs FIRM",
+        name="fmnist",
+        title="Fashion-MNIST one-vs-rest: NT-Xent vs SupCon (binary) vs FIRM",
         description="Small CNN (3 conv stages, widths 32-64-128, global average pooling; 2-layer projection head "
-                    "to 64-d) trained from scratch per class on the CPU.",
-        args=args, class_names=list(FASHION_MNIST_CLASSES), train_images=class_sampler(train, args.n_train), x_test=test.tensor(),
-        test_labels=test.labels, methods={m: METHODS[m] for m in args.methods}, method_labels=LABELS,
+        "to 64-d) trained from scratch per class on the CPU.",
+        args=args,
+        class_names=list(FASHION_MNIST_CLASSES),
+        train_images=class_sampler(train, args.n_train),
+        x_test=test.tensor(),
+        test_labels=test.labels,
+        methods={m: METHODS[m] for m in args.methods},
+        method_labels=LABELS,
         notes=NOTES,
     )
 

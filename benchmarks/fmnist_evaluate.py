@@ -103,16 +103,22 @@ def main(argv=None):
                                        ("test", feats[2], {"is_inlier": is_inlier})):
                     np.savez(ex / f"features_{name}.npz", features=f, **extra)
                     paths.append(ex / f"features_{name}.npz")
-                run_evaluation(EvaluateConfig(*paths, detector="knn_cosine", options={"n_neighbors": 1}, alpha=args.alpha), ex)
+                run_evaluation(
+                    EvaluateConfig(*paths, detector="knn_cosine", options={"n_neighbors": 1}, alpha=args.alpha), ex
+                )
                 for p in paths:
                     p.unlink()  # the features are large; the evaluation is what is kept
                 for name in ("test_scores.npz", "detector.safetensors", "detector.safetensors.detector"):
                     (ex / name).unlink()
                 example_written = True
     summary = {
-        p: {m: {k: float(np.mean([r[m][k] for r in results[p].values()]))
-                for k in ("auroc", "fpr95", "realised_fpr_at_alpha", "bh_fdp", "bh_power")}
-            for m in ("firm", "raw_pixels")}
+        p: {
+            m: {
+                k: float(np.mean([r[m][k] for r in results[p].values()]))
+                for k in ("auroc", "fpr95", "realised_fpr_at_alpha", "bh_fdp", "bh_power")
+            }
+            for m in ("firm", "raw_pixels")
+        }
         for p in results
     }
     out = {"benchmark": "Fashion-MNIST one-vs-rest and leave-one-class-out", "config": vars(args) | {"out": str(args.out)},
@@ -125,8 +131,12 @@ def main(argv=None):
              f"{args.n_calibration} calibration images, s_con k = 1, α = {args.alpha}; test = official test set. "
              f"Wall time {out['wall_time_s']:.0f} s on {out['threads']} threads.", ""]
     for p, per in results.items():
-        lines += [f"## {p}", "", "| class | FIRM AUROC | raw AUROC | FIRM FPR@95 | realised FPR at α | BH FDP | BH power |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {p}",
+            "",
+            "| class | FIRM AUROC | raw AUROC | FIRM FPR@95 | realised FPR at α | BH FDP | BH power |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for c, r in per.items():
             f = r["firm"]
             lines.append(f"| {c} | {f['auroc']:.3f} | {r['raw_pixels']['auroc']:.3f} | {f['fpr95']:.3f} | "

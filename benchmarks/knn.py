@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _memory import measure_in_child, report_peak
 
 D, K = 128, 5
@@ -84,7 +85,9 @@ def render(result: dict, path: Path) -> None:
     ]
     for n in sorted({r["n_bank"] for r in rows}):
         cell = {r["impl"]: r for r in rows if r["n_bank"] == n}
-        fmt = lambda i: f"{cell[i]['time_s']:.2f} ({cell[i]['peak_mb']:.0f})" if i in cell else "—"
+        def fmt(i: str, cell: dict = cell) -> str:
+            return f"{cell[i]['time_s']:.2f} ({cell[i]['peak_mb']:.0f})" if i in cell else "—"
+
         ratio = result["ratios"][str(n)]
         lines.append(
             f"| {n:,} | {fmt('conformood')} | {fmt('faiss')} | {fmt('sklearn')} | "

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _memory import measure_in_child, report_peak
 
+from _memory import measure_in_child, report_peak
 from conformood.io import write_json
 from conformood.losses import FIRMLoss, NTXentLoss, SupConLoss
 
@@ -127,7 +127,11 @@ def render(result: dict, path: Path) -> None:
     lines += ["", "## Ratios", "", "| ratio | " + " | ".join(f"n = {n}" for n in sizes) + " |",
               "|---|" + "---|" * len(sizes)]
     for name, values in result["ratios"].items():
-        lines.append(f"| {name} | " + " | ".join("—" if values.get(str(n)) is None else f"{values[str(n)]:.2f}" for n in sizes) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join("—" if values.get(str(n)) is None else f"{values[str(n)]:.2f}" for n in sizes)
+            + " |"
+        )
     for sk in result.get("skipped", []):
         lines.append(f"\n{sk['impl']} at n = {sk['n']} was not run: {sk['reason']}.")
     lines += ["", "Memory growth exponent (slope of log peak memory vs log n, largest three sizes):", ""]

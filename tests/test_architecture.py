@@ -70,3 +70,37 @@ def test_no_source_file_over_400_lines(limit):
 def test_one_training_loop():
     callers = sorted("/".join(parts) for path, parts in _modules() if ".backward(" in path.read_text())
     assert callers == ["train/trainer"]
+
+
+def missing_type_hints(path: Path, parts: tuple[str, ...]) -> list[str]:
+    """Public functions and methods (of public modules and classes) without a hint on every parameter and on the
+    return value (``__init__`` needs none for its return)."""
+    found = []
+
+    def visit(body, owner=""):
+        for node in body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                visit(node.body, node.name + ".")
+            elif isinstance(node, ast.FunctionDef) and (not node.name.startswith("_") or node.name == "__init__"):
+                a = node.args
+                args = [x for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+                args += [x for x in (a.vararg, a.kwarg) if x is not None]
+                missing = [x.arg for x in args if x.annotation is None]
+                if node.returns is None and node.name != "__init__":
+                    missing.append("return")
+                if missing:
+                    found.append(f"{'/'.join(parts)}.py:{node.lineno} {owner}{node.name}: {missing}")
+
+    if not any(p.startswith("_") and p not in ("__init__", "__main__") for p in parts):
+        visit(ast.parse(path.read_text()).body)
+    return found
+
+
+def test_the_hint_checker_sees_a_missing_hint(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f(x: int, y) -> int: ...\nclass A:\n    def g(self, z: int): ...\ndef _h(q): ...\n")
+    assert [s.split(" ", 1)[1] for s in missing_type_hints(f, ("m",))] == ["f: ['y']", "A.g: ['return']"]
+
+
+def test_public_functions_have_type_hints():
+    assert [m for path, parts in _modules() for m in missing_type_hints(path, parts)] == []

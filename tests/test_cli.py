@@ -97,7 +97,9 @@ def _write_feature_files(tmp_path, seed=0):
     x, y, lg = part(100)
     np.savez(tmp_path / "cal.npz", features=x, labels=y, logits=lg)
     x, y, lg = part(100, 50)
-    np.savez(tmp_path / "test.npz", features=x, labels=y, logits=lg, is_inlier=np.r_[np.ones(100, bool), np.zeros(50, bool)])
+    np.savez(
+        tmp_path / "test.npz", features=x, labels=y, logits=lg, is_inlier=np.r_[np.ones(100, bool), np.zeros(50, bool)]
+    )
 
 
 def test_evaluate_and_score_end_to_end(tmp_path):

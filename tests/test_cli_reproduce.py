@@ -37,7 +37,10 @@ def test_reproduce_coat_on_npz(tmp_path):
     held_out = order[int(round(CoatConfig().train_fraction * 48)) :]
     held_out_empty = int(np.isin(held_out, [0, 1, 2]).sum())
     assert payload["data"]["held_out_empty_masks_dropped"] == held_out_empty
-    assert payload["data"]["held_out_used"] + payload["data"]["held_out_empty_masks_dropped"] == payload["data"]["held_out_images"]
+    assert (
+        payload["data"]["held_out_used"] + payload["data"]["held_out_empty_masks_dropped"]
+        == payload["data"]["held_out_images"]
+    )
     for name in ("coat.md", "coverage_gap_boxplot.png", "coat_training_loss.png", "overlays_alpha0.2.png"):
         assert (out / name).exists(), name
     # Second run reuses the cached base model and probability maps.

@@ -13,7 +13,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _one_vs_rest as ovr  # noqa: E402
-
 from conformood.data import load_digits_dataset, resize_images  # noqa: E402
 
 

@@ -31,7 +31,8 @@ def demo(
     ),
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs per class.")] = 40,
     classes: Annotated[
-        list[str] | None, typer.Option("--classes", help="In-distribution classes (repeat or space-separate); default all 10.")
+        list[str] | None,
+        typer.Option("--classes", help="In-distribution classes (repeat or space-separate); default all 10."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 0,
     alpha: Annotated[float, typer.Option(help="Target false-alarm rate of the conformal threshold, in (0, 1).")] = 0.1,
@@ -133,20 +134,24 @@ def _parse_options(items: list[str] | None) -> dict:
 def evaluate(
     train: Annotated[Path | None, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")] = None,
     calibration: Annotated[Path | None, typer.Option(help="npz of held-out in-distribution data, same arrays.")] = None,
-    test: Annotated[Path | None, typer.Option(help="npz with the same arrays plus 'is_inlier' (n,) bool, True = in-distribution.")] = None,
+    test: Annotated[
+        Path | None, typer.Option(help="npz with the same arrays plus 'is_inlier' (n,) bool, True = in-distribution.")
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
     ] = None,
     data: Annotated[
         str, typer.Option(help=f"With --checkpoint: {', '.join(DATASETS.names())}, or an image folder / tar.")
     ] = "digits",
-    protocol: Annotated[
-        str, typer.Option(help=f"With --checkpoint: {protocol_help()}.")
-    ] = "one-vs-rest:0",
+    protocol: Annotated[str, typer.Option(help=f"With --checkpoint: {protocol_help()}.")] = "one-vs-rest:0",
     detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
-    option: Annotated[list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")
+    ] = None,
     alpha: Annotated[float, typer.Option(help="Level of the false-alarm and FDR guarantees, in (0, 1).")] = 0.1,
-    mondrian: Annotated[bool, typer.Option(help="Calibrate per class ('labels' in calibration and test files).")] = False,
+    mondrian: Annotated[
+        bool, typer.Option(help="Calibrate per class ('labels' in calibration and test files).")
+    ] = False,
     out: Annotated[Path, typer.Option(help="Folder for evaluation.json/.md, report.html and figures.")] = Path(
         "evaluation"
     ),
@@ -210,17 +215,27 @@ def detectors() -> None:
     Console(width=120).print(table)
 
 
-reproduce_app = typer.Typer(help="Reproduce a paper's experiment and write JSON + Markdown + figures.", no_args_is_help=True)
+reproduce_app = typer.Typer(help="Reproduce a paper's experiment and write JSON + Markdown + figures.",
+                            no_args_is_help=True)
 app.add_typer(reproduce_app, name="reproduce")
 
 
 @reproduce_app.command("coat", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def reproduce_coat(
     ctx: typer.Context,
-    data: Annotated[str, typer.Option(help="'camvid' (../shared/data or $CONFORMOOD_DATA), a .npz with x and y, or a folder with images/ and masks/.")] = "camvid",
-    class_name: Annotated[str, typer.Option("--class", help="CamVid class name or label id (default car = 8).")] = "car",
+    data: Annotated[
+        str,
+        typer.Option(
+            help="'camvid' (../shared/data or $CONFORMOOD_DATA), a .npz with x and y, or a folder with images/ "
+            "and masks/."
+        ),
+    ] = "camvid",
+    class_name: Annotated[
+        str, typer.Option("--class", help="CamVid class name or label id (default car = 8).")
+    ] = "car",
     alpha: Annotated[
-        list[str] | None, typer.Option(help="Target FNR level(s): --alpha 0.1 0.2, --alpha 0.1 --alpha 0.2 or '0.1,0.2'.")
+        list[str] | None,
+        typer.Option(help="Target FNR level(s): --alpha 0.1 0.2, --alpha 0.1 --alpha 0.2 or '0.1,0.2'."),
     ] = None,
     splits: Annotated[int, typer.Option(min=1, help="Random evaluation / training / calibration splits.")] = 20,
     out: Annotated[Path, typer.Option(help="Folder for coat.json, coat.md, figures and the cached base model.")] = Path(
@@ -259,7 +274,8 @@ def reproduce_ccs_sim(
     ] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the learned sets.")] = 30,
     pairs_per_anchor: Annotated[
-        int, typer.Option("--pairs-per-anchor", "--k", min=1, help="Positives and negatives sampled per training anchor.")
+        int, typer.Option("--pairs-per-anchor", "--k", min=1,
+                          help="Positives and negatives sampled per training anchor.")
     ] = 200,
     n_per_class: Annotated[int, typer.Option(min=50, help="Points per class of the simulation.")] = 5000,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,

@@ -59,7 +59,9 @@ def test_mondrian_keeps_each_class_guarantee_where_marginal_does_not():
         s_cal = rng.normal(size=200) - 1.5 * c_cal
         c_test = np.ones(300, dtype=int)
         s_test = rng.normal(size=300) - 1.5
-        fpr["marginal"].append(ConformalDetector(_Identity()).calibrate_scores(s_cal).p_values_from_scores(s_test) <= 0.1)
+        fpr["marginal"].append(
+            ConformalDetector(_Identity()).calibrate_scores(s_cal).p_values_from_scores(s_test) <= 0.1
+        )
         mond = ConformalDetector(_Identity(), mondrian=True).calibrate_scores(s_cal, c_cal)
         fpr["mondrian"].append(mond.p_values_from_scores(s_test, c_test) <= 0.1)
     assert np.mean(fpr["marginal"]) > 0.15  # about twice alpha

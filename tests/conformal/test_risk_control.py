@@ -147,7 +147,7 @@ def test_oracle_thresholds_are_the_largest_reaching_target():
         tau = oracle_thresholds(probs, masks, alpha)
         for i in range(20):
             pos = probs[i][masks[i]]
-            tpr = lambda t: (pos >= t).mean()  # noqa: E731
+            tpr = lambda t, pos=pos: (pos >= t).mean()  # noqa: E731
             assert tpr(tau[i]) >= 1 - alpha
             above = pos[pos > tau[i]]
             if above.size:

@@ -228,7 +228,9 @@ def test_joint_infonce_training_alternates_set_and_encoder():
     encoder = torch.nn.Linear(5, 3)
     before = encoder.weight.detach().clone()
     s = SingleNormSet(3)
-    result = train_conformal_set(s, features, y, objective="neg+vol", pairs_per_anchor=10, epochs=4, encoder=encoder, seed=0)
+    result = train_conformal_set(
+        s, features, y, objective="neg+vol", pairs_per_anchor=10, epochs=4, encoder=encoder, seed=0
+    )
     assert [h["trained"] for h in result.history] == ["set", "encoder", "set", "encoder"]
     assert not torch.equal(before, encoder.weight.detach()) or result.best_epoch == 0
     with torch.no_grad():

@@ -52,7 +52,9 @@ def test_few_shot(digits, shots):
     obtainable = int(np.lexsort((np.arange(10), -counts))[1])
     assert set(task.outlier_exposure.labels) <= {obtainable}
     assert not (_ids(task.outlier_exposure, d) & _ids(task.test, d))  # exposure comes from training images
-    np.testing.assert_array_equal(few_shot_ood(d, s, shots, seed=3).outlier_exposure.images, task.outlier_exposure.images)
+    np.testing.assert_array_equal(
+        few_shot_ood(d, s, shots, seed=3).outlier_exposure.images, task.outlier_exposure.images
+    )
     with pytest.raises(ValueError, match="shots"):
         few_shot_ood(d, s, -1)
 

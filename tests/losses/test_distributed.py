@@ -56,7 +56,9 @@ def _worker(rank, port, name, out_dir):
         dist.all_reduce(value)
         if rank == 0:
             np.save(os.path.join(out_dir, "loss.npy"), (value / WORLD).numpy())
-            np.save(os.path.join(out_dir, "grads.npy"), torch.cat([p.grad.flatten() for p in model.parameters()]).numpy())
+            np.save(
+                os.path.join(out_dir, "grads.npy"), torch.cat([p.grad.flatten() for p in model.parameters()]).numpy()
+            )
     finally:
         dist.destroy_process_group()
 

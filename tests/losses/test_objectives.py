@@ -132,7 +132,9 @@ def test_alignment_and_uniformity_match_loops():
     align = sum(sum((x - y) ** 2 for x, y in zip(a, b)) for a, b in zip(u1, u2)) / 6
     assert AlignmentLoss()(z1, z2).item() == pytest.approx(align, abs=1e-12)
     for t in (1.0, 2.0):
-        pairs = [math.exp(-t * sum((x - y) ** 2 for x, y in zip(u1[i], u1[j]))) for i in range(6) for j in range(i + 1, 6)]
+        pairs = [
+            math.exp(-t * sum((x - y) ** 2 for x, y in zip(u1[i], u1[j]))) for i in range(6) for j in range(i + 1, 6)
+        ]
         assert UniformityLoss(t)(z1).item() == pytest.approx(math.log(sum(pairs) / len(pairs)), abs=1e-12)
 
 

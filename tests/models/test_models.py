@@ -49,7 +49,9 @@ def test_cifar_resnet18_shapes_and_size():
     assert out.shape == (2, 512) and net.feature_dim == 512
     n_params = sum(p.numel() for p in net.parameters())
     assert 11.0e6 < n_params < 11.4e6  # ResNet-18 body without the fc layer: ~11.17M
-    assert isinstance(net.stem[0], torch.nn.Conv2d) and net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+    assert (
+        isinstance(net.stem[0], torch.nn.Conv2d) and net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+    )
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
 
 

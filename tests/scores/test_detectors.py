@@ -49,7 +49,9 @@ def test_knn_cosine_norm_and_sun(data):
     x, _, q = data
     sims = np.sort(unit(q) @ unit(x).T, axis=1)[:, ::-1]
     s_con = sims[:, :3].mean(1)
-    np.testing.assert_allclose(KNNCosineNormDetector(n_neighbors=3).fit(x).score_samples(q), s_con * np.linalg.norm(q, axis=1), atol=1e-5)
+    np.testing.assert_allclose(
+        KNNCosineNormDetector(n_neighbors=3).fit(x).score_samples(q), s_con * np.linalg.norm(q, axis=1), atol=1e-5
+    )
     dists = np.sort(np.linalg.norm(unit(q)[:, None] - unit(x)[None], axis=2), axis=1)
     np.testing.assert_allclose(KNNSunDetector(n_neighbors=7).fit(x).score_samples(q), -dists[:, 6], atol=1e-4)
     for backend in ("torch", "faiss"):
@@ -128,7 +130,9 @@ def test_logit_scores():
     logits = rng.normal(size=(30, 5)) * 3
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(MSPDetector().fit(logits).score_samples(logits), p.max(1), atol=1e-12)
-    np.testing.assert_allclose(EnergyDetector().fit(logits).score_samples(logits), np.log(np.exp(logits).sum(1)), atol=1e-12)
+    np.testing.assert_allclose(
+        EnergyDetector().fit(logits).score_samples(logits), np.log(np.exp(logits).sum(1)), atol=1e-12
+    )
     np.testing.assert_allclose(
         EnergyDetector(temperature=2.0).fit(logits).score_samples(logits), 2 * np.log(np.exp(logits / 2).sum(1)), atol=1e-12
     )

@@ -114,6 +114,8 @@ def test_former_name_k_still_sets_the_neighbour_count():
     train, test = rng.normal(size=(30, 4)), rng.normal(size=(5, 4))
     with pytest.warns(FutureWarning, match="n_neighbors"):
         old = KNNCosineDetector(k=3).fit(train)
-    np.testing.assert_array_equal(old.score_samples(test), KNNCosineDetector(n_neighbors=3).fit(train).score_samples(test))
+    np.testing.assert_array_equal(
+        old.score_samples(test), KNNCosineDetector(n_neighbors=3).fit(train).score_samples(test)
+    )
     with pytest.raises(ValueError, match="n_neighbors= only"):
         KNNCosineDetector(n_neighbors=2, k=3).fit(train)

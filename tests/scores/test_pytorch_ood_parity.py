@@ -90,7 +90,9 @@ def test_mahalanobis(pood, problem):
 
 def test_knn(pood, problem):
     x, _, q, truth, *_ = problem
-    theirs = pood.KNN(None, k=10).fit_features(_t(x), torch.zeros(len(x), dtype=torch.long)).predict_features(_t(q)).numpy()
+    theirs = (
+        pood.KNN(None, k=10).fit_features(_t(x), torch.zeros(len(x), dtype=torch.long)).predict_features(_t(q)).numpy()
+    )
     a, b = _auroc_pair(get_detector("knn_sun", n_neighbors=10, backend="torch").fit(x).score_samples(q), theirs, truth)
     assert a == pytest.approx(b, abs=1e-9)
 

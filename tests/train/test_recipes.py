@@ -40,7 +40,9 @@ def test_recipe_trains_one_epoch_on_digits(path, tmp_path):
     small = tmp_path / "recipe.yaml"
     small.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--config", str(small), "--out", str(out), "--device", "cpu", "--no-progress"])
+    result = runner.invoke(
+        app, ["train", "--config", str(small), "--out", str(out), "--device", "cpu", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     train = json.loads((out / "train.json").read_text())
     assert train["config"]["objective"] == recipe["objective"]
@@ -76,10 +78,22 @@ def test_oecl_warmup_reaches_the_loss():
 
 def test_train_with_per_epoch_evaluation_writes_diagnostics(tmp_path):
     recipe = tmp_path / "eval.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "data": "digits", "normal_class": "3", "objective": "firm", "epochs": 2, "batch_size": 16, "image_size": 8,
-        "widths": [4, 8, 8], "eval_every": 1, "eval_n_neighbors": 3, "eval_max_images": 60,
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "data": "digits",
+                "normal_class": "3",
+                "objective": "firm",
+                "epochs": 2,
+                "batch_size": 16,
+                "image_size": 8,
+                "widths": [4, 8, 8],
+                "eval_every": 1,
+                "eval_n_neighbors": 3,
+                "eval_max_images": 60,
+            }
+        )
+    )
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--config", str(recipe), "--out", str(out), "--device", "cpu", "--no-progress"])
     assert result.exit_code == 0, result.output

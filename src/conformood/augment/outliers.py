@@ -16,8 +16,11 @@ Images are float tensors (n, c, h, w) in [0, 1]; outputs stay in [0, 1] (blendin
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .._validation import check_images, check_positive_int
 
@@ -111,7 +114,9 @@ def poisson_blend(target: torch.Tensor, source: torch.Tensor, top: int, left: in
     from scipy.fft import dstn, idstn
 
     if target.ndim != 3 or source.ndim != 3 or source.shape[0] != target.shape[0]:
-        raise ValueError(f"need target (c, h, w) and source (c, ph, pw), got {tuple(target.shape)}, {tuple(source.shape)}")
+        raise ValueError(
+            f"need target (c, h, w) and source (c, ph, pw), got {tuple(target.shape)}, {tuple(source.shape)}"
+        )
     c, ph, pw = source.shape
     h, w = target.shape[-2:]
     if ph < 3 or pw < 3 or top < 0 or left < 0 or top + ph > h or left + pw > w:
@@ -177,7 +182,7 @@ class OutlierExposurePool:
     bilinear resizing as in :func:`conformood.data.conform_images`.
     """
 
-    def __init__(self, images, shape: tuple[int, int, int]) -> None:
+    def __init__(self, images: ArrayLike, shape: tuple[int, int, int]) -> None:
         from ..data.arrays import ImageArrays
         from ..data.named import conform_images
 
@@ -189,7 +194,7 @@ class OutlierExposurePool:
         self.shape = tuple(shape)
 
     @classmethod
-    def from_npz(cls, path, shape: tuple[int, int, int], key: str = "x") -> OutlierExposurePool:
+    def from_npz(cls, path: str | os.PathLike, shape: tuple[int, int, int], key: str = "x") -> OutlierExposurePool:
         with np.load(path, allow_pickle=False) as f:
             if key not in f.files:
                 raise ValueError(f"{path} has no array {key!r} (has {f.files})")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_alpha, check_scores
 
 
-def benjamini_hochberg(p_values, alpha: float) -> np.ndarray:
+def benjamini_hochberg(p_values: ArrayLike, alpha: float) -> np.ndarray:
     """Boolean mask of the hypotheses rejected by the Benjamini–Hochberg step-up procedure at level alpha.
 
     Rejects the k smallest p-values, k = max{i : p_(i) <= i * alpha / m}. Conformal p-values of a test batch

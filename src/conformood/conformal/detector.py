@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
 from .._validation import check_alpha, check_scores, renamed
@@ -32,29 +34,34 @@ class ConformalDetector(BaseEstimator):
 
     With ``mondrian=True`` the calibration is class-conditional: calibration scores are grouped by the
     ``labels`` given to :meth:`calibrate` (the same name as in :meth:`fit`), and a test input is compared only
-    with the scores of the class given for it, so each class keeps its own guarantee P(flag | in-distribution, class k) <= alpha. Give
+    with the scores of the class given for it, so each class keeps its own guarantee
+    P(flag | in-distribution, class k) <= alpha. Give
     true classes when they are known at test time, or predicted classes in both places (the guarantee is
     then conditional on the predicted class).
     """
 
-    def __init__(self, detector, mondrian: bool = False, min_calibration: int = 1) -> None:
+    def __init__(self, detector: Any, mondrian: bool = False, min_calibration: int = 1) -> None:
         self.detector = detector
         self.mondrian = mondrian
         self.min_calibration = min_calibration
 
     # -- training and calibration ------------------------------------------------------------------
-    def fit(self, features, labels=None) -> ConformalDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ConformalDetector:
         """Fit the wrapped detector on training data (never the calibration data)."""
         self.detector.fit(features, labels)
         return self
 
-    def calibrate(self, features, labels=None, *, classes=None) -> ConformalDetector:
+    def calibrate(
+        self, features: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+    ) -> ConformalDetector:
         """Score held-out in-distribution data and keep the sorted scores (per class of ``labels`` when
         Mondrian; ``classes=`` is the former name)."""
         labels = renamed(labels, classes, "labels", "classes")
         return self.calibrate_scores(self.detector.score_samples(features), labels)
 
-    def calibrate_scores(self, scores, labels=None, *, classes=None) -> ConformalDetector:
+    def calibrate_scores(
+        self, scores: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+    ) -> ConformalDetector:
         """Calibrate from precomputed scores of held-out in-distribution data."""
         classes = renamed(labels, classes, "labels", "classes")
         s = check_scores(scores, "calibration scores", min_size=self.min_calibration)
@@ -85,7 +92,9 @@ class ConformalDetector(BaseEstimator):
             raise ValueError("call calibrate(...) on held-out in-distribution data before testing")
 
     # -- decisions ---------------------------------------------------------------------------------
-    def p_values_from_scores(self, scores, labels=None, *, classes=None) -> np.ndarray:
+    def p_values_from_scores(
+        self, scores: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+    ) -> np.ndarray:
         """Conformal p-values of precomputed test scores (small = unusually abnormal)."""
         classes = renamed(labels, classes, "labels", "classes")
         self._check_calibrated()
@@ -103,13 +112,17 @@ class ConformalDetector(BaseEstimator):
                 p[sel] = conformal_p_values(cal, s[sel])
         return p
 
-    def p_values(self, features, labels=None, *, classes=None) -> np.ndarray:
+    def p_values(
+        self, features: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+    ) -> np.ndarray:
         """Conformal p-values of new inputs (small = unusual)."""
         labels = renamed(labels, classes, "labels", "classes")
         self._check_calibrated()
         return self.p_values_from_scores(self.detector.score_samples(features), labels)
 
-    def predict(self, features, alpha: float, labels=None, *, classes=None) -> np.ndarray:
+    def predict(
+        self, features: ArrayLike, alpha: float, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+    ) -> np.ndarray:
         """Flags: True for inputs declared out-of-distribution at level alpha, so that
         P(an in-distribution input is flagged) <= alpha."""
         labels = renamed(labels, classes, "labels", "classes")
@@ -118,7 +131,9 @@ class ConformalDetector(BaseEstimator):
         self._warn_unreachable(alpha)
         return p <= alpha
 
-    def select(self, features, alpha: float, labels=None, *, classes=None) -> np.ndarray:
+    def select(
+        self, features: ArrayLike, alpha: float, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+    ) -> np.ndarray:
         """Flags by Benjamini–Hochberg over the batch: True for inputs declared out-of-distribution, with
         FDR <= alpha among them."""
         labels = renamed(labels, classes, "labels", "classes")

@@ -30,6 +30,7 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import (
     as_numpy,
@@ -238,7 +239,7 @@ def _fraction(value: float) -> Fraction:
     return Fraction(repr(float(value)))
 
 
-def crc_threshold(probs, masks, alpha: float, loss_bound: float = 1.0) -> float:
+def crc_threshold(probs: ArrayLike, masks: ArrayLike, alpha: float, loss_bound: float = 1.0) -> float:
     """CRC threshold τ' of eq. 5 for the sets {j : p̂_j ≥ τ} (eq. 4), computed exactly.
 
     τ' = sup{τ : (1/(n+1)) Σ_i FNR_i(τ) + B/(n+1) ≤ α}. With S(τ) = Σ_i TPR_i(τ) the condition reads
@@ -297,7 +298,7 @@ def crc_threshold(probs, masks, alpha: float, loss_bound: float = 1.0) -> float:
     return -found
 
 
-def adaptive_correction(probs, masks, base_thresholds, alpha: float) -> float:
+def adaptive_correction(probs: ArrayLike, masks: ArrayLike, base_thresholds: ArrayLike, alpha: float) -> float:
     """Global correction t' of Algorithm 1 (lines 15–17; eq. 14), computed exactly from the sorted jumps.
 
     R(t) = (1/n) Σ_i |{p̂(X_i) ≥ clip(τ̂_i − t, 0, 1)} ∩ Y_i| / |Y_i| and t' = inf{t : R(t) ≥ (n+1)(1−α)/n}.

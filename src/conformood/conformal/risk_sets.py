@@ -12,18 +12,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import as_numpy, check_alpha, check_probability_maps
 from .risk_control import _check_pair, _check_thresholds, _fraction
 
 
-def crc_sets(probs, threshold: float) -> np.ndarray:
+def crc_sets(probs: ArrayLike, threshold: float) -> np.ndarray:
     """Prediction sets of eq. 4/6: the boolean maps {p̂_j ≥ τ}."""
     p = check_probability_maps(probs)
     return p >= threshold
 
 
-def adaptive_sets(probs, base_thresholds, correction: float) -> np.ndarray:
+def adaptive_sets(probs: ArrayLike, base_thresholds: ArrayLike, correction: float) -> np.ndarray:
     """Prediction sets of Algorithm 1 line 20: {p̂ ≥ clip(τ̂_i − t', 0, 1)}, as boolean maps (n, h, w).
 
     Written as ``p̂ = 1 or τ̂_i − p̂ ≤ t'`` — the same set for probabilities in [0, 1] — so the inclusion
@@ -35,13 +36,13 @@ def adaptive_sets(probs, base_thresholds, correction: float) -> np.ndarray:
     return (p >= 1.0) | ((tau[:, None, None] - p) <= correction)
 
 
-def per_image_thresholds(base_thresholds, correction: float) -> np.ndarray:
+def per_image_thresholds(base_thresholds: ArrayLike, correction: float) -> np.ndarray:
     """The adjusted thresholds clip(τ̂_i − t', 0, 1) of Algorithm 1 line 19 (for reporting)."""
     tau = as_numpy(base_thresholds).astype(np.float64).reshape(-1)
     return np.clip(tau - correction, 0.0, 1.0)
 
 
-def oracle_thresholds(probs, masks, alpha: float) -> np.ndarray:
+def oracle_thresholds(probs: ArrayLike, masks: ArrayLike, alpha: float) -> np.ndarray:
     """τ*(X, Y) of §3.1.2 per image: the largest τ whose hard mask {p̂ ≥ τ} has TPR ≥ 1 − α.
 
     TPR(τ) is a step function, so "TPR = 1 − α" is met only up to the step; the largest τ reaching it is

@@ -2,7 +2,8 @@
 
 For a test embedding z, build the calibrated covering set N(z) = {u : g(u, z) ≤ q̂} with a learned (or fixed)
 set, take the class c of z's nearest in-distribution reference point (ℓ2 in the set's transformed space),
-and sample ``n_samples`` reference points of class c (positives) and as many of the other classes (negatives). The paper's OOD score is
+and sample ``n_samples`` reference points of class c (positives) and as many of the other classes (negatives).
+The paper's OOD score is
 1 − (negative exclusion rate) (eq. 23); §6 reports that also subtracting the positive exclusion rate works
 slightly better. In our convention (higher = more in-distribution) the scores are
 
@@ -16,9 +17,11 @@ OOD points fall between classes (sets include negatives) or far from all data (s
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .._validation import check_features, check_positive_int, renamed
 from ..scores import BaseDetector, register_detector
@@ -27,7 +30,7 @@ from ..scores import BaseDetector, register_detector
 class ConformalSetDetector(BaseDetector):
     """Eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID references."""
 
-    def __init__(self, conformal_set=None, n_samples: int = 20, variant: str = "neg-pos", seed: int = 0,
+    def __init__(self, conformal_set: Any = None, n_samples: int = 20, variant: str = "neg-pos", seed: int = 0,
                  chunk: int = 256, k: int | None = None) -> None:
         self.n_samples = n_samples
         self.conformal_set = conformal_set
@@ -36,7 +39,7 @@ class ConformalSetDetector(BaseDetector):
         self.seed = seed
         self.chunk = chunk
 
-    def fit(self, features, labels=None):
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ConformalSetDetector:
         if self.conformal_set is None or getattr(self.conformal_set, "threshold_", None) is None:
             raise ValueError("conformal_set must be a calibrated ConformalSet (call calibrate first)")
         if self.variant not in ("neg", "neg-pos"):
@@ -73,7 +76,7 @@ class ConformalSetDetector(BaseDetector):
             out[start : start + step] = self.reference_labels_[d.argmin(dim=1).numpy()]
         return out
 
-    def exclusion_rates(self, features) -> tuple[np.ndarray, np.ndarray]:
+    def exclusion_rates(self, features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """(negative exclusion rate, positive exclusion rate) per test point."""
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_)
@@ -127,7 +130,7 @@ class ConformalSetDetector(BaseDetector):
             setattr(det, key, value)
         return det
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         neg_excl, pos_excl = self.exclusion_rates(features)
         return neg_excl - pos_excl if self.variant == "neg-pos" else neg_excl
 

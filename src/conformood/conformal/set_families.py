@@ -14,9 +14,11 @@ Learned families are trained by :func:`conformood.conformal.set_training.train_c
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from ..registry import Registry
@@ -44,10 +46,10 @@ class _LearnedSet(ConformalSet):
 class ConformalBall(ConformalSet):
     """ℓ2 ball, eq. 9: g(z, Z) = ‖Z − z‖₂; Vol = V_d t^d with V_d = π^{d/2} / Γ(d/2 + 1)."""
 
-    def transformed_distance(self, points, anchors):
+    def transformed_distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(anchors - points, dim=-1)
 
-    def log_volume_at(self, threshold):
+    def log_volume_at(self, threshold: float | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(threshold, dtype=torch.float64)
         return self.dim * torch.log(t.clamp_min(_EPS)) + _log_unit_ball_l2(self.dim)
 
@@ -70,14 +72,16 @@ class MahalanobisEllipsoid(ConformalSet):
     def _init_args(self) -> dict:
         return super()._init_args() | {"shrinkage": self.shrinkage, "seed": self.seed}
 
-    def calibrate(self, anchors, positives):
+    def calibrate(self, anchors: ArrayLike, positives: ArrayLike) -> MahalanobisEllipsoid:
         a = _as_tensor(anchors, "anchors", self.dim)
         p = _as_tensor(positives, "positives", self.dim)
         if a.shape != p.shape:
             raise ValueError(f"anchors {tuple(a.shape)} and positives {tuple(p.shape)} must pair up row by row")
         n = a.shape[0]
         if n < 2 * (self.dim + 1):
-            raise ValueError(f"need at least {2 * (self.dim + 1)} calibration pairs for a {self.dim}-d covariance, got {n}")
+            raise ValueError(
+                f"need at least {2 * (self.dim + 1)} calibration pairs for a {self.dim}-d covariance, got {n}"
+            )
         order = torch.from_numpy(np.random.default_rng(self.seed).permutation(n))
         first, second = order[: n // 2], order[n // 2 :]
         self.set_covariance(torch.cov((a[first] - p[first]).T).reshape(self.dim, self.dim))
@@ -88,18 +92,19 @@ class MahalanobisEllipsoid(ConformalSet):
         cov = cov + self.shrinkage * (torch.trace(cov) / self.dim + _EPS) * torch.eye(self.dim, dtype=torch.float64)
         chol = torch.linalg.cholesky(cov)
         # Σ⁻¹ = L⁻ᵀ L⁻¹ : g = ‖L⁻¹ (Z − z)‖₂.
-        self.precision_cholesky = torch.linalg.solve_triangular(chol, torch.eye(self.dim, dtype=torch.float64), upper=False)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        self.precision_cholesky = torch.linalg.solve_triangular(chol, eye, upper=False)
         self.log_det_cov = 2.0 * torch.log(torch.diagonal(chol)).sum()
 
-    def transform(self, x):
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         # g = ‖L⁻¹(Z − z)‖₂ = ‖L⁻¹Z − L⁻¹z‖₂
         flat = x.reshape(-1, self.dim) @ self.precision_cholesky.to(x.dtype).T
         return flat.reshape(x.shape)
 
-    def transformed_distance(self, points, anchors):
+    def transformed_distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(anchors - points, dim=-1)
 
-    def log_volume_at(self, threshold):
+    def log_volume_at(self, threshold: float | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(threshold, dtype=torch.float64)
         return self.dim * torch.log(t.clamp_min(_EPS)) + _log_unit_ball_l2(self.dim) + 0.5 * self.log_det_cov
 
@@ -142,17 +147,17 @@ class SingleNormSet(_LearnedSet):
         _, logdet = torch.linalg.slogdet(m)
         return m * torch.exp(-logdet / self.dim)
 
-    def transform(self, x):
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         # M(Z − z) = MZ − Mz; a 2-D matmul is far faster than a batched one with a tiny inner dimension.
         return (x.reshape(-1, self.dim) @ self.matrix().T).reshape(x.shape)
 
-    def transformed_distance(self, points, anchors):
+    def transformed_distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         # exp/log form: autograd of x**p with a tensor exponent is several times slower on CPU.
         log_x = (anchors - points).abs().clamp_min(1e-12).log()
         p = self.p
         return torch.exp((torch.logsumexp(p * log_x, dim=-1) - math.log(self.dim)) / p)
 
-    def log_volume_at(self, threshold):
+    def log_volume_at(self, threshold: float | torch.Tensor) -> torch.Tensor:
         # {power mean ≤ t} = {‖Mx‖_p ≤ t d^{1/p}}: eq. 12 at radius t d^{1/p}.
         d = self.dim
         p = self.p.to(torch.float64)
@@ -193,14 +198,14 @@ class GeneralizedMultiNormSet(_LearnedSet):
     def p(self) -> torch.Tensor:
         return _bounded_exponent(self.p_raw)
 
-    def transform(self, x):
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.m
 
-    def transformed_distance(self, points, anchors):
+    def transformed_distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         log_x = (anchors - points).abs().clamp_min(1e-12).log()
         return torch.exp(self.p * log_x).sum(dim=-1)
 
-    def log_volume_at(self, threshold):
+    def log_volume_at(self, threshold: float | torch.Tensor) -> torch.Tensor:
         d = self.dim
         p = self.p.to(torch.float64)
         m = self.m.to(torch.float64)
@@ -218,7 +223,7 @@ class GeneralizedMultiNormSet(_LearnedSet):
         return super().state() | {"p": self.p.detach().tolist(), "m": self.m.detach().tolist()}
 
 
-def load_conformal_set(path) -> ConformalSet:
+def load_conformal_set(path: str | os.PathLike) -> ConformalSet:
     """Rebuild a set written by :meth:`ConformalSet.save`."""
     from ..io import load_state
 
@@ -240,9 +245,14 @@ def conformal_set_from_state(tensors: dict[str, torch.Tensor], config: dict, sou
 
 SET_FAMILIES: Registry = Registry("set family")
 SET_FAMILIES.register("ball", ConformalBall, reference="CCS eq. 9", description="l2 ball (fixed)", seeded=False)
-SET_FAMILIES.register("ellipsoid", MahalanobisEllipsoid, reference="CCS eq. 10, section 5",
-                      description="Mahalanobis ellipsoid, covariance on half the calibration pairs (fixed)",
-                      seeded=True)
-SET_FAMILIES.register("single", SingleNormSet, reference="CCS eq. 11-12", description="learned single norm", seeded=False)
+SET_FAMILIES.register(
+    "ellipsoid",
+    MahalanobisEllipsoid,
+    reference="CCS eq. 10, section 5",
+    description="Mahalanobis ellipsoid, covariance on half the calibration pairs (fixed)",
+    seeded=True,
+)
+SET_FAMILIES.register("single", SingleNormSet, reference="CCS eq. 11-12", description="learned single norm",
+                      seeded=False)
 SET_FAMILIES.register("generalized", GeneralizedMultiNormSet, reference="CCS eq. 13-14",
                       description="learned generalized multi-norm", seeded=False)

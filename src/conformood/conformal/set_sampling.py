@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .sets import ConformalSet
 
@@ -78,7 +79,11 @@ class TripletSampler:
         if self.labels is None:
             groups = torch.zeros(anchors.numel(), dtype=torch.long)
             neg = self._drop(self._windows(self._neg, groups, k + 1, g), anchors, k)
-            pos = torch.argsort(torch.rand(anchors.numel(), self.views, generator=g), dim=1)[:, :k] if self.views else None
+            pos = (
+                torch.argsort(torch.rand(anchors.numel(), self.views, generator=g), dim=1)[:, :k]
+                if self.views
+                else None
+            )
             return pos, neg
         groups = self.labels[anchors]
         pos = self._drop(self._windows(self._pos, groups, k + 1, g), anchors, k)
@@ -91,7 +96,9 @@ def _rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.index_select(table, 0, idx.reshape(-1)).reshape(*idx.shape, table.shape[-1])
 
 
-def gather_triplets(embeddings: torch.Tensor, anchors, pos_idx, neg_idx, views):
+def gather_triplets(
+    embeddings: torch.Tensor, anchors: torch.Tensor, pos_idx: torch.Tensor, neg_idx: torch.Tensor, views: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     z = _rows(embeddings, anchors)
     if views is not None:
         zp = views[anchors[:, None], pos_idx]
@@ -100,7 +107,7 @@ def gather_triplets(embeddings: torch.Tensor, anchors, pos_idx, neg_idx, views):
     return z, zp, _rows(embeddings, neg_idx)
 
 
-def pair_samples(labels, pairs_per_anchor: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pair_samples(labels: ArrayLike, pairs_per_anchor: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For evaluation: (anchor, positive index, negative index) arrays with ``pairs_per_anchor`` pairs per
     anchor (supervised)."""
     k = pairs_per_anchor
@@ -114,7 +121,9 @@ def pair_samples(labels, pairs_per_anchor: int, seed: int = 0) -> tuple[np.ndarr
     return anchors.repeat_interleave(k).numpy(), pos.reshape(-1).numpy(), neg.reshape(-1).numpy()
 
 
-def evaluate_set(cset: ConformalSet, embeddings, labels, pairs_per_anchor: int = 20, seed: int = 0) -> dict:
+def evaluate_set(
+    cset: ConformalSet, embeddings: ArrayLike, labels: ArrayLike, pairs_per_anchor: int = 20, seed: int = 0
+) -> dict:
     """Coverage of positives, exclusion of negatives and log-volume on labelled test embeddings."""
     z = np.asarray(embeddings, dtype=np.float64)
     a, p, n = pair_samples(labels, pairs_per_anchor, seed)

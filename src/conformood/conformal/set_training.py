@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .._validation import check_alpha, check_positive_float, check_positive_int, renamed
@@ -188,10 +189,10 @@ def training_exclusion(
 
 def train_conformal_set(
     cset: ConformalSet,
-    embeddings,
-    labels=None,
+    embeddings: ArrayLike,
+    labels: ArrayLike | None = None,
     *,
-    views=None,
+    views: ArrayLike | None = None,
     objective: str = "neg+vol",
     pairs_per_anchor: int = 200,
     epochs: int = 30,
@@ -291,8 +292,16 @@ def train_conformal_set(
         schedule="cosine", warmup_epochs=0, drop_last=False, min_batch_size=1, clip_grad_norm=clip,
         shared_generator=True, seed=seed, distributed=False,
     )
-    trainer = Trainer(model, set_objective_, config, checkpoint=checkpoint, progress=progress,
-                      description=f"{type(cset).__name__} ({objective})", callbacks=[best, *callbacks], optimizers=optimizers)
+    trainer = Trainer(
+        model,
+        set_objective_,
+        config,
+        checkpoint=checkpoint,
+        progress=progress,
+        description=f"{type(cset).__name__} ({objective})",
+        callbacks=[best, *callbacks],
+        optimizers=optimizers,
+    )
     history = trainer.fit(torch.arange(n), resume=resume)
     result = SetTrainingResult(best_epoch=best.best_epoch,
                                best_exclusion=best.best_value if best.best_value is not None else -float("inf"))

@@ -14,11 +14,13 @@ families themselves are in :mod:`conformood.conformal.set_families`, their train
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .._validation import check_alpha, check_features, check_positive_int
@@ -27,7 +29,7 @@ from .split import ConformalWarning
 _EPS = 1e-12
 
 
-def conformal_quantile(scores, alpha: float) -> float:
+def conformal_quantile(scores: ArrayLike, alpha: float) -> float:
     """q̂: the ⌈(1 − α)(n + 1)⌉-th smallest score (Lemma 1), with k computed in integer arithmetic.
 
     When k > n (α < 1/(n + 1)) no finite threshold is valid: returns +inf with a :class:`ConformalWarning`.
@@ -119,7 +121,13 @@ class ConformalSet(nn.Module):
         return self.transformed_distance(self.transform(points.to(dtype)), self.transform(anchors.to(dtype)))
 
     # -- the conformal part ---------------------------------------------------------------------
-    def fit(self, embeddings, labels=None, views=None, **train_kwargs) -> ConformalSet:
+    def fit(
+        self,
+        embeddings: ArrayLike,
+        labels: ArrayLike | None = None,
+        views: ArrayLike | None = None,
+        **train_kwargs: Any,
+    ) -> ConformalSet:
         """Learn the metric on training triplets sampled from ``embeddings`` (n, d).
 
         Fixed families (ball, ellipsoid) have nothing to learn: their ``fit`` only checks the input. The
@@ -131,7 +139,7 @@ class ConformalSet(nn.Module):
             raise NotImplementedError(f"{type(self).__name__} must implement fit")
         return self
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Parameters and buffers as safetensors, family, α and the calibrated threshold as JSON."""
         from ..io import save_state
 
@@ -141,7 +149,7 @@ class ConformalSet(nn.Module):
     def _init_args(self) -> dict:
         return {"dim": self.dim, "alpha": self.alpha}
 
-    def calibrate(self, anchors, positives) -> ConformalSet:
+    def calibrate(self, anchors: ArrayLike, positives: ArrayLike) -> ConformalSet:
         """q̂ from calibration pairs (anchor, positive): the ⌈(1 − α)(n + 1)⌉-th smallest g (Lemma 1)."""
         a = _as_tensor(anchors, "anchors", self.dim)
         p = _as_tensor(positives, "positives", self.dim)
@@ -170,7 +178,7 @@ class ConformalSet(nn.Module):
     def forward(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         return self.distance(points, anchors)
 
-    def nonconformity(self, points, anchors) -> np.ndarray:
+    def nonconformity(self, points: ArrayLike, anchors: ArrayLike) -> np.ndarray:
         """g(point_i, anchor_i) row by row, as float64: a distance, *lower = inside the set* (the opposite of
         the detectors' scores, which are higher for inliers)."""
         p = _as_tensor(points, "points", self.dim)
@@ -180,7 +188,7 @@ class ConformalSet(nn.Module):
         with torch.no_grad():
             return self._distance64(p, a).numpy()
 
-    def score(self, points, anchors) -> np.ndarray:
+    def score(self, points: ArrayLike, anchors: ArrayLike) -> np.ndarray:
         """Former name of :meth:`nonconformity` (a distance, lower = inside)."""
         import warnings
 
@@ -188,7 +196,7 @@ class ConformalSet(nn.Module):
                       stacklevel=2)
         return self.nonconformity(points, anchors)
 
-    def contains(self, points, anchors) -> np.ndarray:
+    def contains(self, points: ArrayLike, anchors: ArrayLike) -> np.ndarray:
         """Boolean (n,): point_i ∈ N(anchor_i), i.e. g(point_i, anchor_i) ≤ q̂."""
         return self.nonconformity(points, anchors) <= self._check_calibrated()
 

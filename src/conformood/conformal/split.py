@@ -14,6 +14,7 @@ import warnings
 from fractions import Fraction
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_alpha, check_scores
 
@@ -22,7 +23,7 @@ class ConformalWarning(UserWarning):
     """A conformal rule was asked for a level it cannot reach with this many calibration points."""
 
 
-def conformal_p_values(calibration_scores, test_scores) -> np.ndarray:
+def conformal_p_values(calibration_scores: ArrayLike, test_scores: ArrayLike) -> np.ndarray:
     """Conformal p-values p(x) = (1 + #{i : s_i <= s(x)}) / (n + 1).
 
     A small p-value means the test score is unusually low (unusually *abnormal*) among the calibration
@@ -64,7 +65,7 @@ def conformal_rank(alpha: float, n: int) -> int:
     return math.floor(Fraction(repr(alpha)) * (n + 1))
 
 
-def conformal_threshold(calibration_scores, alpha: float) -> float:
+def conformal_threshold(calibration_scores: ArrayLike, alpha: float) -> float:
     """Threshold t such that flagging ``s(x) < t`` keeps P(in-distribution flagged) <= alpha.
 
     t is the k-th smallest calibration score with k = floor(alpha * (n + 1)) computed exactly. The rule

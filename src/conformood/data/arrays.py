@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 
-def to_float_images(images, name: str = "images") -> torch.Tensor:
+def to_float_images(images: ArrayLike, name: str = "images") -> torch.Tensor:
     """Convert images to a float32 tensor (n, c, h, w) in [0, 1].
 
     Accepts (n, h, w) grayscale, (n, h, w, c) channels-last or (n, c, h, w) channels-first arrays or
@@ -80,7 +81,7 @@ class ImageArrays:
             self.class_names = [str(c) for c in range(int(self.labels.max(initial=-1)) + 1)]
 
     @classmethod
-    def from_arrays(cls, images, labels, class_names: list[str] | None = None) -> ImageArrays:
+    def from_arrays(cls, images: ArrayLike, labels: ArrayLike, class_names: list[str] | None = None) -> ImageArrays:
         """Build from numpy arrays or torch tensors in any layout :func:`to_float_images` accepts.
 
         uint8 images stay uint8 (converted to channels-first); float images must lie in [0, 1].
@@ -107,11 +108,11 @@ class ImageArrays:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def subset(self, indices) -> ImageArrays:
+    def subset(self, indices: ArrayLike) -> ImageArrays:
         idx = np.asarray(indices, dtype=np.int64)
         return ImageArrays(self.images[idx], self.labels[idx], list(self.class_names))
 
-    def tensor(self, indices=None) -> torch.Tensor:
+    def tensor(self, indices: ArrayLike | None = None) -> torch.Tensor:
         """Float32 tensor (n, c, h, w) in [0, 1] of all images or of ``indices``."""
         arr = self.images if indices is None else self.images[np.asarray(indices, dtype=np.int64)]
         return to_float_images(arr)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .named import default_data_dir
 
@@ -42,7 +43,7 @@ class SegmentationData:
         return int(self.images.shape[0])
 
     @classmethod
-    def from_arrays(cls, images, masks) -> SegmentationData:
+    def from_arrays(cls, images: ArrayLike, masks: ArrayLike) -> SegmentationData:
         """Check and convert arrays: images uint8 (n, h, w, 3) (grey (n, h, w) is repeated), masks in {0, 1}."""
         x = np.asarray(images)
         y = np.asarray(masks)
@@ -62,7 +63,7 @@ class SegmentationData:
             raise ValueError("no images: a segmentation data set needs at least one image")
         return cls(np.ascontiguousarray(x), np.ascontiguousarray(y))
 
-    def subset(self, index) -> SegmentationData:
+    def subset(self, index: ArrayLike) -> SegmentationData:
         return SegmentationData(self.images[index], self.masks[index])
 
     def concat(self, other: SegmentationData) -> SegmentationData:

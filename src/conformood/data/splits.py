@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class Split:
 
 
 def train_calibration_test_split(
-    labels,
+    labels: ArrayLike,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     seed: int = 0,
     stratify: bool = True,

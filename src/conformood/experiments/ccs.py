@@ -93,11 +93,14 @@ def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) ->
     t0 = time.perf_counter()
     x, y = ccs_mixed_clusters(n_per_class=cfg.n_per_class, seed=seed)
     tr, ca, te = _split(x.shape[0], seed)
-    cset = SET_FAMILIES.create(family, dim=3, alpha=cfg.alpha, **({"seed": seed} if SET_FAMILIES.info(family).seeded else {}))
+    cset = SET_FAMILIES.create(
+        family, dim=3, alpha=cfg.alpha, **({"seed": seed} if SET_FAMILIES.info(family).seeded else {})
+    )
     info: dict = {}
     if objective is not None:
         result = train_conformal_set(
-            cset, x[tr], y[tr], objective=objective, pairs_per_anchor=cfg.pairs_per_anchor, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            cset, x[tr], y[tr], objective=objective, pairs_per_anchor=cfg.pairs_per_anchor, epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
             lr=cfg.lr, momentum=cfg.momentum, clip=cfg.clip, lam=cfg.lam, steepness=cfg.steepness,
             detach_quantile=cfg.detach_quantile, seed=seed,
         )
@@ -150,7 +153,9 @@ def run_ccs_sim(config: CCSSimConfig | None, out_dir: str | Path, progress: bool
             "coverage": _stat([r["coverage"] for r in runs]),
             "exclusion": _stat([r["exclusion"] for r in runs]),
             "log_volume": _stat([r["log_volume"] for r in runs]),
-            "per_seed": [{k: r[k] for k in ("seed", "coverage", "exclusion", "log_volume", "wall_time_s")} for r in runs],
+            "per_seed": [
+                {k: r[k] for k in ("seed", "coverage", "exclusion", "log_volume", "wall_time_s")} for r in runs
+            ],
         }
     payload = {
         **result_header("reproduce ccs-sim", asdict(cfg)),

@@ -245,7 +245,9 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
             "held_out_images": len(held_all),
             "held_out_empty_masks_dropped": dropped,
             "held_out_used": len(held),
-            "split_sizes": dict(zip(("evaluation", "threshold_training", "calibration"), map(len, split_indices(len(held), 0)))),
+            "split_sizes": dict(
+                zip(("evaluation", "threshold_training", "calibration"), map(len, split_indices(len(held), 0)))
+            ),
         },
         "base_model": {k: v for k, v in base_info.items() if k != "train_loss"}
         | {"final_train_loss": (base_info.get("train_loss") or [None])[-1]},

@@ -115,7 +115,9 @@ def run_demo(config: DemoConfig | None, out_dir: str | Path, progress: bool = Tr
         )
         losses[name] = history.loss
         features = {
-            "firm": [model.features(_encoder_input(part, cfg)).numpy() for part in (task.train, task.calibration, task.test)],
+            "firm": [
+                model.features(_encoder_input(part, cfg)).numpy() for part in (task.train, task.calibration, task.test)
+            ],
             "raw_pixels": [part.tensor().flatten(1).numpy() for part in (task.train, task.calibration, task.test)],
         }
         per_class[name] = {

@@ -56,7 +56,9 @@ def load_feature_file(path: str | os.PathLike, needs_ood: bool = False) -> Featu
             raise ValueError(f"{path}: '{key}' has {len(value)} rows but there are {n} samples")
     if needs_ood:
         if "is_inlier" in arrays and "is_ood" in arrays:
-            raise ValueError(f"{path} holds both 'is_inlier' and 'is_ood'; keep one ('is_inlier', True = in-distribution)")
+            raise ValueError(
+                f"{path} holds both 'is_inlier' and 'is_ood'; keep one ('is_inlier', True = in-distribution)"
+            )
         if "is_inlier" in arrays:
             split.is_inlier = check_binary_labels(arrays["is_inlier"], "is_inlier", n)
         elif "is_ood" in arrays:

@@ -76,5 +76,7 @@ class CIDERLoss(nn.Module):
         neg = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - torch.log(off.sum(1).to(z.dtype))
         dispersion = scale * neg.mean()
         comp_logits = zn @ updated.detach().T / self.temperature
-        compactness = -scale * (comp_logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(comp_logits, 1)).mean()
+        compactness = (
+            -scale * (comp_logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(comp_logits, 1)).mean()
+        )
         return self.dispersion_weight * dispersion + self.compactness_weight * compactness

@@ -14,7 +14,9 @@ from torch import nn
 from .._validation import check_alpha, check_positive_float
 
 
-def soft_tpr(probs: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, temperature: float, eps: float = 1e-6) -> torch.Tensor:
+def soft_tpr(
+    probs: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, temperature: float, eps: float = 1e-6
+) -> torch.Tensor:
     """Per-image soft TPR (n,) for maps (n, h, w), masks (n, h, w) and thresholds (n,)."""
     if probs.shape != masks.shape or probs.ndim != 3:
         raise ValueError(f"probs and masks must both be (n, h, w), got {tuple(probs.shape)} and {tuple(masks.shape)}")

@@ -29,7 +29,9 @@ class InfoNCELoss(nn.Module):
         check_embeddings(anchor, "anchor")
         check_embeddings(positive, "positive")
         if anchor.shape != positive.shape:
-            raise ValueError(f"anchor and positive must have one shape, got {tuple(anchor.shape)}, {tuple(positive.shape)}")
+            raise ValueError(
+                f"anchor and positive must have one shape, got {tuple(anchor.shape)}, {tuple(positive.shape)}"
+            )
         if not isinstance(negatives, torch.Tensor) or negatives.ndim not in (2, 3):
             raise ValueError("negatives must be a tensor of shape (n, k, d) or (k, d)")
         if negatives.shape[-1] != anchor.shape[1] or (negatives.ndim == 3 and negatives.shape[0] != anchor.shape[0]):

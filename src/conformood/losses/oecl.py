@@ -85,7 +85,9 @@ class CSILoss(nn.Module):
         m = z1.shape[0]
         check_embeddings(shift_logits, "shift_logits")
         if shift_logits.shape[0] != 2 * m:
-            raise ValueError(f"shift_logits must have shape ({2 * m}, K) for the two views, got {tuple(shift_logits.shape)}")
+            raise ValueError(
+                f"shift_logits must have shape ({2 * m}, K) for the two views, got {tuple(shift_logits.shape)}"
+            )
         check_sample_vector(shift_labels, "shift_labels", m, torch.long)
         k = shift_logits.shape[1]
         if shift_labels.min() < 0 or shift_labels.max() >= k:

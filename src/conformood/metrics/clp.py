@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_features, check_scores
 
 
-def ood_rank(ood_scores, inlier_scores) -> np.ndarray:
+def ood_rank(ood_scores: ArrayLike, inlier_scores: ArrayLike) -> np.ndarray:
     """OOD rank (CLP paper section 5) of each OOD sample, in percent.
 
     The paper states it for an outlier score: the percentage of inlier test samples with a lower score than
@@ -26,7 +27,9 @@ def ensemble_probabilities(member_probabilities: Sequence) -> np.ndarray:
     """c_k(x) = 1/N_e sum_j p^j(y = k | x) (CLP paper eq. 3) from the members' (n, K) probabilities."""
     if len(member_probabilities) == 0:
         raise ValueError("need at least one ensemble member")
-    probs = [check_features(p, f"member {j} probabilities").astype(np.float64) for j, p in enumerate(member_probabilities)]
+    probs = [
+        check_features(p, f"member {j} probabilities").astype(np.float64) for j, p in enumerate(member_probabilities)
+    ]
     if len({p.shape for p in probs}) != 1:
         raise ValueError(f"members disagree in shape: {sorted({p.shape for p in probs})}")
     for j, p in enumerate(probs):
@@ -35,7 +38,7 @@ def ensemble_probabilities(member_probabilities: Sequence) -> np.ndarray:
     return np.mean(probs, axis=0)
 
 
-def confusion_log_probability(c, in_classes: Sequence[int]) -> float:
+def confusion_log_probability(c: ArrayLike, in_classes: Sequence[int]) -> float:
     """CLP = log( 1/|D_test| sum_x sum_{k in C_in} c_k(x) ) (CLP paper eq. 4).
 
     ``c`` (n, K): ensemble probabilities of the test samples (eq. 3); ``in_classes``: the column indices of the
@@ -49,7 +52,7 @@ def confusion_log_probability(c, in_classes: Sequence[int]) -> float:
         return float(np.log(c[:, idx].sum(axis=1).mean()))
 
 
-def classwise_clp(c, labels, in_classes: Sequence[int]) -> dict[int, float]:
+def classwise_clp(c: ArrayLike, labels: ArrayLike, in_classes: Sequence[int]) -> dict[int, float]:
     """Class-wise CLP: eq. 4 on the test samples of each class in ``labels``."""
     c = check_features(c, "c")
     y = np.asarray(labels)
@@ -58,7 +61,7 @@ def classwise_clp(c, labels, in_classes: Sequence[int]) -> dict[int, float]:
     return {int(k): confusion_log_probability(c[y == k], in_classes) for k in np.unique(y)}
 
 
-def confusion_distances(c, labels, n_classes: int | None = None) -> np.ndarray:
+def confusion_distances(c: ArrayLike, labels: ArrayLike, n_classes: int | None = None) -> np.ndarray:
     """d(i, j) = sqrt(-log(0.5 (u_{i->j} + u_{j->i}))), u_{i->j} = mean_{x in class j} c_i(x) (CLP app. D eq. 5-6).
 
     Classes without test samples get infinite distances; the diagonal is 0 when a class is never confused
@@ -80,7 +83,7 @@ def confusion_distances(c, labels, n_classes: int | None = None) -> np.ndarray:
     return d
 
 
-def confusion_dendrogram(distances) -> np.ndarray:
+def confusion_dendrogram(distances: ArrayLike) -> np.ndarray:
     """Average-linkage clustering of the confusion distances (CLP app. D); returns the linkage matrix, which
     :func:`conformood.report.plot_confusion_dendrogram` draws. Infinite distances become twice the largest
     finite one."""
@@ -93,7 +96,7 @@ def confusion_dendrogram(distances) -> np.ndarray:
     return z
 
 
-def ensemble_predict(members: Sequence, features, n_classes: int) -> np.ndarray:
+def ensemble_predict(members: Sequence, features: ArrayLike, n_classes: int) -> np.ndarray:
     """Eq. 3 for fitted members (``classes_`` and ``predict_proba``: :func:`conformood.train.fit_clp_ensemble`'s,
     or scikit-learn classifiers), with columns aligned to class indices 0..n_classes-1."""
     x = check_features(features, "features")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_binary_labels, check_scores
 
@@ -41,7 +42,7 @@ def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.
     return fpr, tpr, np.r_[np.inf, s[ends]]
 
 
-def auroc(scores, is_inlier) -> float:
+def auroc(scores: ArrayLike, is_inlier: ArrayLike) -> float:
     """Area under the ROC curve, in-distribution positive (ties count one half)."""
     s, y = _check(scores, is_inlier)
     fpr, tpr, _ = roc_curve(s, y)
@@ -59,19 +60,19 @@ def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
     return float(np.sum(np.diff(tpr) * precision))
 
 
-def aupr_in(scores, is_inlier) -> float:
+def aupr_in(scores: ArrayLike, is_inlier: ArrayLike) -> float:
     """Area under the precision-recall curve with in-distribution as the positive class."""
     s, y = _check(scores, is_inlier)
     return _average_precision(s, y)
 
 
-def aupr_out(scores, is_inlier) -> float:
+def aupr_out(scores: ArrayLike, is_inlier: ArrayLike) -> float:
     """Area under the precision-recall curve with OOD as the positive class (score negated)."""
     s, y = _check(scores, is_inlier)
     return _average_precision(-s, ~y)
 
 
-def fpr_at_tpr(scores, is_inlier, tpr_level: float = 0.95) -> float:
+def fpr_at_tpr(scores: ArrayLike, is_inlier: ArrayLike, tpr_level: float = 0.95) -> float:
     """Fraction of OOD samples accepted when the threshold accepts ``tpr_level`` of the inliers.
 
     The threshold is the highest one whose true-positive rate (inliers accepted) is >= ``tpr_level``;
@@ -85,12 +86,12 @@ def fpr_at_tpr(scores, is_inlier, tpr_level: float = 0.95) -> float:
     return float(fpr[idx])
 
 
-def fpr_at_95_tpr(scores, is_inlier) -> float:
+def fpr_at_95_tpr(scores: ArrayLike, is_inlier: ArrayLike) -> float:
     """FPR at 95 % TPR, in-distribution positive: OOD accepted when 95 % of inliers are accepted."""
     return fpr_at_tpr(scores, is_inlier, 0.95)
 
 
-def detection_accuracy(scores, is_inlier) -> float:
+def detection_accuracy(scores: ArrayLike, is_inlier: ArrayLike) -> float:
     """Best balanced accuracy over thresholds: max_t 0.5 * (TPR(t) + 1 - FPR(t)) (Liang et al. 2018)."""
     s, y = _check(scores, is_inlier)
     fpr, tpr, _ = roc_curve(s, y)
@@ -111,7 +112,7 @@ class OODMetrics:
         return asdict(self)
 
 
-def ood_metrics(scores, is_inlier) -> OODMetrics:
+def ood_metrics(scores: ArrayLike, is_inlier: ArrayLike) -> OODMetrics:
     """All of :func:`auroc`, :func:`aupr_in`, :func:`aupr_out`, :func:`fpr_at_95_tpr`, detection accuracy."""
     s, y = _check(scores, is_inlier)
     return OODMetrics(
@@ -123,13 +124,13 @@ def ood_metrics(scores, is_inlier) -> OODMetrics:
     )
 
 
-def flagged_rate(scores, threshold: float) -> float:
+def flagged_rate(scores: ArrayLike, threshold: float) -> float:
     """Fraction of ``scores`` strictly below ``threshold`` (the inputs a threshold rule flags as OOD)."""
     s = check_scores(scores, "scores")
     return float(np.mean(s < threshold))
 
 
-def aulc(aurocs, epochs=None) -> float:
+def aulc(aurocs: ArrayLike, epochs: ArrayLike | None = None) -> float:
     """Area under the learning curve (FIRM §3.2): the trapezoidal integral of AUROC over training, with the
     epoch axis rescaled to [0, 1] so that the value reads like an AUROC (the curve's mean level)."""
     a = check_scores(aurocs, "aurocs")

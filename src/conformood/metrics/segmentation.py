@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import as_numpy, check_alpha, check_masks, check_positive_counts
 
@@ -23,7 +24,7 @@ class SegmentationRisk:
         return 1.0 - self.tpr
 
 
-def segmentation_risk(sets, masks) -> SegmentationRisk:
+def segmentation_risk(sets: ArrayLike, masks: ArrayLike) -> SegmentationRisk:
     """Per-image TPR = |Ĉ ∩ Y|/|Y|, FPR = |Ĉ \\ Y|/|Yᶜ| (0 when Y covers the image) and |Ĉ|/N."""
     c = as_numpy(sets)
     if c.dtype != bool:
@@ -43,7 +44,7 @@ def segmentation_risk(sets, masks) -> SegmentationRisk:
     return SegmentationRisk(tpr=hits / sizes, fpr=fpr, set_size=chosen / pixels)
 
 
-def marginal_coverage(tpr) -> float:
+def marginal_coverage(tpr: ArrayLike) -> float:
     """Eq. 2: the mean per-image TPR."""
     t = np.asarray(tpr, dtype=np.float64)
     if t.ndim != 1 or t.size == 0:
@@ -51,7 +52,7 @@ def marginal_coverage(tpr) -> float:
     return float(t.mean())
 
 
-def coverage_gap(tpr, alpha: float) -> float:
+def coverage_gap(tpr: ArrayLike, alpha: float) -> float:
     """Eq. 3: the mean |TPR_i − (1 − α)| over images."""
     alpha = check_alpha(alpha)
     t = np.asarray(tpr, dtype=np.float64)

@@ -25,7 +25,7 @@ class ContrastiveModel(nn.Module):
         self.head = head
         self.aux_head = aux_head
 
-    def forward(self, x: torch.Tensor, with_aux: bool = False):
+    def forward(self, x: torch.Tensor, with_aux: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
         if not with_aux:
             return self.head(h)

@@ -99,7 +99,9 @@ class ThresholdPredictor(nn.Module):
     def forward(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """τ̂ for a batch: images (n, 3, h, w) in [0, 1], probability maps (n, h, w); returns (n,)."""
         if probs.ndim != 3 or images.ndim != 4 or images.shape[0] != probs.shape[0]:
-            raise ValueError(f"expected images (n, c, h, w) and maps (n, h, w), got {tuple(images.shape)}, {tuple(probs.shape)}")
+            raise ValueError(
+                f"expected images (n, c, h, w) and maps (n, h, w), got {tuple(images.shape)}, {tuple(probs.shape)}"
+            )
         if images.shape[-2:] != probs.shape[-2:]:
             raise ValueError(f"image size {tuple(images.shape[-2:])} differs from map size {tuple(probs.shape[-2:])}")
         x = torch.cat([images, probs.unsqueeze(1)], dim=1)

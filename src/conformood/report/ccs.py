@@ -19,8 +19,10 @@ def render_ccs_markdown(payload: dict) -> str:
     lines = [
         "# Contrastive conformal sets on the 3-D mixed clusters (Table 1)",
         "",
-        f"{cfg['seeds']} seed(s) from {cfg['seed_offset']}; α = {cfg['alpha']}, {cfg['pairs_per_anchor']} pairs per anchor, {cfg['epochs']} epochs, "
-        f"SGD lr {cfg['lr']} (momentum {cfg['momentum']}), batch {cfg['batch_size']}, clip {cfg['clip']}, λ = {cfg['lam']}, "
+        f"{cfg['seeds']} seed(s) from {cfg['seed_offset']}; α = {cfg['alpha']}, "
+        f"{cfg['pairs_per_anchor']} pairs per anchor, {cfg['epochs']} epochs, "
+        f"SGD lr {cfg['lr']} (momentum {cfg['momentum']}), batch {cfg['batch_size']}, clip {cfg['clip']}, "
+        f"λ = {cfg['lam']}, "
         f"steepness {cfg['steepness']}, quantile {'detached' if cfg['detach_quantile'] else 'differentiated'}. "
         "Mean ± std over seeds; the paper's Table 1 (40 seeds) beside it.",
         "",

@@ -30,10 +30,12 @@ def render_coat_markdown(payload: dict) -> str:
     lines = [
         "# CRC, AT and COAT: marginal coverage and coverage gap",
         "",
-        f"Data: {d['source']}" + (f" (class {d['class']})" if "class" in d else "")
+        f"Data: {d['source']}"
+        + (f" (class {d['class']})" if "class" in d else "")
         + f"; base model trained on {d['base_train_images']} images; {d['held_out_used']} held-out images with a "
         f"non-empty mask ({d['held_out_empty_masks_dropped']} dropped for an empty mask), split "
-        f"{d['split_sizes']['evaluation']} / {d['split_sizes']['threshold_training']} / {d['split_sizes']['calibration']} "
+        f"{d['split_sizes']['evaluation']} / {d['split_sizes']['threshold_training']} / "
+        f"{d['split_sizes']['calibration']} "
         f"(evaluation / threshold training / calibration) over {cfg['splits']} random splits.",
         "",
         "| Method | " + " | ".join(f"α={a} coverage | α={a} gap | α={a} set size" for a in alphas) + " |",

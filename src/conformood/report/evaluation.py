@@ -41,7 +41,9 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
 
     keys = ["auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "realised_fpr_at_alpha",
             "ood_flagged_at_alpha", "bh_discoveries", "bh_fdp", "bh_power"]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    def fmt(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
     lines = [
         f"# conformood evaluation: {r['detector']}",
         "",

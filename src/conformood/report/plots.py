@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..io import atomic_path
 
 
-def pyplot():
+def pyplot() -> Any:
     """matplotlib.pyplot on the file-only Agg backend, with a clear error when matplotlib is missing."""
     try:
         import matplotlib
@@ -83,7 +85,9 @@ def plot_score_histograms(
     save_figure(fig, path)
 
 
-def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str = "") -> None:
+def plot_curves(
+    curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str, ylabel: str, title: str = ""
+) -> None:
     """Line plot of several named series against their index (e.g. training loss per epoch)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -99,7 +103,7 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel:
     save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> None:
     """Write ``fig`` atomically (a reader never sees half a figure) and close it."""
     plt = pyplot()
     path = Path(path)
@@ -110,7 +114,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
         plt.close(fig)
 
 
-def plot_training_diagnostics(path: str | Path, norms=None, aurocs=None) -> None:
+def plot_training_diagnostics(
+    path: str | Path, norms: ArrayLike | None = None, aurocs: ArrayLike | None = None
+) -> None:
     """Feature norms (inlier vs outlier) and AUROC per epoch, side by side, from a
     :class:`~conformood.train.FeatureNormCallback` and an :class:`~conformood.train.AUROCCallback`."""
 

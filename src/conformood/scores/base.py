@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
@@ -25,13 +26,13 @@ class BaseDetector(BaseEstimator):
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(features) first")
 
-    def fit(self, features, labels=None):  # pragma: no cover - interface
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> BaseDetector:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def score_samples(self, features) -> np.ndarray:  # pragma: no cover - interface
+    def score_samples(self, features: ArrayLike) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def decision_function(self, features) -> np.ndarray:
+    def decision_function(self, features: ArrayLike) -> np.ndarray:
         """Same as :meth:`score_samples` (no offset: thresholds come from conformal calibration)."""
         return self.score_samples(features)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .. import models
 from .._validation import check_positive_int, renamed
@@ -47,7 +48,9 @@ class _EncoderDetector(BaseDetector):
         self._check_fitted()
         images = _images(x)
         if tuple(images.shape[1:]) != tuple(self.image_shape_.tolist()):
-            raise ValueError(f"images must have shape (n, {', '.join(map(str, self.image_shape_))}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must have shape (n, {', '.join(map(str, self.image_shape_))}), got {tuple(images.shape)}"
+            )
         return images
 
 
@@ -83,7 +86,7 @@ class _ViewAverage(_EncoderDetector):
 class SMuDetector(_ViewAverage):
     """s_mu = ||E_t f(t(x))||_2^2 over ``n_views`` SimCLR augmentations (OECL paper eq. 10 and 16; T = 32)."""
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         images = self._check_input(features)
         mean = sum(self._view_features(images)) / self.n_views
         return np.einsum("ij,ij->i", mean, mean)
@@ -92,7 +95,7 @@ class SMuDetector(_ViewAverage):
 class L2EnsDetector(_ViewAverage):
     """s_l2-ens = E_t ||f(t(x))||_2^2 over ``n_views`` augmentations (OECL paper eq. 15)."""
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         images = self._check_input(features)
         return sum(np.einsum("ij,ij->i", f, f) for f in self._view_features(images)) / self.n_views
 
@@ -105,13 +108,13 @@ class SimPlusSMuDetector(SMuDetector):
     s_mu as in :class:`SMuDetector`. ``fit`` encodes the training images into the similarity bank.
     """
 
-    def fit(self, features, labels=None):
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> SimPlusSMuDetector:
         super().fit(features, labels)
         self.bank_ = encode(self.encoder, _images(features), self.batch_size, self.device)
         self._knn = None
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         images = self._check_input(features)
         if getattr(self, "_knn", None) is None:  # built once per fitted bank, not on every call
             self._knn = KNNCosineDetector(n_neighbors=1).fit(self.bank_)
@@ -125,15 +128,21 @@ class ShiftDetector(_EncoderDetector):
         s_shift(x) = 1/4 sum_{gamma in {0, 90, 180, 270}} s_con(R_gamma(x), R_gamma({x_m}), k).
     """
 
-    def __init__(self, encoder=None, n_neighbors: int = 1, batch_size: int = 256, device: str = "cpu",
-                 k: int | None = None) -> None:
+    def __init__(
+        self,
+        encoder: torch.nn.Module | None = None,
+        n_neighbors: int = 1,
+        batch_size: int = 256,
+        device: str = "cpu",
+        k: int | None = None,
+    ) -> None:
         self.encoder = encoder
         self.n_neighbors = n_neighbors
         self.k = k
         self.batch_size = batch_size
         self.device = device
 
-    def fit(self, features, labels=None):
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ShiftDetector:
         """Encode every rotation of the training images into one s_con bank per rotation."""
         self._check_encoder()
         images = _images(features)
@@ -141,7 +150,9 @@ class ShiftDetector(_EncoderDetector):
             raise ValueError("rotation ensembles need square images")
         self._record_input(images)
         renamed(self.n_neighbors, self.k, "n_neighbors", "k", default=1)  # warns when the former name was used
-        self.banks_ = np.stack([encode(self.encoder, rotate(images, a), self.batch_size, self.device) for a in ROTATIONS])
+        self.banks_ = np.stack(
+            [encode(self.encoder, rotate(images, a), self.batch_size, self.device) for a in ROTATIONS]
+        )
         self._knns = None
         return self
 
@@ -155,7 +166,7 @@ class ShiftDetector(_EncoderDetector):
     def _query_images(self, images: torch.Tensor, angle: int):
         yield rotate(images, angle)
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         images = self._check_input(features)
         total = np.zeros(images.shape[0])
         count = 0
@@ -177,8 +188,15 @@ class EnsDetector(ShiftDetector):
     """
 
     def __init__(
-        self, encoder=None, n_neighbors: int = 1, n_crops: int = 10, crop_scale: tuple[float, float] = (0.5, 1.0),
-        batch_size: int = 256, seed: int = 0, device: str = "cpu", k: int | None = None,
+        self,
+        encoder: torch.nn.Module | None = None,
+        n_neighbors: int = 1,
+        n_crops: int = 10,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        batch_size: int = 256,
+        seed: int = 0,
+        device: str = "cpu",
+        k: int | None = None,
     ) -> None:
         super().__init__(encoder=encoder, n_neighbors=n_neighbors, batch_size=batch_size, device=device, k=k)
         self.n_crops = n_crops

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+from numpy.typing import ArrayLike
 
 from .._validation import check_features
 from .base import BaseDetector
@@ -54,7 +55,7 @@ class ClassConditionalGaussianDetector(BaseDetector):
     def __init__(self, ridge: float = 1e-6) -> None:
         self.ridge = ridge
 
-    def fit(self, features, labels=None) -> ClassConditionalGaussianDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ClassConditionalGaussianDetector:
         if not self.ridge > 0:
             raise ValueError(f"ridge must be > 0, got {self.ridge}")
         x = check_features(features, "features")
@@ -72,7 +73,7 @@ class ClassConditionalGaussianDetector(BaseDetector):
         self.n_features_in_ = d
         return self
 
-    def class_scores(self, features) -> np.ndarray:
+    def class_scores(self, features: ArrayLike) -> np.ndarray:
         """Per-class terms of eq. 2, shape (m, n_classes)."""
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
@@ -85,7 +86,7 @@ class ClassConditionalGaussianDetector(BaseDetector):
                 out[s : s + _CHUNK, i] = -(w * w).sum(axis=0) - (d * np.log(2 * np.pi) + self.logdet_[i])
         return out
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         return self.class_scores(features).max(axis=1)
 
 
@@ -100,7 +101,7 @@ class MahalanobisDetector(BaseDetector):
         self.solver = solver
         self.ridge = ridge
 
-    def fit(self, features, labels=None) -> MahalanobisDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> MahalanobisDetector:
         if self.solver not in ("pinv", "ridge"):
             raise ValueError(f"solver must be 'pinv' or 'ridge', got {self.solver!r}")
         x = check_features(features, "features")
@@ -118,12 +119,14 @@ class MahalanobisDetector(BaseDetector):
         self.n_features_in_ = x.shape[1]
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
         best = np.full(x.shape[0], -np.inf)
         for mu in self.means_:
             for s in range(0, x.shape[0], _CHUNK):
                 diff = x[s : s + _CHUNK] - mu
-                best[s : s + _CHUNK] = np.maximum(best[s : s + _CHUNK], -np.einsum("ij,jk,ik->i", diff, self.precision_, diff))
+                best[s : s + _CHUNK] = np.maximum(
+                    best[s : s + _CHUNK], -np.einsum("ij,jk,ik->i", diff, self.precision_, diff)
+                )
         return best

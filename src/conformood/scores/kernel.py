@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import logsumexp
 
 from .._validation import check_features, check_positive_float
@@ -32,13 +33,13 @@ class KDEDetector(BaseDetector):
         self.gamma = gamma
         self.normalize = normalize
 
-    def fit(self, features, labels=None) -> KDEDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> KDEDetector:
         check_positive_float(self.gamma, "gamma")
         self.bank_ = _prepared(self, features, fitted=False)
         self.n_features_in_ = self.bank_.shape[1]
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         self._check_fitted()
         x = _prepared(self, features, fitted=True)
         bank = self.bank_
@@ -63,7 +64,7 @@ class LinearOCSVMDetector(BaseDetector):
         self.nu = nu
         self.normalize = normalize
 
-    def fit(self, features, labels=None) -> LinearOCSVMDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> LinearOCSVMDetector:
         from sklearn.svm import OneClassSVM
 
         if not 0.0 < float(self.nu) <= 1.0:
@@ -77,6 +78,6 @@ class LinearOCSVMDetector(BaseDetector):
         self.n_features_in_ = x.shape[1]
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         self._check_fitted()
         return _prepared(self, features, fitted=True) @ self.w_ - self.rho_

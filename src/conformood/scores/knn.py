@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from .._validation import check_features, check_positive_int, renamed
 from .base import BaseDetector
@@ -53,7 +55,7 @@ def topk_inner_products_torch(
     return out
 
 
-def build_faiss_index(bank: np.ndarray, index: str = "flat", nlist: int = 1024, nprobe: int = 16, seed: int = 0):
+def build_faiss_index(bank: np.ndarray, index: str = "flat", nlist: int = 1024, nprobe: int = 16, seed: int = 0) -> Any:
     """A faiss inner-product index over ``bank``: exact ``IndexFlatIP`` or approximate ``IndexIVFFlat``."""
     import faiss
 
@@ -76,7 +78,7 @@ def build_faiss_index(bank: np.ndarray, index: str = "flat", nlist: int = 1024, 
     return idx
 
 
-def topk_inner_products_faiss(queries: np.ndarray, bank_or_index, k: int, query_chunk: int = 16384) -> np.ndarray:
+def topk_inner_products_faiss(queries: np.ndarray, bank_or_index: Any, k: int, query_chunk: int = 16384) -> np.ndarray:
     """Same as :func:`topk_inner_products_torch` through faiss (float32); accepts a bank or a built index."""
     index = bank_or_index if not isinstance(bank_or_index, np.ndarray) else build_faiss_index(bank_or_index)
     q32 = np.ascontiguousarray(queries, dtype=np.float32)
@@ -170,12 +172,12 @@ class KNNCosineDetector(_NormalizedBankDetector):
         self.nprobe = nprobe
         self.query_chunk = query_chunk
 
-    def fit(self, features, labels=None) -> KNNCosineDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> KNNCosineDetector:
         """Store the L2-normalised training features as the neighbour bank (``labels`` is ignored)."""
         self._fit_bank(features)
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         """s_con of each row of ``features``, shape (m,)."""
         top, _ = self._top_similarities(features)
         return top.mean(axis=1)
@@ -184,7 +186,7 @@ class KNNCosineDetector(_NormalizedBankDetector):
 class KNNCosineNormDetector(KNNCosineDetector):
     """s_con*: s_con times the feature norm, s_con(x) * ||f(x)|| (FIRM paper eq. 4)."""
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         top, raw = self._top_similarities(features)
         return top.mean(axis=1) * np.linalg.norm(raw.astype(np.float64), axis=1)
 
@@ -203,6 +205,6 @@ class KNNSunDetector(KNNCosineDetector):
         super().__init__(n_neighbors=n_neighbors, backend=backend, index=index, nlist=nlist, nprobe=nprobe,
                          query_chunk=query_chunk, k=k)
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         top, _ = self._top_similarities(features)
         return -np.sqrt(np.maximum(0.0, 2.0 - 2.0 * top[:, -1]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import logsumexp, softmax
 
 from .._validation import check_features, check_positive_float
@@ -27,7 +28,7 @@ class _LogitDetector(BaseDetector):
 class MSPDetector(_LogitDetector):
     """Maximum softmax probability, max_c softmax(logits)_c (Hendrycks & Gimpel 2017). Takes logits."""
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         return softmax(self._logits(features), axis=1).max(axis=1)
 
 
@@ -37,7 +38,7 @@ class EnergyDetector(_LogitDetector):
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = temperature
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         t = check_positive_float(self.temperature, "temperature")
         return t * logsumexp(self._logits(features) / t, axis=1)
 
@@ -45,7 +46,7 @@ class EnergyDetector(_LogitDetector):
 class MaxLogitDetector(_LogitDetector):
     """The largest logit (Hendrycks et al. 2022). Takes logits."""
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         return self._logits(features).max(axis=1)
 
 
@@ -62,7 +63,7 @@ class ViMDetector(BaseDetector):
 
     _former_state_names = {"alpha_": "scale_"}
 
-    def __init__(self, weight=None, bias=None, dim: int | None = None) -> None:
+    def __init__(self, weight: ArrayLike | None = None, bias: ArrayLike | None = None, dim: int | None = None) -> None:
         self.weight = weight
         self.bias = bias
         self.dim = dim
@@ -76,7 +77,7 @@ class ViMDetector(BaseDetector):
             raise ValueError(f"weight must be (C, d) and bias (C,), got {w.shape} and {b.shape}")
         return w, b
 
-    def fit(self, features, labels=None) -> ViMDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ViMDetector:
         w, b = self._classifier()
         x = check_features(features, "features", n_features=w.shape[1]).astype(np.float64)
         d = x.shape[1]
@@ -95,7 +96,7 @@ class ViMDetector(BaseDetector):
         self.n_features_in_ = d
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         self._check_fitted()
         w, b = self._classifier()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_features
 from .base import BaseDetector
@@ -21,7 +22,7 @@ class CenterDetector(BaseDetector):
     def __init__(self, normalize_before_mean: bool = True) -> None:
         self.normalize_before_mean = normalize_before_mean
 
-    def fit(self, features, labels=None) -> CenterDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> CenterDetector:
         x = check_features(features, "features").astype(np.float64)
         center = (l2_normalize(x) if self.normalize_before_mean else x).mean(axis=0)
         if not np.linalg.norm(center) > 0:
@@ -30,7 +31,7 @@ class CenterDetector(BaseDetector):
         self.n_features_in_ = x.shape[1]
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
         return l2_normalize(x) @ self.center_
@@ -42,12 +43,12 @@ class L2NormDetector(BaseDetector):
     ``fit`` only records the dimensionality; the score needs no training data.
     """
 
-    def fit(self, features, labels=None) -> L2NormDetector:
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> L2NormDetector:
         x = check_features(features, "features")
         self.n_features_in_ = x.shape[1]
         return self
 
-    def score_samples(self, features) -> np.ndarray:
+    def score_samples(self, features: ArrayLike) -> np.ndarray:
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
         return np.einsum("ij,ij->i", x, x)

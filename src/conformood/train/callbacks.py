@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from numpy.typing import ArrayLike
 
 from .._validation import check_binary_labels, check_positive_int
 from ..metrics.ood import aulc, auroc
@@ -50,8 +51,14 @@ class FeatureNormCallback:
 class AUROCCallback:
     """AUROC of s_con (k-NN cosine, in-distribution positive) on an evaluation split after each epoch."""
 
-    def __init__(self, train_inliers: torch.Tensor, eval_images: torch.Tensor, eval_is_inlier, n_neighbors: int = 1,
-                 every: int = 1) -> None:
+    def __init__(
+        self,
+        train_inliers: torch.Tensor,
+        eval_images: torch.Tensor,
+        eval_is_inlier: ArrayLike,
+        n_neighbors: int = 1,
+        every: int = 1,
+    ) -> None:
         self.train_inliers, self.eval_images = train_inliers, eval_images
         self.is_inlier = check_binary_labels(eval_is_inlier, "eval_is_inlier", eval_images.shape[0])
         if self.is_inlier.all() or not self.is_inlier.any():
@@ -103,7 +110,7 @@ class BestEpoch:
             self.best_value, self.best_epoch = value, trainer.epoch - 1
             self.best_state = copy.deepcopy(trainer.model.state_dict())
 
-    def on_train_end(self, trainer) -> None:
+    def on_train_end(self, trainer: Any) -> None:
         if self.best_state is not None:
             trainer.model.load_state_dict(self.best_state)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import nn
 
 from .._validation import check_features, check_positive_int
@@ -56,15 +57,26 @@ class EnsembleMember:
     def __init__(self, model: MLPClassifier, classes: np.ndarray, history: list[float]) -> None:
         self.model, self.classes_, self.history = model, classes, history
 
-    def predict_proba(self, features) -> np.ndarray:
+    def predict_proba(self, features: ArrayLike) -> np.ndarray:
         x = torch.from_numpy(check_features(features, "features").astype(np.float32))
         return torch.softmax(encode(self.model, x).double(), dim=1).numpy()
 
 
-def fit_clp_ensemble(features, labels, n_members: int = 5, seed: int = 0, hidden: tuple[int, ...] = (256,),
-                     epochs: int = 200, batch_size: int = 200, lr: float = 1e-3, weight_decay: float = 1e-4,
-                     progress: bool = False, checkpoint_dir: str | os.PathLike | None = None,
-                     resume: bool = False, callbacks: Sequence[Callable] = ()) -> list[EnsembleMember]:
+def fit_clp_ensemble(
+    features: ArrayLike,
+    labels: ArrayLike,
+    n_members: int = 5,
+    seed: int = 0,
+    hidden: tuple[int, ...] = (256,),
+    epochs: int = 200,
+    batch_size: int = 200,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    progress: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Callable] = (),
+) -> list[EnsembleMember]:
     """Train ``n_members`` MLP classifiers differing only in their seed (``seed + j``: initial weights and
     batch order) on ``features`` (n, d) with integer ``labels`` (n,) — D_in ∪ D_out with the extended label set,
     as the CLP paper does with its ResNet ensemble (section 4). Returns the fitted members.

@@ -7,7 +7,7 @@ for every objective.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -117,7 +117,9 @@ class FIRMOutlierExposureObjective:
     """FIRM (eq. 2) with outlier-exposure images as the single-positive outliers (FIRM §2.1, OE variant):
     each batch draws as many pool images as it has inliers."""
 
-    def __init__(self, views: SimCLRViews, pool, temperature: float = 0.2, gather_distributed: bool = False) -> None:
+    def __init__(
+        self, views: SimCLRViews, pool: Any, temperature: float = 0.2, gather_distributed: bool = False
+    ) -> None:
         self.views = views
         self.pool = pool
         self.loss = FIRMLoss(temperature, gather_distributed=gather_distributed)
@@ -136,7 +138,7 @@ class OECLObjective:
     α, here ``norm_weight``), with λ = 0 for the first ``warmup_epochs`` epochs (the trainer reports epochs
     through :meth:`set_epoch`)."""
 
-    def __init__(self, views: SimCLRViews, pool, temperature: float = 0.5, norm_weight: float = 1.0,
+    def __init__(self, views: SimCLRViews, pool: Any, temperature: float = 0.5, norm_weight: float = 1.0,
                  warmup_epochs: int = 0) -> None:
         self.views = views
         self.pool = pool

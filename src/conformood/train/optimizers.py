@@ -8,6 +8,7 @@ neither adapted nor decayed, as in SimCLR's implementation.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,15 +21,17 @@ OPTIMIZERS: Registry = Registry("optimizer")
 class LARS(torch.optim.Optimizer):
     """Layer-wise adaptive rate scaling on top of SGD with momentum."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+    def __init__(self, params: Any, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001, eps: float = 1e-8) -> None:
         if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or trust_coefficient <= 0:
             raise ValueError(f"invalid LARS settings: lr {lr}, momentum {momentum}, weight_decay {weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Any = None) -> torch.Tensor | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

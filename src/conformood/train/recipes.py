@@ -8,8 +8,10 @@ The experiment around it (loading data, process groups, writing results) is
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +19,7 @@ import torch
 from .. import distributed as dist_utils
 from .._validation import check_positive_int
 from ..augment import SimCLRViews, ViewConfig
-from ..models import ENCODERS, HEADS, build_contrastive_model
+from ..models import ENCODERS, HEADS, ContrastiveModel, build_contrastive_model
 from ..registry import Registry
 from .objectives import (
     CIDERObjective,
@@ -30,7 +32,7 @@ from .objectives import (
     SelfOECLObjective,
     SupConRotationObjective,
 )
-from .trainer import TrainConfig, Trainer
+from .trainer import TrainConfig, Trainer, TrainHistory
 
 CSI_SHIFTS = (0, 90, 180, 270)
 SELF_OECL_ID_SHIFTS = (0, 90)
@@ -178,7 +180,7 @@ def aux_classes_for(cfg: TrainRunConfig, n_classes: int | None = None) -> int | 
 
 
 def build_objective(cfg: TrainRunConfig, views: SimCLRViews, image_shape: tuple[int, int, int],
-                    n_classes: int | None = None):
+                    n_classes: int | None = None) -> Any:
     """The training objective registered as ``cfg.objective`` (outlier-exposure pools conformed to the images)."""
     pool = None
     if OBJECTIVES.info(cfg.objective).needs_oe_pool:
@@ -188,7 +190,7 @@ def build_objective(cfg: TrainRunConfig, views: SimCLRViews, image_shape: tuple[
     return OBJECTIVES.get(cfg.objective)(cfg, views, pool, n_classes, dist_utils.is_distributed())
 
 
-def load_train_config(path: str | os.PathLike, **overrides) -> TrainRunConfig:
+def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainRunConfig:
     """A :class:`TrainRunConfig` from a YAML recipe (keys = its fields); ``overrides`` win over the file."""
     import yaml
 
@@ -224,8 +226,8 @@ def train_contrastive_encoder(
     device: str | None = None,
     description: str | None = None,
     labels: torch.Tensor | np.ndarray | None = None,
-    callbacks=(),
-):
+    callbacks: Sequence[Callable] = (),
+) -> tuple[ContrastiveModel, TrainHistory]:
     """Build ``cfg.encoder`` + ``cfg.head`` (and an auxiliary head where the recipe has one) and train it on
     ``images`` with ``cfg``'s objective.
 
@@ -243,7 +245,9 @@ def train_contrastive_encoder(
         classes, labels = torch.unique(labels, return_inverse=True)
         n_classes = int(classes.numel())
         if n_classes < 2:
-            raise ValueError(f"objective {cfg.objective!r} needs at least 2 classes in the training data, got {n_classes}")
+            raise ValueError(
+                f"objective {cfg.objective!r} needs at least 2 classes in the training data, got {n_classes}"
+            )
     else:
         labels = None
     with torch.random.fork_rng(devices=[]):
@@ -269,7 +273,7 @@ def train_contrastive_encoder(
     return model, history
 
 
-def load_trained_model(path: str | os.PathLike):
+def load_trained_model(path: str | os.PathLike) -> tuple[ContrastiveModel, dict]:
     """Rebuild the model written by :func:`run_training` (``model.safetensors``); returns (model, config)."""
     from ..io import load_state
 

@@ -73,6 +73,8 @@ def _constant(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: 
     return ConstantLR(optimizer)
 
 
-def build_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0):
+def build_schedule(
+    name: str, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler:
     """The schedule registered as ``name`` over ``total_steps`` optimiser steps."""
     return SCHEDULES.get(name)(optimizer, total_steps, warmup_steps)
