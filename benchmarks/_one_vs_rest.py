@@ -19,6 +19,7 @@ import torch
 from conformood.io import write_json
 from conformood.metrics import ood_metrics
 from conformood.models import encode
+from conformood.report import render_one_vs_rest
 from conformood.scores import get_detector
 from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
@@ -168,8 +169,7 @@ def gather(name: str, title: str, description: str, out_dir: Path, config: dict,
     write_json(out_dir / f"{name}.json", out)
     complete = {c: r for c, r in results.items() if all(m in r for m in ("raw_pixels", *methods))}
     if complete:
-        write_markdown(out_dir / f"{name}.md", out, complete, methods, method_labels, f"{name}_auroc.png", notes)
-        plot(out_dir / f"{name}_auroc.png", out, complete, methods, method_labels)
+        render_one_vs_rest(out, complete, methods, method_labels, out_dir, name, notes)
     print(json.dumps(out["mean"], indent=1))
     return out
 
@@ -185,60 +185,3 @@ def summary(results: dict, methods) -> dict:
         out[m]["s_l2_auroc"] = float(np.mean([r[m]["s_l2_auroc"] for r in complete]))
     out["n_classes"] = len(complete)
     return out
-
-
-def write_markdown(path: Path, out: dict, results: dict, methods, labels: dict, figure: str,
-                   notes: tuple[str, ...] = ()) -> None:
-    cfg, cols = out["config"], ["raw_pixels", *methods]
-    lines = [
-        f"# {out['benchmark']}", "", out["description"], "",
-        f"{cfg['epochs']} epochs on {cfg['n_train']} training images of the normal class (the same images and "
-        f"initial weights for every method), batch {cfg['batch_size']}, peak lr {cfg['lr']} (warm-up + cosine), "
-        f"crops of at least {cfg['crop_scale_min']:.0%} of the area, weight decay {cfg['weight_decay']}, seed "
-        f"{cfg['seed']}. Score s_con with k = {cfg['k']} on the encoder's features; AUROC with the normal class "
-        "as positive. Full per-run settings in the JSON (`train_configs`).", "",
-        f"Training time {out['train_seconds_total'] / 60:.0f} min summed over the runs "
-        f"({', '.join(map(str, out['environment']['threads_per_run']))} CPU thread(s) per run); "
-        f"{out['wall_time_s'] / 60:.0f} min from the first run's start to the last one's end.", "",
-        "| class | " + " | ".join(labels.get(m, m) for m in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for cname, r in results.items():
-        best = max(r[m]["auroc"] for m in cols)
-        lines.append(f"| {cname} | " + " | ".join(
-            f"**{r[m]['auroc']:.3f}**" if r[m]["auroc"] == best else f"{r[m]['auroc']:.3f}" for m in cols) + " |")
-    mean = out["mean"]
-    top = max(mean[m]["auroc"] for m in cols)
-    lines.append("| **mean AUROC** | " + " | ".join(
-        f"**{mean[m]['auroc']:.4f}**" if mean[m]["auroc"] == top else f"{mean[m]['auroc']:.4f}" for m in cols) + " |")
-    lines.append("| mean FPR@95TPR | " + " | ".join(f"{mean[m]['fpr95']:.3f}" for m in cols) + " |")
-    lines.append("| mean AUROC of s_l2 (‖projection‖) | – | " + " | ".join(f"{mean[m]['s_l2_auroc']:.3f}" for m in methods)
-                 + " |")
-    lines += ["", f"![AUROC per class]({figure})", ""]
-    if notes:
-        lines += [*notes, ""]
-    path.write_text("\n".join(lines))
-
-
-def plot(path: Path, out: dict, results: dict, methods, labels: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols, names = ["raw_pixels", *methods], list(results)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(names) + 2), 3.8))
-    width = 0.8 / len(cols)
-    for i, m in enumerate(cols):
-        ax.bar(np.arange(len(names)) + (i - (len(cols) - 1) / 2) * width, [results[n][m]["auroc"] for n in names],
-               width, label=f"{labels.get(m, m)} (mean {out['mean'][m]['auroc']:.3f})")
-    ax.set_xticks(np.arange(len(names)), names, rotation=20)
-    ax.set_ylim(0.4, 1.0)
-    ax.set_ylabel(f"AUROC (s_con, k = {out['config']['k']})")
-    ax.set_title(out["benchmark"])
-    ax.legend(loc="lower left", fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)

@@ -72,8 +72,11 @@ class TripletSampler:
         cols = torch.arange(k)[None, :]
         return torch.gather(win, 1, cols + (cols >= at[:, None]).long())
 
-    def sample(self, anchors: torch.Tensor, k: int, g: torch.Generator) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Index tensors (B, k) of positives and negatives (positives index views when unsupervised)."""
+    def sample(self, anchors: torch.Tensor, pairs_per_anchor: int, g: torch.Generator
+               ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Index tensors (B, pairs_per_anchor) of positives and negatives (positives index views when
+        unsupervised)."""
+        k = pairs_per_anchor
         if self._pos is None:
             self.refresh(g)
         if self.labels is None:
