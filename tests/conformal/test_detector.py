@@ -135,3 +135,50 @@ def test_conformal_detector_is_an_estimator_and_takes_labels_as_fit_does():
     with pytest.warns(FutureWarning, match="labels="):
         old = ConformalDetector(get_detector("knn_cosine", n_neighbors=3), mondrian=True).fit(x).calibrate(cal, classes=y)
     np.testing.assert_array_equal(cd.p_values(test, labels=t), old.p_values(test, t))
+
+
+@pytest.mark.parametrize("n", [2, 8])
+def test_p_value_rule_and_threshold_rule_agree_exactly_at_one_third(n):
+    """alpha = 1/3 with n = 2 or 8: floor(alpha (n + 1)) is 0 or 2 in exact arithmetic, while the float p-value
+    k/(n+1) equals the float alpha at k = 1 or 3. Both rules must decide alike (a fixed bug: predict warned
+    'nothing can be flagged' and then flagged)."""
+    import warnings
+
+    from conformood.conformal import ConformalWarning, conformal_threshold
+
+    cal = np.arange(1.0, n + 1.0)[:, None]
+    test = np.array([[0.0], [1.5], [2.5], [n + 1.0]])
+    cd = ConformalDetector(_Identity()).calibrate(cal)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flags = cd.predict(test, alpha=1 / 3)
+        threshold = conformal_threshold(cal[:, 0], 1 / 3)
+    np.testing.assert_array_equal(flags, test[:, 0] < threshold)
+    if n == 2:
+        assert not flags.any() and any(issubclass(w.category, ConformalWarning) for w in caught)
+    else:
+        assert flags.sum() == 2  # k = 1, 2 flagged; k = 3 (p = 3/9 = 1/3 as a float) is not
+
+
+def test_select_warns_like_predict_when_nothing_can_be_selected():
+    from conformood.conformal import ConformalWarning
+
+    cd = ConformalDetector(_Identity()).calibrate(np.arange(1.0, 51.0)[:, None])
+    with pytest.warns(ConformalWarning, match="nothing can be"):
+        assert not cd.select(np.zeros((5, 1)), alpha=1e-12).any()
+
+
+def test_exact_benjamini_hochberg_matches_the_float_rule_away_from_ties():
+    from conformood.conformal import benjamini_hochberg, benjamini_hochberg_exact
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, m = int(rng.integers(5, 60)), int(rng.integers(1, 40))
+        k = rng.integers(1, n + 2, size=m)
+        alpha = float(rng.choice([0.05, 0.1, 0.2, 0.37]))
+        np.testing.assert_array_equal(benjamini_hochberg_exact(k, np.full(m, n + 1), alpha),
+                                      benjamini_hochberg(k / (n + 1), alpha))
+    # a tie: p = 1/3 exactly against alpha = 1/3 written as 0.333...: the exact rule rejects nothing
+    assert not benjamini_hochberg_exact([3], [9], 1 / 3).any()
+    with pytest.raises(ValueError, match="fractions"):
+        benjamini_hochberg_exact([0], [9], 0.1)

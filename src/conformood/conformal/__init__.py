@@ -1,7 +1,7 @@
 """Conformal calibration: p-values, thresholds, guaranteed decisions, sets and risk control."""
 
 from ..scores import load_detector
-from .bh import benjamini_hochberg
+from .bh import benjamini_hochberg, benjamini_hochberg_exact
 from .detector import ConformalDetector
 from .risk_control import adaptive_correction, crc_threshold, nonempty_masks
 from .risk_sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
@@ -53,6 +53,7 @@ __all__ = [
     "ConformalDetector",
     "ConformalWarning",
     "benjamini_hochberg",
+    "benjamini_hochberg_exact",
     "conformal_p_values",
     "conformal_rank",
     "conformal_threshold",

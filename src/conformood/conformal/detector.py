@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
 from .._validation import check_alpha, check_scores, renamed
-from .bh import benjamini_hochberg
+from .bh import benjamini_hochberg_exact
 from .split import ConformalWarning, conformal_p_values, conformal_rank
 
 KIND = "ConformalDetector"
@@ -126,10 +126,46 @@ class ConformalDetector(BaseEstimator):
         """Flags: True for inputs declared out-of-distribution at level alpha, so that
         P(an in-distribution input is flagged) <= alpha."""
         labels = renamed(labels, classes, "labels", "classes")
+        self._check_calibrated()
+        return self.flags_from_scores(self.detector.score_samples(features), alpha, labels)
+
+    def flags_from_scores(self, scores: ArrayLike, alpha: float, labels: ArrayLike | None = None) -> np.ndarray:
+        """:meth:`predict` on precomputed scores. The rule p(x) <= alpha is decided exactly: with
+        p = k / (n + 1), an input is flagged when k <= floor(alpha (n + 1)), the rank of
+        :func:`conformal_threshold`, so the p-value rule and the threshold rule never disagree."""
         alpha = check_alpha(alpha)
-        p = self.p_values(features, labels)
+        self._check_calibrated()
+        k, n = self._ranks(scores, labels)
+        limits = {int(size): conformal_rank(alpha, int(size)) for size in np.unique(n)}
         self._warn_unreachable(alpha)
-        return p <= alpha
+        return k <= np.array([limits[int(size)] for size in n], dtype=np.int64).reshape(k.shape)
+
+    def select_from_scores(self, scores: ArrayLike, alpha: float, labels: ArrayLike | None = None) -> np.ndarray:
+        """:meth:`select` on precomputed scores: Benjamini–Hochberg decided exactly on p = k / (n + 1)."""
+        alpha = check_alpha(alpha)
+        self._check_calibrated()
+        k, n = self._ranks(scores, labels)
+        self._warn_unreachable(alpha)
+        return benjamini_hochberg_exact(k, n + 1, alpha)
+
+    def _ranks(self, scores: ArrayLike, labels: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
+        """(k, n) per input: its p-value is exactly k / (n + 1), k = 1 + #{calibration scores <= s} of its group."""
+        s = check_scores(scores, "test scores")
+        if self.mondrian:
+            groups = self._check_classes(labels, s.size, "p_values")
+            unknown = sorted(set(np.unique(groups).tolist()) - set(self.calibration_))
+            if unknown:
+                raise ValueError(f"labels {unknown} had no calibration data")
+        else:
+            groups = np.full(s.size, -1)
+        k = np.zeros(s.size, dtype=np.int64)
+        n = np.zeros(s.size, dtype=np.int64)
+        for group, cal in self.calibration_.items():
+            sel = groups == group
+            if sel.any():
+                k[sel] = 1 + np.searchsorted(cal, s[sel], side="right")
+                n[sel] = cal.size
+        return k, n
 
     def select(
         self, features: ArrayLike, alpha: float, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
@@ -137,7 +173,8 @@ class ConformalDetector(BaseEstimator):
         """Flags by Benjamini–Hochberg over the batch: True for inputs declared out-of-distribution, with
         FDR <= alpha among them."""
         labels = renamed(labels, classes, "labels", "classes")
-        return benjamini_hochberg(self.p_values(features, labels), alpha)
+        self._check_calibrated()
+        return self.select_from_scores(self.detector.score_samples(features), alpha, labels)
 
     def _warn_unreachable(self, alpha: float) -> None:
         small = {k: v.size for k, v in self.calibration_.items() if conformal_rank(alpha, v.size) == 0}

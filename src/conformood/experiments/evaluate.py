@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_alpha, check_binary_labels
-from ..conformal import ConformalDetector, benjamini_hochberg, conformal_threshold
+from ..conformal import ConformalDetector, conformal_threshold
 from ..io import write_json, write_npz, write_text
 from ..metrics import decision_metrics, ood_metrics
 from ..report.evaluation import render_evaluation
@@ -127,8 +127,9 @@ def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress:
     p = cd.p_values_from_scores(test_scores, te.labels if mondrian else None)
     is_inlier = te.is_inlier
     metrics = ood_metrics(test_scores, is_inlier).to_dict()
-    flagged = p <= alpha
-    bh = benjamini_hochberg(p, alpha)
+    test_labels = te.labels if mondrian else None
+    flagged = cd.flags_from_scores(test_scores, alpha, test_labels)
+    bh = cd.select_from_scores(test_scores, alpha, test_labels)
     result = {
         **result_header("evaluate", asdict(cfg)),
         "detector": detector,
@@ -173,24 +174,25 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     classes = split.labels if cd.mondrian else None
     scores = cd.detector.score_samples(x)
     p = cd.p_values_from_scores(scores, classes)
-    selected = benjamini_hochberg(p, alpha)
+    flagged = cd.flags_from_scores(scores, alpha, classes)
+    selected = cd.select_from_scores(scores, alpha, classes)
     result = {
         **result_header("score", {"detector_file": str(detector_file), "inputs": str(inputs), "alpha": alpha,
                                   "use_logits": use_logits}),
         "alpha": alpha,
         "n": int(p.size),
-        "n_flagged": int((p <= alpha).sum()),
+        "n_flagged": int(flagged.sum()),
         "n_bh_selected": int(selected.sum()),
         "score": scores.tolist(),
         "p_value": p.tolist(),
-        "flagged": (p <= alpha).tolist(),
+        "flagged": flagged.tolist(),
         "bh_selected": selected.tolist(),
     }
     out = Path(out)
     write_json(out, result)
     rows = ["index,score,p_value,flagged,bh_selected"] + [
-        f"{i},{s:.10g},{q:.10g},{int(q <= alpha)},{int(b)}"
-        for i, (s, q, b) in enumerate(zip(scores, p, selected))
+        f"{i},{s:.10g},{q:.10g},{int(f)},{int(b)}"
+        for i, (s, q, f, b) in enumerate(zip(scores, p, flagged, selected))
     ]
     write_text(out.with_suffix(".csv"), "\n".join(rows) + "\n")
     return result
