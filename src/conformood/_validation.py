@@ -49,6 +49,8 @@ def check_scores(scores: Any, name: str, min_size: int = 1) -> np.ndarray:
     arr = np.asarray(scores)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real, got complex dtype {arr.dtype} (it is never truncated to its real part)")
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D (n,), got shape {arr.shape}")
     if arr.shape[0] < min_size:
@@ -71,6 +73,8 @@ def check_features(
     arr = np.asarray(features)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise ValueError(f"{name} must be real, got complex dtype {arr.dtype} (it is never truncated to its real part)")
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
     if arr.shape[0] < min_samples:
@@ -205,3 +209,14 @@ def renamed(new_value: Any, old_value: Any, new: str, old: str, default: Any = N
         raise ValueError(f"give {new}= only ({old}= is its former name)")
     warnings.warn(f"{old}= is deprecated; use {new}=", FutureWarning, stacklevel=3)
     return old_value
+
+
+def check_finite_scores(scores: np.ndarray, where: str) -> np.ndarray:
+    """``scores`` unchanged when every entry is finite; otherwise a ValueError naming the first rows and why a
+    score cannot be trusted (a detector never returns a non-finite score)."""
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        rows = ", ".join(map(str, bad[:5].tolist())) + (", ..." if bad.size > 5 else "")
+        raise ValueError(f"{where} gave non-finite scores for {bad.size} input(s) (rows {rows}): the features are "
+                         "outside the range the fitted model can represent (degenerate covariance, overflow)")
+    return scores

@@ -21,6 +21,10 @@ from .risk_control import _check_pair, _check_thresholds, _fraction
 def crc_sets(probs: ArrayLike, threshold: float) -> np.ndarray:
     """Prediction sets of eq. 4/6: the boolean maps {p̂_j ≥ τ}."""
     p = check_probability_maps(probs)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or np.isnan(
+        threshold
+    ):
+        raise ValueError(f"threshold must be a real number (or ±inf), got {threshold!r}")
     return p >= threshold
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
+
+from .._validation import check_finite_scores
 
 
 class BaseDetector(BaseEstimator):
@@ -18,6 +22,19 @@ class BaseDetector(BaseEstimator):
     :meth:`save` writes the learned arrays to safetensors and the parameters and learned scalars to JSON;
     :func:`conformood.scores.load_detector` reads any detector back.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap each detector's ``score_samples`` so that no detector ever returns a non-finite score."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("score_samples")
+        if own is not None and not getattr(own, "_checks_finite", False):
+
+            @functools.wraps(own)
+            def score_samples(self: BaseDetector, features: ArrayLike) -> np.ndarray:
+                return check_finite_scores(np.asarray(own(self, features)), f"{type(self).__name__}.score_samples")
+
+            score_samples._checks_finite = True
+            cls.score_samples = score_samples
 
     #: learned attributes saved under a former name: {former: current} (files written before a rename load)
     _former_state_names: dict[str, str] = {}

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import ArrayLike
 
-from .._validation import check_features
+from .._validation import check_features, check_positive_float
 from .base import BaseDetector
 
 _CHUNK = 8192
@@ -54,10 +54,10 @@ class ClassConditionalGaussianDetector(BaseDetector):
 
     def __init__(self, ridge: float = 1e-6) -> None:
         self.ridge = ridge
+        check_positive_float(ridge, "ridge")
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ClassConditionalGaussianDetector:
-        if not self.ridge > 0:
-            raise ValueError(f"ridge must be > 0, got {self.ridge}")
+        check_positive_float(self.ridge, "ridge")
         x = check_features(features, "features")
         y = _check_labels(labels, x.shape[0])
         classes, counts, means, scatters = _class_moments(x, y, min_count=2)
@@ -66,6 +66,9 @@ class ClassConditionalGaussianDetector(BaseDetector):
         logdet = np.empty(classes.size)
         for i in range(classes.size):
             cov = scatters[i] / (counts[i] - 1)
+            if not np.trace(cov) > 0:
+                raise ValueError(f"class {classes[i]!r} has identical features in every row: its covariance is zero "
+                                 "and the Gaussian density is undefined")
             cov += self.ridge * max(np.trace(cov) / d, np.finfo(np.float64).tiny) * np.eye(d)
             chol[i] = np.linalg.cholesky(cov)
             logdet[i] = 2.0 * np.log(np.diag(chol[i])).sum()
@@ -100,10 +103,15 @@ class MahalanobisDetector(BaseDetector):
     def __init__(self, solver: str = "pinv", ridge: float = 1e-6) -> None:
         self.solver = solver
         self.ridge = ridge
+        self._check_params()
 
-    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> MahalanobisDetector:
+    def _check_params(self) -> None:
         if self.solver not in ("pinv", "ridge"):
             raise ValueError(f"solver must be 'pinv' or 'ridge', got {self.solver!r}")
+        check_positive_float(self.ridge, "ridge")
+
+    def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> MahalanobisDetector:
+        self._check_params()
         x = check_features(features, "features")
         y = _check_labels(labels, x.shape[0])
         classes, _, means, scatters = _class_moments(x, y, min_count=1)

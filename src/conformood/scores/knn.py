@@ -17,13 +17,21 @@ _TORCH_BLOCK = 1 << 26
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm; raises when a row is all zeros (its direction is undefined)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
+    """Rows divided by their L2 norm, for any scale the dtype holds: rows whose squared entries would overflow
+    or underflow are first divided by their largest entry (so s_con is truly scale invariant). Raises when a row
+    is all zeros (its direction is undefined)."""
+    info = np.finfo(x.dtype)
+    amax = np.max(np.abs(x), axis=1, keepdims=True)
+    zero = amax[:, 0] == 0
+    if np.any(zero):
         raise ValueError(
-            f"{int(np.count_nonzero(norms == 0))} feature vector(s) are all zero: cosine similarity is undefined"
+            f"{int(np.count_nonzero(zero))} feature vector(s) are all zero: cosine similarity is undefined"
         )
-    return x / norms
+    extreme = (amax[:, 0] > np.sqrt(info.max / x.shape[1])) | (amax[:, 0] < np.sqrt(info.tiny) / info.eps)
+    if np.any(extreme):  # rescaled rows only, so that every other row keeps its exact value
+        x = x.copy()
+        x[extreme] = x[extreme] / amax[extreme]
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def _faiss_available() -> bool:

@@ -90,6 +90,9 @@ class ViMDetector(BaseDetector):
         eigval, eigvec = np.linalg.eigh(cov)
         residual_space = eigvec[:, np.argsort(eigval)[::-1][dim:]]
         residual = np.linalg.norm(centred @ residual_space, axis=1)
+        if not residual.mean() > 1e-12 * max(1.0, float(np.abs(centred).max())):
+            raise ValueError(f"the training features have (numerically) no component outside their top {dim} "
+                             "principal directions, so ViM's residual is zero; lower dim")
         max_logit = (x @ w.T + b).max(axis=1)
         self.origin_, self.residual_space_ = u, residual_space
         self.scale_ = float(max_logit.mean() / residual.mean())
