@@ -132,3 +132,23 @@ def test_clp_ensemble_members_resume_exactly(tmp_path):
     for a, b in zip(full, resumed, strict=True):
         assert_same_state(a.model, b.model)
         np.testing.assert_array_equal(a.predict_proba(x), b.predict_proba(x))
+
+
+def test_resume_refuses_a_checkpoint_of_a_different_run(tmp_path):
+    """A FIRM class-3 checkpoint resumed as NT-Xent class 5 used to train nothing and report "ntxent, class 5"
+    over FIRM's weights; now it is refused with the fields that differ."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from conformood.cli import app
+
+    base = ["train", "--out", str(tmp_path), "--epochs", "2", "--no-progress", "--device", "cpu", "--image-size", "8"]
+    assert CliRunner().invoke(app, [*base, "--normal-class", "3"]).exit_code == 0
+    first = json.loads((tmp_path / "train.json").read_text())
+    result = CliRunner().invoke(app, [*base, "--normal-class", "5", "--objective", "ntxent", "--resume"])
+    assert result.exit_code == 2
+    assert "different run" in result.output and "normal_class" in result.output and "objective" in result.output
+    assert json.loads((tmp_path / "train.json").read_text()) == first  # nothing was overwritten
+    # the same run resumes
+    assert CliRunner().invoke(app, [*base, "--normal-class", "3", "--resume"]).exit_code == 0

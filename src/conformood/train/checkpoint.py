@@ -7,6 +7,7 @@ resumed run reproduces the uninterrupted one exactly.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,26 @@ CHECKPOINT_KIND = "checkpoint"
 def augmentation_seed(seed: int, rank: int) -> int:
     """The seed of process ``rank``'s augmentation stream."""
     return int(np.random.SeedSequence([seed, rank, 1]).generate_state(1)[0])
+
+
+#: settings that may change between a run and its resumption (where it runs, not what it computes)
+RESUMABLE_CHANGES = frozenset({"device", "distributed"})
+
+
+def check_same_run(meta: dict, train_config: dict, recipe: dict | None, path: str | os.PathLike) -> None:
+    """Refuse to resume a checkpoint written by a different run: a clear error listing every field whose value
+    differs between the checkpoint's training config and recipe and this run's."""
+    diffs = []
+    for part, now, saved in (("", train_config, meta.get("train_config")), ("recipe.", recipe, meta.get("recipe"))):
+        if now is None or saved is None:
+            continue
+        now, saved = json.loads(json.dumps(now, default=str)), json.loads(json.dumps(saved, default=str))
+        for key in sorted(set(now) | set(saved)):
+            if key not in RESUMABLE_CHANGES and now.get(key) != saved.get(key):
+                diffs.append(f"{part}{key}: {saved.get(key)!r} in the checkpoint, {now.get(key)!r} now")
+    if diffs:
+        raise ValueError(f"{path} was written by a different run; resume it with its own settings or start a new "
+                         f"run in another folder. Differing: {'; '.join(diffs)}")
 
 
 def _all_aug_states(trainer: Trainer) -> list[torch.Tensor]:
@@ -73,6 +94,7 @@ def save_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
             "epoch": trainer.epoch,
             "world_size": trainer.world_size,
             "train_config": asdict(trainer.config),
+            "recipe": trainer.recipe,
             "param_groups": groups[0],
             "optimizers": groups,
             "optimizer_scalars": scalars,
@@ -89,6 +111,7 @@ def save_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
 def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
     """Restore what :func:`save_checkpoint` wrote into ``trainer``; the model's architecture must match."""
     tensors, meta = load_state(path, kind=CHECKPOINT_KIND)
+    check_same_run(meta, asdict(trainer.config), trainer.recipe, path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     trainer.model.load_state_dict(model_state)
     groups = meta.get("optimizers", [meta["param_groups"]])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,8 @@ def train_contrastive_encoder(
     trainer = Trainer(
         model, objective, train_cfg, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 10),
         progress=progress, description=description or f"{cfg.objective} training", callbacks=callbacks,
+        recipe={k: v for k, v in asdict(cfg).items() if k not in ("device", "eval_every", "eval_n_neighbors",
+                                                                   "eval_max_images")},
     )
     history = trainer.fit(images, resume=resume, labels=labels)
     return model, history

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,9 @@ class Trainer:
 
     With ``checkpoint`` set, the model, optimisers, schedules, generators, objective and callback state and the
     history are saved atomically every ``checkpoint_every`` epochs, at the end and when interrupted (Ctrl-C),
-    and ``fit(resume=True)`` continues from the last one, reproducing the uninterrupted run.
+    and ``fit(resume=True)`` continues from the last one, reproducing the uninterrupted run. The checkpoint
+    records the training config and ``recipe`` (what the caller trains: data, objective, model); resuming with
+    a different one is refused with the list of the fields that differ.
 
     Callbacks are called as ``callback(trainer)`` after every epoch (before the checkpoint is written), and
     ``callback.on_train_end(trainer)`` when training finishes, where defined. A callback with ``state_dict`` /
@@ -127,6 +130,7 @@ class Trainer:
         description: str = "training",
         callbacks: Sequence[Callable[[Trainer], None]] = (),
         optimizers: Callable[[nn.Module], Sequence[torch.optim.Optimizer]] | None = None,
+        recipe: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -136,6 +140,7 @@ class Trainer:
         self.progress = progress
         self.description = description
         self.callbacks = list(callbacks)
+        self.recipe = dict(recipe) if recipe is not None else None
         self.history = TrainHistory()
         self.epoch = 0
         cfg = self.config
