@@ -44,3 +44,19 @@ def test_the_imports_the_readme_documents_exist():
         module = importlib.import_module(module_name)
         for name in (n.strip() for n in names.split(",")):
             assert hasattr(module, name), f"{module_name}.{name}"
+
+
+def test_the_command_starts_without_torch_and_its_help_lists_the_registries():
+    proc = subprocess.run([sys.executable, "-c", "import sys, conformood.cli; assert 'torch' not in sys.modules"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    from typer.testing import CliRunner
+
+    from conformood.cli import app
+    from conformood.data import PROTOCOLS
+    from conformood.train.recipes import OBJECTIVES
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output.split())
+    assert all(name in text for name in OBJECTIVES.names()) and "{objectives}" not in text
+    text = " ".join(CliRunner().invoke(app, ["evaluate", "--help"], terminal_width=200).output.split())
+    assert all(f"{name}:" in text for name in PROTOCOLS.names())

@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
-from .data import DATASETS, protocol_help
-from .train.recipes import OBJECTIVES
+from typer.core import TyperCommand
 
 app = typer.Typer(
     name="conformood",
@@ -17,6 +15,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+class _RegistryHelp(TyperCommand):
+    """Fills the option help's registry placeholders ({datasets}, {objectives}, {protocols}) from the registries
+    when help is shown, so that the choices come from the registries while starting a command imports no torch."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from .data import DATASETS, protocol_help
+        from .train.recipes import OBJECTIVES
+
+        fill = {"{datasets}": ", ".join(DATASETS.names()), "{objectives}": ", ".join(OBJECTIVES.names()),
+                "{protocols}": protocol_help()}
+        for param in self.params:
+            for token, text in fill.items():
+                if getattr(param, "help", None) and token in param.help:
+                    param.help = param.help.replace(token, text)
+        super().format_help(ctx, formatter)
 
 
 @app.callback()
@@ -52,13 +67,13 @@ def demo(
     _run_experiment(run_demo, config, out, lambda result: _print_summary(result, out), progress=progress)
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 def train(
     out: Annotated[Path, typer.Option(help="Folder for checkpoint.safetensors, model.safetensors, train.json.")] = Path(
         "train-output"
     ),
     data: Annotated[
-        str, typer.Option(help=f"{', '.join(DATASETS.names())}, or an image folder / .tar(.gz) laid out "
+        str, typer.Option(help="{datasets}, or an image folder / .tar(.gz) laid out "
                          "split/class/*.jpg.")
     ] = "digits",
     split: Annotated[str, typer.Option(help="Sub-folder of the image folder to train on.")] = "train",
@@ -66,7 +81,7 @@ def train(
         str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
     ] = None,
     objective: Annotated[
-        str, typer.Option(help=f"One of {', '.join(OBJECTIVES.names())} (the outlier-exposure recipes need "
+        str, typer.Option(help="One of {objectives} (the outlier-exposure recipes need "
                          "--config for their pool).")
     ] = "firm",
     epochs: Annotated[int, typer.Option(min=1)] = 40,
@@ -130,7 +145,7 @@ def _parse_options(items: list[str] | None) -> dict:
     return options
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 def evaluate(
     train: Annotated[Path | None, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")] = None,
     calibration: Annotated[Path | None, typer.Option(help="npz of held-out in-distribution data, same arrays.")] = None,
@@ -141,9 +156,9 @@ def evaluate(
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
     ] = None,
     data: Annotated[
-        str, typer.Option(help=f"With --checkpoint: {', '.join(DATASETS.names())}, or an image folder / tar.")
+        str, typer.Option(help="With --checkpoint: {datasets}, or an image folder / tar.")
     ] = "digits",
-    protocol: Annotated[str, typer.Option(help=f"With --checkpoint: {protocol_help()}.")] = "one-vs-rest:0",
+    protocol: Annotated[str, typer.Option(help="With --checkpoint: {protocols}.")] = "one-vs-rest:0",
     detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")

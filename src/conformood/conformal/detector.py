@@ -136,9 +136,11 @@ class ConformalDetector(BaseEstimator):
         alpha = check_alpha(alpha)
         self._check_calibrated()
         k, n = self._ranks(scores, labels)
-        limits = {int(size): conformal_rank(alpha, int(size)) for size in np.unique(n)}
+        limit = np.zeros_like(n)
+        for size in np.unique(n):  # one rank per calibration group
+            limit[n == size] = conformal_rank(alpha, int(size))
         self._warn_unreachable(alpha)
-        return k <= np.array([limits[int(size)] for size in n], dtype=np.int64).reshape(k.shape)
+        return k <= limit
 
     def select_from_scores(self, scores: ArrayLike, alpha: float, labels: ArrayLike | None = None) -> np.ndarray:
         """:meth:`select` on precomputed scores: Benjamini–Hochberg decided exactly on p = k / (n + 1)."""

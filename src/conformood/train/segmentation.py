@@ -69,7 +69,7 @@ def train_segmentation_model(
     pos = float(y.mean())
     pos_weight = torch.tensor((1.0 - pos) / max(pos, 1e-6)) ** 0.5
     config = TrainConfig(
-        epochs=epochs, batch_size=max(batch_size, 1), lr=lr, optimizer="adam", weight_decay=0.0, schedule="cosine",
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam", weight_decay=0.0, schedule="cosine",
         warmup_epochs=0, drop_last=False, min_batch_size=1, shared_generator=True, seed=seed + 1,
     )
     trainer = Trainer(model, SegmentationBCEObjective(pos_weight), config, checkpoint=checkpoint,

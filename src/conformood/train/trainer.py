@@ -62,8 +62,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.min_batch_size, "min_batch_size")
-        check_positive_int(self.batch_size, "batch_size", minimum=max(2, self.min_batch_size) if self.min_batch_size > 1
-                           else 1)
+        check_positive_int(self.batch_size, "batch_size", minimum=self.min_batch_size)
         check_positive_float(self.lr, "lr")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
