@@ -182,3 +182,33 @@ def test_exact_benjamini_hochberg_matches_the_float_rule_away_from_ties():
     assert not benjamini_hochberg_exact([3], [9], 1 / 3).any()
     with pytest.raises(ValueError, match="fractions"):
         benjamini_hochberg_exact([0], [9], 0.1)
+
+
+def test_saved_calibrated_detector_is_one_self_contained_file(tmp_path):
+    """Issue 15 item 1: the wrapped detector is embedded, so a copy of the one file is the whole artefact."""
+    import shutil
+
+    from conformood.conformal import ConformalDetector
+    from conformood.scores import MahalanobisDetector
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(90, 5)), np.tile(np.arange(3), 30)
+    cd = ConformalDetector(MahalanobisDetector(), mondrian=True).fit(x[:60], y[:60]).calibrate(x[60:], labels=y[60:])
+    cd.save(tmp_path / "cd.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cd.safetensors"]
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(tmp_path / "cd.safetensors", tmp_path / "elsewhere" / "copy.safetensors")
+    again = ConformalDetector.load(tmp_path / "elsewhere" / "copy.safetensors")
+    test = rng.normal(size=(20, 5)) * 3
+    labels = rng.integers(0, 3, size=20)
+    np.testing.assert_array_equal(cd.p_values(test, labels), again.p_values(test, labels))
+    np.testing.assert_array_equal(cd.predict(test, 0.2, labels), again.predict(test, 0.2, labels))
+
+
+@pytest.mark.parametrize("value", ["3", 0, -1, 2.5, True])
+def test_min_calibration_is_validated_in_the_constructor(value):
+    from conformood.conformal import ConformalDetector
+    from conformood.scores import KNNCosineDetector
+
+    with pytest.raises(ValueError, match="min_calibration"):
+        ConformalDetector(KNNCosineDetector(), min_calibration=value)

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
-from .._validation import check_alpha, check_scores, renamed
+from .._validation import check_alpha, check_positive_int, check_scores, renamed
 from .bh import benjamini_hochberg_exact
 from .split import ConformalWarning, conformal_p_values, conformal_rank
 
@@ -44,6 +44,12 @@ class ConformalDetector(BaseEstimator):
         self.detector = detector
         self.mondrian = mondrian
         self.min_calibration = min_calibration
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if not isinstance(self.mondrian, (bool, np.bool_)):
+            raise ValueError(f"mondrian must be True or False, got {self.mondrian!r}")
+        check_positive_int(self.min_calibration, "min_calibration")
 
     # -- training and calibration ------------------------------------------------------------------
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ConformalDetector:
@@ -64,6 +70,7 @@ class ConformalDetector(BaseEstimator):
     ) -> ConformalDetector:
         """Calibrate from precomputed scores of held-out in-distribution data."""
         classes = renamed(labels, classes, "labels", "classes")
+        self._check_params()
         s = check_scores(scores, "calibration scores", min_size=self.min_calibration)
         if self.mondrian:
             c = self._check_classes(classes, s.size, "calibrate")
@@ -192,27 +199,61 @@ class ConformalDetector(BaseEstimator):
 
     # -- persistence -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Save the calibration (safetensors + JSON); the wrapped detector goes to ``<path>.detector``."""
+        """Save the calibrated detector as one self-contained file (safetensors + JSON, with a digest over all of
+        it): the wrapped detector's state is embedded beside the calibration scores, so nothing else is read
+        back, and no path is ever stored or followed."""
         from ..io import save_state
 
         self._check_calibrated()
-        path = os.fspath(path)
-        self.detector.save(path + ".detector")
+        det_tensors, det_config = self.detector.state()
         tensors = {f"calibration.{k}": v for k, v in self.calibration_.items()}
-        save_state(
-            path, tensors, {"mondrian": self.mondrian, "min_calibration": self.min_calibration,
-                            "detector_file": os.path.basename(path) + ".detector"}, kind=KIND,
-        )
+        tensors |= {f"detector.{k}": v for k, v in det_tensors.items()}
+        config = {"mondrian": self.mondrian, "min_calibration": self.min_calibration,
+                  "detector": {"kind": type(self.detector).__name__, "config": det_config}}
+        save_state(path, tensors, config, kind=KIND)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ConformalDetector:
+        """Read what :meth:`save` wrote, validating every stored field (the calibration scores must be finite,
+        sorted and at least ``min_calibration`` per group)."""
         from ..io import load_state
-        from ..scores import load_detector
+        from ..scores import detector_from_state
 
+        source = str(path)
         tensors, config = load_state(path, kind=KIND)
-        detector = load_detector(os.path.join(os.path.dirname(os.fspath(path)), config["detector_file"]))
-        obj = cls(detector, mondrian=config["mondrian"], min_calibration=config["min_calibration"])
-        obj.calibration_ = {int(k.split(".", 1)[1]): v.numpy() for k, v in tensors.items()}
+        if "detector_file" in config:
+            raise ValueError(f"{source} is a calibrated detector in the two-file layout of conformood 0.2, which "
+                             "is not read (it followed a path stored in the file); calibrate and save it again")
+        unknown = sorted(set(config) - {"mondrian", "min_calibration", "detector"})
+        if unknown:
+            raise ValueError(f"{source}: unknown field {unknown[0]!r}")
+        inner = config.get("detector")
+        if not isinstance(inner, dict) or not isinstance(inner.get("config"), dict):
+            raise ValueError(f"{source}: the file holds no embedded detector")
+        det_tensors = {k[len("detector."):]: v for k, v in tensors.items() if k.startswith("detector.")}
+        detector = detector_from_state(inner.get("kind"), det_tensors, inner["config"], source)
+        try:
+            obj = cls(detector, mondrian=config.get("mondrian"), min_calibration=config.get("min_calibration"))
+        except ValueError as exc:
+            raise ValueError(f"{source}: stored settings are refused: {exc}") from None
+        calibration = {}
+        for key, value in tensors.items():
+            if key.startswith("detector."):
+                continue
+            group = key.split(".", 1)[1] if key.startswith("calibration.") else ""
+            if not group.lstrip("-").isdigit():
+                raise ValueError(f"{source}: unexpected tensor {key!r}")
+            scores = value.numpy()
+            if scores.ndim != 1 or not np.issubdtype(scores.dtype, np.floating) or not np.isfinite(scores).all():
+                raise ValueError(f"{source}: calibration scores {key!r} must be finite floats of shape (n,)")
+            if scores.size < obj.min_calibration or np.any(np.diff(scores) < 0):
+                raise ValueError(f"{source}: calibration scores {key!r} must be sorted, with at least "
+                                 f"{obj.min_calibration}")
+            calibration[int(group)] = scores
+        if not calibration or (not obj.mondrian and set(calibration) != {-1}) or (obj.mondrian and -1 in calibration):
+            raise ValueError(f"{source}: the calibration groups {sorted(calibration)} do not match mondrian="
+                             f"{obj.mondrian}")
+        obj.calibration_ = calibration
         if obj.mondrian:
-            obj.classes_ = np.array(sorted(obj.calibration_))
+            obj.classes_ = np.array(sorted(calibration))
         return obj

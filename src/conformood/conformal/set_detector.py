@@ -16,7 +16,6 @@ OOD points fall between classes (sets include negatives) or far from all data (s
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from numpy.typing import ArrayLike
 
 from .._validation import check_features, check_positive_int, renamed
 from ..scores import BaseDetector, register_detector
+from ..scores.base import set_learned_state
 
 
 class ConformalSetDetector(BaseDetector):
@@ -104,30 +104,53 @@ class ConformalSetDetector(BaseDetector):
             g_neg = self.conformal_set.distance(refs[neg], z[:, None, :]).numpy()
         return (g_neg > q).mean(axis=1), (g_pos > q).mean(axis=1)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """The references and the calibrated set in one file (safetensors + JSON), read by ``load_detector``."""
-        from ..io import save_state
+    _learned = {"n_samples_": "int", "references_": ("n", "d"), "reference_labels_": ("n",), "classes_": ("c",),
+                "n_features_in_": "int"}
 
+    def _check_params(self) -> None:
+        if self.variant not in ("neg", "neg-pos"):
+            raise ValueError(f"variant must be 'neg' or 'neg-pos', got {self.variant!r}")
+        check_positive_int(self.n_samples, "n_samples")
+        check_positive_int(self.chunk, "chunk")
+
+    def _check_loaded(self) -> None:
+        if self.n_features_in_ != self.conformal_set.dim:
+            raise ValueError(f"the references have {self.n_features_in_} features, the set {self.conformal_set.dim}")
+        labels = self.reference_labels_
+        if labels.size and (labels.min() < 0 or labels.max() >= self.classes_.size):
+            raise ValueError("reference labels must index the stored classes")
+        check_positive_int(self.n_samples_, "n_samples_")
+
+    def state(self) -> tuple[dict, dict]:
+        """The references and the calibrated set together (safetensors + JSON), read by ``load_detector``."""
         self._check_fitted()
         params = {k: v for k, v in self.get_params(deep=False).items() if k != "conformal_set"}
         arrays, scalars = self._learned_state()
         cset = self.conformal_set
         tensors = dict(arrays) | {f"set.{k}": v.detach() for k, v in cset.state_dict().items()}
         config = {"params": params, "learned": scalars, "conformal_set": cset.state() | {"init": cset._init_args()}}
-        save_state(path, tensors, config, kind=type(self).__name__)
+        return tensors, config
 
     @classmethod
-    def _from_state(cls, tensors: dict, config: dict) -> ConformalSetDetector:
+    def _from_state(cls, tensors: dict, config: dict, source: str = "the file") -> ConformalSetDetector:
         from .set_families import conformal_set_from_state
 
+        if not isinstance(config.get("conformal_set"), dict):
+            raise ValueError(f"{source}: a saved ConformalSetDetector needs its 'conformal_set'")
         set_tensors = {k[len("set."):]: v for k, v in tensors.items() if k.startswith("set.")}
-        cset = conformal_set_from_state(set_tensors, config["conformal_set"])
-        det = cls(conformal_set=cset, **config["params"])
-        for key, value in tensors.items():
-            if not key.startswith("set."):
-                setattr(det, key, value.numpy())
-        for key, value in config["learned"].items():
-            setattr(det, key, value)
+        cset = conformal_set_from_state(set_tensors, config["conformal_set"], source)
+        params, learned = config.get("params"), config.get("learned")
+        if not isinstance(params, dict) or not isinstance(learned, dict):
+            raise ValueError(f"{source}: a saved ConformalSetDetector needs 'params' and 'learned' objects")
+        if "conformal_set" in params:
+            raise ValueError(f"{source}: the conformal set is stored apart from the parameters")
+        det = cls._with_params(params | {"conformal_set": cset}, {}, source)
+        arrays = {k: v for k, v in tensors.items() if not k.startswith("set.")}
+        set_learned_state(det, arrays, learned, source)
+        try:
+            det._check_loaded()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: stored ConformalSetDetector is inconsistent: {exc}") from None
         return det
 
     def score_samples(self, features: ArrayLike) -> np.ndarray:

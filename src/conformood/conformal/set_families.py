@@ -13,6 +13,7 @@ Learned families are trained by :func:`conformood.conformal.set_training.train_c
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
@@ -21,6 +22,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from .._validation import check_positive_int
 from ..registry import Registry
 from .set_training import train_conformal_set
 from .sets import _EPS, ConformalSet, _as_tensor, _log_unit_ball_l2
@@ -232,14 +234,32 @@ def load_conformal_set(path: str | os.PathLike) -> ConformalSet:
 
 
 def conformal_set_from_state(tensors: dict[str, torch.Tensor], config: dict, source: str = "the file") -> ConformalSet:
-    """Rebuild a set from the tensors and configuration that :meth:`ConformalSet.save` stores."""
+    """Rebuild a set from the tensors and configuration that :meth:`ConformalSet.save` stores, checking every
+    field: the family, its constructor arguments (by the constructor's own rules), every parameter's name and
+    shape (before anything is allocated), the threshold and the calibration size."""
+    from ..io import load_module_state
+
     family = {SET_FAMILIES.get(n).__name__: SET_FAMILIES.get(n) for n in SET_FAMILIES}.get(config.get("kind"))
     if family is None:
         raise ValueError(f"unknown conformal set family {config.get('kind')!r} in {source}")
-    cset = family(**config["init"])
-    cset.load_state_dict(tensors)
-    cset.threshold_ = config["threshold"]
-    cset.n_calibration_ = config["n_calibration"]
+    init = config.get("init")
+    if not isinstance(init, dict):
+        raise ValueError(f"{source}: a saved conformal set needs its constructor arguments ('init')")
+    allowed = set(inspect.signature(family.__init__).parameters) - {"self"}
+    unknown = sorted(set(init) - allowed)
+    if unknown:
+        raise ValueError(f"{source}: {family.__name__} has no argument {unknown[0]!r}")
+    cset = load_module_state(lambda: family(**init), tensors, f"{source} ({family.__name__})")
+    threshold, n_calibration = config.get("threshold"), config.get("n_calibration")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise ValueError(f"{source}: the set's threshold must be a finite number, got {threshold!r}")
+    if (threshold is None) != (n_calibration is None):
+        raise ValueError(f"{source}: a calibrated set stores both its threshold and its calibration size")
+    if n_calibration is not None:
+        check_positive_int(n_calibration, f"{source}: n_calibration")
+    cset.threshold_ = None if threshold is None else float(threshold)
+    cset.n_calibration_ = n_calibration
     return cset
 
 

@@ -15,6 +15,7 @@ from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
 from .registry import (
     DETECTORS,
     DetectorInfo,
+    detector_from_state,
     detector_info,
     get_detector,
     list_detectors,
@@ -48,6 +49,7 @@ __all__ = [
     "detector_info",
     "get_detector",
     "list_detectors",
+    "detector_from_state",
     "load_detector",
     "register_detector",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import numbers
 import os
 from typing import Any
 
@@ -54,6 +56,18 @@ class BaseDetector(BaseEstimator):
         return self.score_samples(features)
 
     # -- persistence ---------------------------------------------------------------------------------
+    #: the learned attributes a saved detector may hold, each "int", "float", "bool" or "str", or an array
+    #: given by its axes (a symbol per axis: "d" is ``n_features_in_``, other letters must agree among the
+    #: arrays). Loading refuses any other name, a missing one, a wrong type, a non-finite value or a shape that
+    #: disagrees; ``tests/scores`` checks each detector's table against what its ``fit`` sets.
+    _learned: dict[str, Any] = {"n_features_in_": "int"}
+
+    def _check_params(self) -> None:
+        """Check the constructor parameters (the rules ``fit`` applies); also run on every loaded file."""
+
+    def _check_loaded(self) -> None:
+        """Consistency checks of a loaded detector beyond :attr:`_learned` (e.g. against array parameters)."""
+
     def _learned_state(self) -> tuple[dict[str, np.ndarray], dict]:
         arrays, scalars = {}, {}
         for key, value in vars(self).items():
@@ -67,10 +81,9 @@ class BaseDetector(BaseEstimator):
                 raise TypeError(f"{type(self).__name__}.{key} of type {type(value).__name__} cannot be saved")
         return arrays, scalars
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save the fitted detector: arrays as safetensors, parameters and scalars as JSON (no pickle)."""
-        from ..io import save_state
-
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """``(tensors, config)`` of the fitted detector, as :meth:`save` stores them (and a calibrated
+        :class:`~conformood.conformal.ConformalDetector` embeds them)."""
         self._check_fitted()
         params = dict(self.get_params(deep=False))
         array_params = {k: np.asarray(v) for k, v in params.items() if isinstance(v, np.ndarray)}
@@ -85,17 +98,52 @@ class BaseDetector(BaseEstimator):
             ) from exc
         arrays, scalars = self._learned_state()
         arrays.update({f"param.{k}": v for k, v in array_params.items()})
-        save_state(path, arrays, {"params": params, "learned": scalars}, kind=type(self).__name__)
+        return arrays, {"params": params, "learned": scalars}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted detector: arrays as safetensors, parameters and scalars as JSON, with a digest."""
+        from ..io import save_state
+
+        tensors, config = self.state()
+        save_state(path, tensors, config, kind=type(self).__name__)
 
     @classmethod
-    def _from_state(cls, tensors: dict, config: dict) -> BaseDetector:
+    def _from_state(cls, tensors: dict, config: dict, source: str = "the file") -> BaseDetector:
+        """Rebuild a detector from :meth:`state`, validating every stored field (see :attr:`_learned`)."""
+        params, learned = config.get("params"), config.get("learned")
+        if not isinstance(params, dict) or not isinstance(learned, dict):
+            raise ValueError(f"{source}: a saved {cls.__name__} needs 'params' and 'learned' objects")
         array_params = {k[len("param."):]: v.numpy() for k, v in tensors.items() if k.startswith("param.")}
-        det = cls(**config["params"], **array_params)
-        for key, value in tensors.items():
-            if not key.startswith("param."):
-                setattr(det, key, value.numpy())
-        for key, value in config["learned"].items():
-            setattr(det, cls._former_state_names.get(key, key), value)
+        det = cls._with_params(params, array_params, source)
+        arrays = {cls._former_state_names.get(k, k): v for k, v in tensors.items() if not k.startswith("param.")}
+        scalars = {cls._former_state_names.get(k, k): v for k, v in learned.items()}
+        set_learned_state(det, arrays, scalars, source)
+        try:
+            det._check_loaded()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: stored {cls.__name__} is inconsistent: {exc}") from None
+        return det
+
+    @classmethod
+    def _with_params(cls, params: dict, array_params: dict, source: str) -> BaseDetector:
+        """``cls(**params)`` after checking every name and type against the constructor, then its rules."""
+        names = set(cls._get_param_names())
+        unknown = sorted((set(params) | set(array_params)) - names)
+        if unknown:
+            raise ValueError(f"{source}: {cls.__name__} has no parameter {unknown[0]!r}")
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()}
+        for key, value in params.items():
+            expected = _scalar_kind(defaults.get(key))
+            if expected is not None and value is not None and _scalar_kind(value) != expected and not (
+                expected == "float" and _scalar_kind(value) == "int"
+            ):
+                raise ValueError(f"{source}: {cls.__name__} parameter {key!r} must be of type {expected}, got "
+                                 f"{value!r}")
+        try:
+            det = cls(**params, **array_params)
+            det._check_params()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: stored {cls.__name__} parameters are refused: {exc}") from None
         return det
 
     @classmethod
@@ -104,4 +152,57 @@ class BaseDetector(BaseEstimator):
         from ..io import load_state
 
         tensors, config = load_state(path, kind=cls.__name__)
-        return cls._from_state(tensors, config)
+        return cls._from_state(tensors, config, str(path))
+
+
+def _scalar_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return None
+
+
+def set_learned_state(det: BaseDetector, arrays: dict, scalars: dict, source: str) -> None:
+    """Check stored learned state against ``type(det)._learned`` and set it."""
+    spec = type(det)._learned
+    name = type(det).__name__
+    given = set(arrays) | set(scalars)
+    unknown = sorted(given - set(spec))
+    if unknown:
+        raise ValueError(f"{source}: {name} has no learned attribute {unknown[0]!r}")
+    missing = sorted(set(spec) - given)
+    if missing:
+        raise ValueError(f"{source}: stored {name} lacks its learned attribute {missing[0]!r}")
+    sizes: dict[str, int] = {}
+    for key, value in scalars.items():
+        kind = spec[key]
+        if not isinstance(kind, str) or _scalar_kind(value) != kind and not (kind == "float" and
+                                                                             _scalar_kind(value) == "int"):
+            raise ValueError(f"{source}: {name}.{key} must be {kind if isinstance(kind, str) else 'an array'}, "
+                             f"got {value!r}")
+        if kind == "int" and key == "n_features_in_" and not 1 <= value:
+            raise ValueError(f"{source}: {name}.n_features_in_ must be >= 1, got {value}")
+        if kind == "float" and not np.isfinite(value):
+            raise ValueError(f"{source}: {name}.{key} must be finite, got {value}")
+    if "n_features_in_" in scalars:
+        sizes["d"] = scalars["n_features_in_"]
+    for key, tensor in arrays.items():
+        axes = spec[key]
+        if isinstance(axes, str):
+            raise ValueError(f"{source}: {name}.{key} must be {axes}, got an array")
+        value = tensor.numpy()
+        if value.ndim != len(axes):
+            raise ValueError(f"{source}: {name}.{key} must have {len(axes)} axes {axes}, got shape {value.shape}")
+        for axis, size in zip(axes, value.shape):
+            if sizes.setdefault(axis, size) != size:
+                raise ValueError(f"{source}: {name}.{key} has shape {value.shape}, inconsistent with the other "
+                                 f"stored arrays (axis {axis!r} = {sizes[axis]})")
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise ValueError(f"{source}: {name}.{key} holds non-finite values")
+    for key, value in (arrays | scalars).items():
+        setattr(det, key, value.numpy() if hasattr(value, "numpy") else value)

@@ -35,6 +35,9 @@ def encode(encoder: torch.nn.Module, images: torch.Tensor, batch_size: int = 256
 
 
 class _EncoderDetector(BaseDetector):
+    # not saveable (the encoder is a module); the table still documents the learned state
+    _learned = {"image_shape_": ("s",), "n_features_in_": "int"}
+
     def _check_encoder(self) -> None:
         if not isinstance(self.encoder, torch.nn.Module):
             raise ValueError("this detector needs encoder=<torch.nn.Module mapping images to features>")
@@ -108,6 +111,8 @@ class SimPlusSMuDetector(SMuDetector):
     s_mu as in :class:`SMuDetector`. ``fit`` encodes the training images into the similarity bank.
     """
 
+    _learned = _EncoderDetector._learned | {"bank_": ("n", "e")}
+
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> SimPlusSMuDetector:
         super().fit(features, labels)
         self.bank_ = encode(self.encoder, _images(features), self.batch_size, self.device)
@@ -141,6 +146,8 @@ class ShiftDetector(_EncoderDetector):
         self.k = k
         self.batch_size = batch_size
         self.device = device
+
+    _learned = _EncoderDetector._learned | {"banks_": ("r", "n", "e")}
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ShiftDetector:
         """Encode every rotation of the training images into one s_con bank per rotation."""

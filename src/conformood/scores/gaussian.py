@@ -54,7 +54,13 @@ class ClassConditionalGaussianDetector(BaseDetector):
 
     def __init__(self, ridge: float = 1e-6) -> None:
         self.ridge = ridge
-        check_positive_float(ridge, "ridge")
+        self._check_params()
+
+    _learned = {"classes_": ("c",), "means_": ("c", "d"), "cholesky_": ("c", "d", "d"), "logdet_": ("c",),
+                "n_features_in_": "int"}
+
+    def _check_params(self) -> None:
+        check_positive_float(self.ridge, "ridge")
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ClassConditionalGaussianDetector:
         check_positive_float(self.ridge, "ridge")
@@ -104,6 +110,8 @@ class MahalanobisDetector(BaseDetector):
         self.solver = solver
         self.ridge = ridge
         self._check_params()
+
+    _learned = {"classes_": ("c",), "means_": ("c", "d"), "precision_": ("d", "d"), "n_features_in_": "int"}
 
     def _check_params(self) -> None:
         if self.solver not in ("pinv", "ridge"):

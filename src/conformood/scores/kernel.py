@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import logsumexp
@@ -32,9 +34,15 @@ class KDEDetector(BaseDetector):
     def __init__(self, gamma: float = 1.0, normalize: bool = True) -> None:
         self.gamma = gamma
         self.normalize = normalize
+        self._check_params()
+
+    _learned = {"bank_": ("n", "d"), "n_features_in_": "int"}
+
+    def _check_params(self) -> None:
+        check_positive_float(self.gamma, "gamma")
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> KDEDetector:
-        check_positive_float(self.gamma, "gamma")
+        self._check_params()
         self.bank_ = _prepared(self, features, fitted=False)
         self.n_features_in_ = self.bank_.shape[1]
         return self
@@ -63,12 +71,18 @@ class LinearOCSVMDetector(BaseDetector):
     def __init__(self, nu: float = 0.1, normalize: bool = True) -> None:
         self.nu = nu
         self.normalize = normalize
+        self._check_params()
+
+    _learned = {"w_": ("d",), "rho_": "float", "n_features_in_": "int"}
+
+    def _check_params(self) -> None:
+        if isinstance(self.nu, bool) or not isinstance(self.nu, numbers.Real) or not 0.0 < float(self.nu) <= 1.0:
+            raise ValueError(f"nu must be a number in (0, 1], got {self.nu!r}")
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> LinearOCSVMDetector:
         from sklearn.svm import OneClassSVM
 
-        if not 0.0 < float(self.nu) <= 1.0:
-            raise ValueError(f"nu must lie in (0, 1], got {self.nu}")
+        self._check_params()
         if check_features(features, "features").shape[0] < 2:
             raise ValueError("a one-class SVM needs at least 2 training samples")
         x = _prepared(self, features, fitted=False)

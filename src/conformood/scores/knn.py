@@ -100,6 +100,16 @@ def topk_inner_products_faiss(queries: np.ndarray, bank_or_index: Any, k: int, q
 class _NormalizedBankDetector(BaseDetector):
     """Shared machinery: an L2-normalised training bank searched by faiss or chunked torch."""
 
+    _learned = {"bank_": ("n", "d"), "n_features_in_": "int"}
+
+    def _check_params(self) -> None:
+        self._validate_search_params()
+
+    def _check_loaded(self) -> None:
+        if self.neighbours() > self.bank_.shape[0]:
+            raise ValueError(f"n_neighbors = {self.neighbours()} exceeds the {self.bank_.shape[0]} stored features")
+        self._index = None
+
     def _validate_search_params(self) -> str:
         check_positive_int(self.neighbours(), "n_neighbors")
         check_positive_int(self.query_chunk, "query_chunk")

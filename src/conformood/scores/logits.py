@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.special import logsumexp, softmax
 
-from .._validation import check_features, check_positive_float
+from .._validation import check_features, check_positive_float, check_positive_int
 from .base import BaseDetector
 
 
@@ -37,6 +37,10 @@ class EnergyDetector(_LogitDetector):
 
     def __init__(self, temperature: float = 1.0) -> None:
         self.temperature = temperature
+        self._check_params()
+
+    def _check_params(self) -> None:
+        check_positive_float(self.temperature, "temperature")
 
     def score_samples(self, features: ArrayLike) -> np.ndarray:
         t = check_positive_float(self.temperature, "temperature")
@@ -62,11 +66,22 @@ class ViMDetector(BaseDetector):
     """
 
     _former_state_names = {"alpha_": "scale_"}
+    _learned = {"origin_": ("d",), "residual_space_": ("d", "r"), "scale_": "float", "n_features_in_": "int"}
 
     def __init__(self, weight: ArrayLike | None = None, bias: ArrayLike | None = None, dim: int | None = None) -> None:
         self.weight = weight
         self.bias = bias
         self.dim = dim
+        self._check_params()
+
+    def _check_params(self) -> None:
+        if self.dim is not None:
+            check_positive_int(self.dim, "dim")
+
+    def _check_loaded(self) -> None:
+        w, _ = self._classifier()
+        if w.shape[1] != self.n_features_in_:
+            raise ValueError(f"the classifier takes {w.shape[1]} features, the fitted state {self.n_features_in_}")
 
     def _classifier(self) -> tuple[np.ndarray, np.ndarray]:
         if self.weight is None or self.bias is None:

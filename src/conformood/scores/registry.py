@@ -73,14 +73,18 @@ def get_detector(name: str, **options: object) -> BaseDetector:
     return DETECTORS.create(name, **options)
 
 
-def load_detector(path: str | os.PathLike) -> BaseDetector:
-    """Load any detector written by ``detector.save(path)``."""
-    from ..io import load_state, saved_kind
-
-    tensors, config = load_state(path)
-    kind = saved_kind(path)
+def detector_from_state(kind: object, tensors: dict, config: dict, source: str = "the file") -> BaseDetector:
+    """Rebuild a registered detector of class name ``kind`` from its stored state (validated field by field)."""
     by_class = {DETECTORS.get(name).__name__: DETECTORS.get(name) for name in DETECTORS}
     if kind not in by_class:
         hint = " (import conformood.conformal, which registers it)" if kind == "ConformalSetDetector" else ""
-        raise ValueError(f"{path} holds a {kind!r}, which is not a registered detector{hint}")
-    return by_class[kind]._from_state(tensors, config)
+        raise ValueError(f"{source} holds a {kind!r}, which is not a registered detector{hint}")
+    return by_class[kind]._from_state(tensors, config, source)
+
+
+def load_detector(path: str | os.PathLike) -> BaseDetector:
+    """Load any detector written by ``detector.save(path)``."""
+    from ..io import load_artefact
+
+    kind, tensors, config = load_artefact(path)
+    return detector_from_state(kind, tensors, config, str(path))

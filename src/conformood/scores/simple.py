@@ -22,6 +22,8 @@ class CenterDetector(BaseDetector):
     def __init__(self, normalize_before_mean: bool = True) -> None:
         self.normalize_before_mean = normalize_before_mean
 
+    _learned = {"center_": ("d",), "n_features_in_": "int"}
+
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> CenterDetector:
         x = check_features(features, "features").astype(np.float64)
         center = (l2_normalize(x) if self.normalize_before_mean else x).mean(axis=0)

@@ -8,6 +8,7 @@ resumed run reproduces the uninterrupted one exactly.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import distributed as dist_utils
-from ..io import load_state, save_state
+from ..io import check_state_dict, load_state, save_state
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -112,12 +113,12 @@ def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
     """Restore what :func:`save_checkpoint` wrote into ``trainer``; the model's architecture must match."""
     tensors, meta = load_state(path, kind=CHECKPOINT_KIND)
     check_same_run(meta, asdict(trainer.config), trainer.recipe, path)
+    check_checkpoint_fields(meta, trainer, path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_state_dict(trainer.model.state_dict(), model_state, f"{path} (model)")
     trainer.model.load_state_dict(model_state)
-    groups = meta.get("optimizers", [meta["param_groups"]])
+    groups = meta["optimizers"]
     scalars = meta.get("optimizer_scalars", [{} for _ in groups])
-    if len(groups) != len(trainer.optimizers):
-        raise ValueError(f"{path} holds {len(groups)} optimiser(s), this run has {len(trainer.optimizers)}")
     for i, opt in enumerate(trainer.optimizers):
         prefix = "optim." if i == 0 else f"optim{i}."
         state: dict[int, dict[str, Any]] = {}
@@ -153,6 +154,57 @@ def load_checkpoint(trainer: Trainer, path: str | os.PathLike) -> None:
     else:  # resumed on another number of processes: fresh, still seeded, augmentation streams
         trainer.aug_generator.manual_seed(augmentation_seed(trainer.config.seed * 1_000 + trainer.epoch, trainer.rank))
     trainer.history = type(trainer.history)(**meta["history"])
+
+
+def check_checkpoint_fields(meta: dict, trainer: Trainer, path: str | os.PathLike) -> None:
+    """Validate a checkpoint's stored fields against this run before anything is restored: the epoch lies in
+    0..epochs, the optimisers' settings have this run's keys with finite numbers of the same kinds, and the
+    history holds one finite entry per finished epoch."""
+    epoch, epochs = meta.get("epoch"), trainer.config.epochs
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= epochs:
+        raise ValueError(f"{path}: epoch must be an integer in 0..{epochs}, got {epoch!r}")
+    world = meta.get("world_size", 1)
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"{path}: world_size must be an integer >= 1, got {world!r}")
+    groups = meta.get("optimizers")
+    if not isinstance(groups, list) or len(groups) != len(trainer.optimizers):
+        raise ValueError(f"{path} holds {len(groups) if isinstance(groups, list) else 'no'} optimiser setting(s), "
+                         f"this run has {len(trainer.optimizers)}")
+    for i, (stored, opt) in enumerate(zip(groups, trainer.optimizers)):
+        if not isinstance(stored, list) or len(stored) != len(opt.param_groups):
+            raise ValueError(f"{path}: optimiser {i} must hold {len(opt.param_groups)} parameter group(s)")
+        for g, (saved, current) in enumerate(zip(stored, opt.param_groups)):
+            if not isinstance(saved, dict):
+                raise ValueError(f"{path}: optimiser {i} group {g} must be an object")
+            for key, now in current.items():
+                if key == "params":
+                    continue
+                if key not in saved or not _same_kind(saved[key], now):
+                    raise ValueError(f"{path}: optimiser {i} group {g} field {key!r} must be like {now!r}, got "
+                                     f"{saved.get(key, '(missing)')!r}")
+    history = meta.get("history")
+    if not isinstance(history, dict) or set(history) != {"loss", "lr", "metrics"}:
+        raise ValueError(f"{path}: the history must hold loss, lr and metrics")
+    for key in ("loss", "lr"):
+        values = history[key]
+        if not isinstance(values, list) or not all(_same_kind(v, 0.0) for v in values):
+            raise ValueError(f"{path}: history {key!r} must be a list of finite numbers")
+    if not isinstance(history["metrics"], list) or not all(isinstance(m, dict) for m in history["metrics"]):
+        raise ValueError(f"{path}: history 'metrics' must be a list of objects")
+
+
+def _same_kind(value: Any, like: Any) -> bool:
+    """True when ``value`` (from JSON) is the same kind of value as ``like``: bool, finite number, string, None
+    or a list / tuple of such."""
+    if isinstance(like, bool) or like is None or isinstance(like, str):
+        return type(value) is type(like)
+    if isinstance(like, (int, float)):
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(like, (list, tuple)):
+        return isinstance(value, list) and len(value) == len(like) and all(map(_same_kind, value, like))
+    if isinstance(like, torch.Tensor):
+        return _same_kind(value, like.item()) if like.numel() == 1 else True
+    return True
 
 
 def _plain(state: dict) -> dict:

@@ -277,13 +277,23 @@ def train_contrastive_encoder(
 
 def load_trained_model(path: str | os.PathLike) -> tuple[ContrastiveModel, dict]:
     """Rebuild the model written by :func:`run_training` (``model.safetensors``); returns (model, config)."""
-    from ..io import load_state
+    from ..io import load_module_state, load_state
 
     tensors, config = load_state(path, kind=MODEL_KIND)
-    model = build_contrastive_model(
-        config["in_channels"], config.get("encoder", "small_cnn"), config.get("head", "mlp"), tuple(config["widths"]),
-        config["projection_dim"], aux_classes=config.get("aux_classes"),
-    )
-    model.load_state_dict(tensors)
+
+    def build() -> ContrastiveModel:
+        widths = config["widths"]
+        if not isinstance(widths, list):
+            raise TypeError(f"widths must be a list of integers, got {widths!r}")
+        for name, value in [("in_channels", config["in_channels"]), ("projection_dim", config["projection_dim"])] + [
+            ("widths", w) for w in widths
+        ] + ([("aux_classes", config["aux_classes"])] if config.get("aux_classes") is not None else []):
+            check_positive_int(value, name)
+        return build_contrastive_model(
+            config["in_channels"], config.get("encoder", "small_cnn"), config.get("head", "mlp"), tuple(widths),
+            config["projection_dim"], aux_classes=config.get("aux_classes"),
+        )
+
+    model = load_module_state(build, tensors, str(path))
     model.eval()
     return model, config

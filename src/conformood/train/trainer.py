@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .._validation import check_positive_float, check_positive_int
+from ..io import remove_stale_temporaries
 from .checkpoint import (
     augmentation_seed,
     load_checkpoint,
@@ -135,6 +136,8 @@ class Trainer:
         self.objective = objective
         self.config = config or TrainConfig()
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        if self.checkpoint is not None and self.checkpoint.exists() and not self.checkpoint.is_file():
+            raise ValueError(f"checkpoint {self.checkpoint} is a directory, expected a file path")
         self.checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
         self.progress = progress
         self.description = description
@@ -233,6 +236,8 @@ class Trainer:
             raise ValueError(f"each of the {self.world_size} processes needs at least 2 samples per batch")
         steps = self._steps_per_epoch(n, bs)
         self._build_schedules(cfg.epochs * steps, cfg.warmup_epochs * steps)
+        if self.checkpoint is not None and self.rank == 0:
+            remove_stale_temporaries(self.checkpoint)
         if resume and self.checkpoint is not None and self.checkpoint.is_file():
             self.load_checkpoint(self.checkpoint)
         device = torch.device(cfg.device)
