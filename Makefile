@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/conformood demo --out $(DEMO_OUT)
+	$(VENV)/bin/conformood demo --out $(DEMO_OUT) --overwrite
 
 # The layer contract (import-linter), lint (ruff), then the fast suite; the architecture tests check private
 # cross-layer imports, file sizes, the one training loop and the public type hints.

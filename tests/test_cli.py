@@ -153,13 +153,26 @@ def test_evaluate_from_a_trained_checkpoint(tmp_path):
                                       "--image-size", "8", "--no-progress", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     out = tmp_path / "ev"
-    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"), "--data", "digits",
-                                      "--protocol", "one-vs-rest:5", "--out", str(out)])
+    # the data set and protocol default to what the model was trained on (digits, class 5), and the result
+    # records the model and what it covers
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert "one-vs-rest:5 on digits" in result.output
     r = json.loads((out / "evaluation.json").read_text())
     trained = json.loads((run / "train.json").read_text())
     assert r["n_train"] == trained["n_train"]  # the same class-5 training images the encoder saw
     assert 0.5 < r["auroc"] <= 1.0
+    model = r["config"]["model"]
+    assert model["data"] == "digits" and model["protocol"] == "one-vs-rest:5"
+    assert model["trained_on"]["normal_class"] == "5" and model["sha256"].startswith("sha256:")
+    # contradictory options are refused: feature files beside --checkpoint, another class than the model's
+    for extra in (["--train", str(out / "features_train.npz")], ["--protocol", "one-vs-rest:3"]):
+        result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"),
+                                          "--out", str(tmp_path / "ev2"), *extra])
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    result = CliRunner().invoke(app, ["evaluate", "--train", "a.npz", "--calibration", "b.npz", "--test", "c.npz",
+                                      "--protocol", "one-vs-rest:5"])
+    assert result.exit_code == 2 and "--checkpoint" in result.output
     result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"),
                                       "--protocol", "sideways:1", "--out", str(out)])
     assert result.exit_code != 0 and "protocol" in result.output

@@ -43,8 +43,11 @@ def test_reproduce_coat_on_npz(tmp_path):
     )
     for name in ("coat.md", "coverage_gap_boxplot.png", "coat_training_loss.png", "overlays_alpha0.2.png"):
         assert (out / name).exists(), name
-    # Second run reuses the cached base model and probability maps.
+    # A second run into the same folder is refused without --overwrite, and with it reuses the cached base
+    # model and probability maps.
     result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = runner.invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "coat.json").read_text())["base_model"]["loaded"] is True
 

@@ -1,5 +1,5 @@
 """``python -m conformood`` (also what ``torchrun -m conformood train`` runs)."""
 
-from .cli import app
+from .cli import main
 
-app()
+main()

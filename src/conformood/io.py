@@ -77,6 +77,42 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
         np.savez(fh, **arrays)
 
 
+def read_npz(path: str | os.PathLike, required: tuple[str, ...] = (), what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read without pickle. A missing file is a FileNotFoundError; a directory,
+    an empty, truncated or corrupt file, object arrays or a missing ``required`` array are a ValueError naming
+    the file and what was expected."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is a directory, expected an .npz {what}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty, expected an .npz {what}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("it holds a single .npy array, not named arrays")
+            arrays = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"{path} is not a readable .npz {what} (corrupt, truncated, pickled or another format: "
+                         f"{exc})") from None
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks the array(s) {missing}; it holds {sorted(arrays)}")
+    return arrays
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """``sha256:<hex>`` of a file's bytes (read in blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()

@@ -1,4 +1,4 @@
-"""Every YAML recipe in configs/ trains for one epoch on a tiny slice of digits through the CLI (smoke)."""
+"""Every shipped YAML recipe (src/conformood/recipes) trains for one epoch on a tiny slice of digits through the CLI (smoke)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from conformood.cli import app
 from conformood.train.recipes import load_train_config, load_trained_model
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "src" / "conformood" / "recipes").glob("*.yaml"))
 runner = CliRunner()
 
 
@@ -61,7 +61,7 @@ def test_bad_recipes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="oe_pool"):
         load_train_config(bad)
     result = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path)])
-    assert result.exit_code != 0 and "no config file" in result.output
+    assert result.exit_code == 2 and "no recipe file" in result.output
 
 
 def test_oecl_warmup_reaches_the_loss():
@@ -106,3 +106,87 @@ def test_train_with_per_epoch_evaluation_writes_diagnostics(tmp_path):
 
     with pytest.raises(ValueError, match="normal_class"):
         TrainRunConfig(eval_every=1)
+
+
+def test_explicit_flags_override_the_recipe_and_train_json_records_the_merge(tmp_path, monkeypatch):
+    """Issue 15 item 4: `--epochs 1` beside a recipe of more epochs trains one epoch; a flag left at its
+    default does not replace the recipe's value."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"data": "digits", "objective": "firm", "epochs": 5, "batch_size": 16,
+                                      "image_size": 8, "widths": [4, 8, 8], "lr": 0.05}))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(recipe), "--epochs", "1", "--max-images", "40",
+                                 "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    train = json.loads((out / "train.json").read_text())
+    assert len(train["history"]["loss"]) == 1 and train["config"]["epochs"] == 1
+    assert train["config"]["lr"] == 0.05 and train["config"]["image_size"] == 8  # recipe values kept
+    assert train["n_train"] == 40
+
+
+def test_recipe_paths_resolve_against_the_recipe_folder_or_data_root(tmp_path, monkeypatch):
+    from conformood.train.recipes import load_train_config
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    np.savez(folder / "pool.npz", x=np.zeros((4, 8, 8, 3), dtype=np.uint8))
+    (folder / "oe.yaml").write_text("objective: firm_oe\noe_pool: pool.npz\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_train_config(folder / "oe.yaml").oe_pool == str(folder / "pool.npz")
+    # a shipped recipe's relative pool resolves against the data root, never the current directory
+    root = tmp_path / "data"
+    monkeypatch.setenv("CONFORMOOD_DATA", str(root))
+    assert load_train_config("firm_oe").oe_pool == str((root / "tinyimagenet_oe_32.npz").resolve())
+
+
+def test_shipped_recipes_are_listed_and_addressable_by_name():
+    from conformood.train.recipes import find_recipe, recipe_names
+
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0, result.output
+    for name in recipe_names():
+        assert name in result.output
+        assert find_recipe(name).is_file() and load_train_config(name).objective
+
+
+def test_the_wheel_ships_the_recipes_and_runs_one_in_a_clean_environment(tmp_path):
+    """A non-editable install (the built wheel, in a fresh venv whose only other packages are the dependencies)
+    lists the recipes and trains one by name from an unrelated folder."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[2]
+    dist = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(dist), str(root)], capture_output=True, text=True, cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    wheel = next(dist.glob("conformood-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", site,
+                              str(wheel)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    # the dependencies come from this environment's site-packages, added as a plain path: its .pth files (the
+    # editable install of the source tree among them) are not processed, so only the wheel provides conformood
+    Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([str(python), "-c", "import conformood; print(conformood.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, env=env)
+    assert where.returncode == 0 and where.stdout.startswith(site), where.stdout + where.stderr
+    listed = subprocess.run([str(python), "-m", "conformood", "recipes"], cwd=tmp_path, capture_output=True,
+                            text=True, env=env)
+    assert listed.returncode == 0 and "firm_rotations" in listed.stdout, listed.stderr
+    run = subprocess.run([str(python), "-m", "conformood", "train", "--config", "firm_rotations", "--data", "digits",
+                          "--normal-class", "0", "--epochs", "1", "--max-images", "32", "--image-size", "8",
+                          "--out", "run", "--device", "cpu", "--no-progress"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    train = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert train["config"]["objective"] == "firm" and len(train["history"]["loss"]) == 1

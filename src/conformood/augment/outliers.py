@@ -195,10 +195,9 @@ class OutlierExposurePool:
 
     @classmethod
     def from_npz(cls, path: str | os.PathLike, shape: tuple[int, int, int], key: str = "x") -> OutlierExposurePool:
-        with np.load(path, allow_pickle=False) as f:
-            if key not in f.files:
-                raise ValueError(f"{path} has no array {key!r} (has {f.files})")
-            return cls(f[key], shape)
+        from ..io import read_npz
+
+        return cls(read_npz(path, (key,), "outlier pool")[key], shape)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

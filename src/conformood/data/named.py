@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import read_npz
 from ..registry import Registry
 from .arrays import ImageArrays, resize_images
 from .digits import load_digits_dataset
@@ -66,8 +67,7 @@ def _tinyimagenet_oe(root: Path) -> ImageArrays:
     path = root / "tinyimagenet_oe_32.npz"
     if not path.is_file():
         raise FileNotFoundError(f"no {path}; pass data_dir= to the folder holding tinyimagenet_oe_32.npz")
-    with np.load(path, allow_pickle=False) as z:
-        x = z["x"]
+    x = read_npz(path, ("x",), "outlier pool")["x"]
     return ImageArrays.from_arrays(x, np.zeros(len(x), dtype=np.int64), ["tinyimagenet"])
 
 

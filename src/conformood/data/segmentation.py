@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ..io import read_npz
 from .named import default_data_dir
 
 CAMVID_FILE = "camvid_120x90.npz"
@@ -85,14 +86,8 @@ class SegmentationData:
 
 def load_segmentation_npz(path: str | os.PathLike) -> SegmentationData:
     """A binary segmentation set from an ``.npz`` with ``x`` (n, h, w, 3) uint8 and ``y`` (n, h, w) in {0, 1}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no segmentation file {path}")
-    with np.load(path, allow_pickle=False) as f:
-        missing = {"x", "y"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} lacks array(s) {sorted(missing)}; expected 'x' (images) and 'y' (masks)")
-        return SegmentationData.from_arrays(f["x"], f["y"])
+    f = read_npz(path, ("x", "y"), "segmentation file (x: images, y: masks)")
+    return SegmentationData.from_arrays(f["x"], f["y"])
 
 
 def load_segmentation_folders(image_dir: str | os.PathLike, mask_dir: str | os.PathLike) -> SegmentationData:
@@ -129,8 +124,7 @@ def load_segmentation_folders(image_dir: str | os.PathLike, mask_dir: str | os.P
 
 def camvid_classes(path: str | os.PathLike | None = None) -> list[str]:
     """The names of CamVid label ids 0–11 stored in the file."""
-    with np.load(_camvid_path(path), allow_pickle=False) as f:
-        return [str(c) for c in f["classes"]]
+    return [str(c) for c in read_npz(_camvid_path(path), ("classes",), "CamVid file")["classes"]]
 
 
 def _camvid_path(path) -> Path:
@@ -149,21 +143,21 @@ def load_camvid(
 ) -> dict[str, SegmentationData]:
     """CamVid (120×90) as binary masks of one class (default car, label 8), per split."""
     p = _camvid_path(path)
-    with np.load(p, allow_pickle=False) as f:
-        classes = [str(c) for c in f["classes"]]
-        if isinstance(class_name, str) and not class_name.isdigit():
-            if class_name not in classes:
-                raise ValueError(f"unknown CamVid class {class_name!r}; choose from {classes}")
-            label = classes.index(class_name)
-        else:
-            label = int(class_name)
-            if not 0 <= label < len(classes):
-                raise ValueError(f"CamVid label must be in 0..{len(classes) - 1}, got {label}")
-        out = {}
-        for split in splits:
-            if f"x_{split}" not in f.files:
-                raise ValueError(f"CamVid file has no split {split!r}")
-            out[split] = SegmentationData(np.ascontiguousarray(f[f"x_{split}"]), f[f"labels_{split}"] == label)
+    f = read_npz(p, ("classes",), "CamVid file")
+    classes = [str(c) for c in f["classes"]]
+    if isinstance(class_name, str) and not class_name.isdigit():
+        if class_name not in classes:
+            raise ValueError(f"unknown CamVid class {class_name!r}; choose from {classes}")
+        label = classes.index(class_name)
+    else:
+        label = int(class_name)
+        if not 0 <= label < len(classes):
+            raise ValueError(f"CamVid label must be in 0..{len(classes) - 1}, got {label}")
+    out = {}
+    for split in splits:
+        if f"x_{split}" not in f or f"labels_{split}" not in f:
+            raise ValueError(f"CamVid file {p} has no split {split!r}")
+        out[split] = SegmentationData(np.ascontiguousarray(f[f"x_{split}"]), f[f"labels_{split}"] == label)
     return out
 
 

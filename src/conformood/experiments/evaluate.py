@@ -18,7 +18,7 @@ import numpy as np
 
 from .._validation import check_alpha, check_binary_labels
 from ..conformal import ConformalDetector, conformal_threshold
-from ..io import write_json, write_npz, write_text
+from ..io import file_digest, read_npz, write_json, write_npz, write_text
 from ..metrics import decision_metrics, ood_metrics
 from ..report.evaluation import render_evaluation
 from ..results import environment, result_header
@@ -42,10 +42,7 @@ def load_feature_file(path: str | os.PathLike, needs_ood: bool = False) -> Featu
     """Read a ``features`` / ``labels`` / ``logits`` / ``is_inlier`` npz file (no pickle; ``is_ood``, the
     former key, is read as its negation)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no file {path}")
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    arrays = read_npz(path, what="features file")
     if "features" not in arrays and "logits" not in arrays:
         raise ValueError(f"{path} needs an array 'features' (n, d) or 'logits' (n, C); it has {sorted(arrays)}")
     n = len(arrays.get("features", arrays.get("logits")))
@@ -92,6 +89,7 @@ class EvaluateConfig:
     options: dict = field(default_factory=dict)
     alpha: float = 0.1
     mondrian: bool = False
+    model: dict | None = None  # with --checkpoint: the model file, its digest, and the data and protocol used
 
     def __post_init__(self) -> None:
         self.alpha = check_alpha(self.alpha)
@@ -163,9 +161,14 @@ def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress:
 
 
 def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alpha: float,
-               out: str | os.PathLike, use_logits: bool = False) -> dict:
-    """Apply a saved calibrated detector to new inputs; write per-input p-values and decisions (JSON + CSV)."""
+               out: str | os.PathLike, use_logits: bool = False, csv: str | os.PathLike | None = None) -> dict:
+    """Apply a saved calibrated detector to new inputs; write per-input p-values and decisions as JSON
+    (``out``) and CSV (``csv``, default ``out`` with the suffix ``.csv``)."""
     alpha = check_alpha(alpha)
+    out = Path(out)
+    csv_path = Path(csv) if csv is not None else out.with_suffix(".csv")
+    if csv_path.resolve() == out.resolve():
+        raise ValueError(f"the CSV {csv_path} would overwrite the JSON result {out}; give another name")
     cd = ConformalDetector.load(detector_file)
     split = load_feature_file(inputs)
     x = split.logits if use_logits else split.features
@@ -188,23 +191,45 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
         "flagged": flagged.tolist(),
         "bh_selected": selected.tolist(),
     }
-    out = Path(out)
     write_json(out, result)
     rows = ["index,score,p_value,flagged,bh_selected"] + [
         f"{i},{s:.10g},{q:.10g},{int(f)},{int(b)}"
         for i, (s, q, f, b) in enumerate(zip(scores, p, flagged, selected))
     ]
-    write_text(out.with_suffix(".csv"), "\n".join(rows) + "\n")
+    write_text(csv_path, "\n".join(rows) + "\n")
     return result
 
 
+def checkpoint_protocol(model_config: dict, data: str | None, protocol: str | None,
+                        source: str = "the model") -> tuple[str, str]:
+    """The data set and protocol to evaluate a trained model on: by default what the model records (its data
+    set, one-vs-rest on its normal class); a one-vs-rest protocol on another class than the model's is refused."""
+    trained_data, normal = model_config.get("data"), model_config.get("normal_class")
+    data = data if data is not None else trained_data
+    if protocol is None:
+        if normal is None:
+            raise ValueError(f"{source} was trained on every class of {trained_data!r}; give --protocol (e.g. "
+                             "'one-vs-rest:K' or a named pair)")
+        protocol = f"one-vs-rest:{normal}"
+    name, argument = protocol.partition(":")[::2]
+    if name == "one-vs-rest" and normal is not None and argument != str(normal) and data == trained_data:
+        raise ValueError(f"{source} was trained on class {normal} only; --protocol {protocol} would evaluate it "
+                         f"on class {argument}'s data as if it were in-distribution")
+    if data is None:
+        raise ValueError(f"{source} records no data set; give --data")
+    return str(data), protocol
+
+
 def feature_files_from_checkpoint(
-    checkpoint: str | os.PathLike, data: str, protocol: str, out_dir: str | os.PathLike, split_name: str = "train",
-) -> tuple[Path, Path, Path]:
+    checkpoint: str | os.PathLike, data: str | None, protocol: str | None, out_dir: str | os.PathLike,
+    split_name: str = "train",
+) -> tuple[tuple[Path, Path, Path], dict]:
     """Encode a protocol's train / calibration / test images with a model from ``conformood train``.
 
-    The dataset is split with the seed recorded in the model (the split ``conformood train`` used), so the
-    calibration and test images were never trained on. Writes ``features_{train,calibration,test}.npz``.
+    ``data`` and ``protocol`` default to what the model records (:func:`checkpoint_protocol`). The dataset is
+    split with the seed recorded in the model (the split ``conformood train`` used), so the calibration and
+    test images were never trained on. Writes ``features_{train,calibration,test}.npz``; returns their paths
+    and a record of the model (file, digest, what it was trained on) and of the data and protocol used.
     """
     from ..data import (
         DATASETS,
@@ -219,6 +244,7 @@ def feature_files_from_checkpoint(
     from ..train.recipes import load_trained_model
 
     model, cfg = load_trained_model(checkpoint)
+    data, protocol = checkpoint_protocol(cfg, data, protocol, str(checkpoint))
     seed = int(cfg.get("seed", 0))
     name, _ = parse_protocol(protocol)
     if not PROTOCOLS.info(name).needs_dataset:
@@ -239,4 +265,6 @@ def feature_files_from_checkpoint(
         path = out / f"features_{part_name}.npz"
         write_npz(path, **arrays)
         paths.append(path)
-    return tuple(paths)  # type: ignore[return-value]
+    record = {"checkpoint": str(checkpoint), "sha256": file_digest(checkpoint), "data": data, "protocol": protocol,
+              "trained_on": {k: cfg.get(k) for k in ("data", "normal_class", "objective", "seed", "encoder")}}
+    return tuple(paths), record  # type: ignore[return-value]

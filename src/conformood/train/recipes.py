@@ -1,4 +1,4 @@
-"""Training recipes: :class:`TrainRunConfig` (what ``conformood train`` and the YAML recipes in ``configs/``
+"""Training recipes: :class:`TrainRunConfig` (what ``conformood train`` and the YAML recipes shipped in ``recipes/``
 describe), the registry of contrastive objectives, and :func:`train_contrastive_encoder`, which builds the model,
 views and objective of a recipe and trains them with the one :class:`~conformood.train.Trainer`.
 
@@ -190,31 +190,94 @@ def build_objective(cfg: TrainRunConfig, views: SimCLRViews, image_shape: tuple[
     return OBJECTIVES.get(cfg.objective)(cfg, views, pool, n_classes, dist_utils.is_distributed())
 
 
-def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainRunConfig:
-    """A :class:`TrainRunConfig` from a YAML recipe (keys = its fields); ``overrides`` win over the file."""
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+#: recipe fields that may hold a file or folder path (resolved on load, never against the current directory)
+PATH_FIELDS = ("oe_pool", "data")
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped with the package (``conformood recipes`` lists them)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_description(name: str) -> str:
+    """The ``description`` line of a shipped recipe."""
     import yaml
 
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
+    data = yaml.safe_load(find_recipe(name).read_text()) or {}
+    return str(data.get("description", "")) if isinstance(data, dict) else ""
+
+
+def find_recipe(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: an existing path, or the name of a shipped recipe (``firm_rotations``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise ValueError(f"recipe {path} is a directory, expected a YAML file")
+    shipped = RECIPES_DIR / f"{path.stem if path.suffix in ('.yaml', '.yml') else path.name}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no recipe file {path}, and no shipped recipe of that name (known: "
+                            f"{', '.join(recipe_names())}; `conformood recipes` lists them)")
+
+
+def _resolve_path(value: str, recipe: Path) -> str:
+    """A path written in a recipe: absolute as is; relative ones resolve against the recipe's own folder when
+    the file is there (a user's recipe next to its data), else against the data root (``$CONFORMOOD_DATA``,
+    default ``../shared/data``), never against the current directory alone."""
+    from ..data import default_data_dir
+
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    beside = recipe.resolve().parent / path
+    if beside.exists() and recipe.resolve().parent != RECIPES_DIR:
+        return str(beside)
+    return str((default_data_dir() / path).resolve())
+
+
+def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainRunConfig:
+    """A :class:`TrainRunConfig` from a YAML recipe (a file, or a shipped recipe's name); ``overrides`` (the
+    options given explicitly on the command line) win over the file. Relative paths of the file resolve as
+    :func:`_resolve_path` says; paths given as overrides are the user's own and stay as given."""
+    import yaml
+
+    recipe = find_recipe(path)
+    try:
+        data = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{recipe} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of TrainRunConfig fields")
+        raise ValueError(f"{recipe} must hold a mapping of TrainRunConfig fields")
     data.pop("description", None)
     for former, current in FORMER_FIELD_NAMES.items():
         if former in data:
             import warnings
 
             if current in data:
-                raise ValueError(f"{path}: give {current} only ({former} is its former name)")
-            warnings.warn(f"{path}: {former} is deprecated; use {current}", FutureWarning, stacklevel=2)
+                raise ValueError(f"{recipe}: give {current} only ({former} is its former name)")
+            warnings.warn(f"{recipe}: {former} is deprecated; use {current}", FutureWarning, stacklevel=2)
             data[current] = data.pop(former)
+    from ..data import DATASETS
+
+    for key in PATH_FIELDS:
+        value = data.get(key)
+        if isinstance(value, str) and not (key == "data" and value in DATASETS):
+            data[key] = _resolve_path(value, recipe)
     data.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(TrainRunConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown field(s) {unknown}; known: {sorted(known)}")
+        raise ValueError(f"{recipe}: unknown field(s) {unknown}; known: {sorted(known)}")
     if "widths" in data:
+        if not isinstance(data["widths"], (list, tuple)):
+            raise ValueError(f"{recipe}: widths must be a list of integers, got {data['widths']!r}")
         data["widths"] = tuple(data["widths"])
-    return TrainRunConfig(**data)
+    try:
+        return TrainRunConfig(**data)
+    except TypeError as exc:
+        raise ValueError(f"{recipe}: {exc}") from None
 
 
 def train_contrastive_encoder(

@@ -1,0 +1,51 @@
+"""The ``conformood`` Typer application, its ``--version`` and the help filled from the registries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand
+
+app = typer.Typer(
+    name="conformood",
+    help="Contrastive OOD and anomaly detection with conformal guarantees.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class RegistryHelp(TyperCommand):
+    """Fills the option help's registry placeholders ({datasets}, {objectives}, {protocols}, {recipes}) from
+    the registries when help is shown, so that the choices come from the registries while starting a command
+    imports no torch."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from ..data import DATASETS, protocol_help
+        from ..train.recipes import OBJECTIVES, recipe_names
+
+        fill = {"{datasets}": ", ".join(DATASETS.names()), "{objectives}": ", ".join(OBJECTIVES.names()),
+                "{protocols}": protocol_help(), "{recipes}": ", ".join(recipe_names())}
+        for param in self.params:
+            for token, text in fill.items():
+                if getattr(param, "help", None) and token in param.help:
+                    param.help = param.help.replace(token, text)
+        super().format_help(ctx, formatter)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .._version import __version__
+
+        typer.echo(f"conformood {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Contrastive OOD and anomaly detection with conformal guarantees."""

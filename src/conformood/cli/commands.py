@@ -1,0 +1,162 @@
+"""``conformood demo``, ``train``, ``recipes`` and ``detectors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._boundary import (
+    config,
+    fail,
+    given_on_command_line,
+    prepare_output,
+    resolve_device,
+    run_experiment,
+    set_data_root,
+    user_errors,
+)
+from .app import RegistryHelp, app
+
+OVERWRITE_HELP = "Replace the results of an earlier run in OUT (otherwise such a folder is refused)."
+DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and the figures.")] = Path(
+        "demo-output"
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per class.")] = 40,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option("--classes", help="In-distribution classes (repeat or space-separate); default all 10."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 0,
+    alpha: Annotated[float, typer.Option(help="Target false-alarm rate of the conformal threshold, in (0, 1).")] = 0.1,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
+) -> None:
+    """One-vs-rest anomaly detection on scikit-learn's digits: FIRM + s_con + conformal threshold."""
+    from ..experiments import DemoConfig, run_demo
+    from ..report.summary import print_demo_summary
+
+    device = resolve_device(device)
+    names = [c for item in (classes or []) for c in item.replace(",", " ").split()]
+    cfg = config(DemoConfig, epochs=epochs, seed=seed, alpha=alpha, device=device,
+                 **({"classes": names} if names else {}))
+    prepare_output(out, overwrite, ("*.json", "*.md", "*.png", "*.html"))
+    run_experiment(run_demo, cfg, out, lambda result: print_demo_summary(result, out), progress=progress)
+
+
+#: options of `train` that are recipe fields: given explicitly, they override the recipe's value
+TRAIN_FIELDS = ("data", "split", "normal_class", "objective", "epochs", "batch_size", "lr", "temperature",
+                "image_size", "seed", "max_images")
+TRAIN_OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "train.json", "diagnostics.png")
+
+
+@app.command(cls=RegistryHelp)
+def train(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for checkpoint.safetensors, model.safetensors, train.json.")] = Path(
+        "train-output"
+    ),
+    config_name: Annotated[
+        str | None,
+        typer.Option("--config", help="A recipe: a shipped name ({recipes}) or a YAML file. Options given "
+                     "explicitly below override its fields; train.json records the merged result."),
+    ] = None,
+    data: Annotated[
+        str, typer.Option(help="{datasets}, or an image folder / .tar(.gz) laid out split/class/*.jpg.")
+    ] = "digits",
+    split: Annotated[str, typer.Option(help="Sub-folder of the image folder to train on.")] = "train",
+    normal_class: Annotated[
+        str | None, typer.Option(help="Train on this class only (one-vs-rest); default: every image.")
+    ] = None,
+    objective: Annotated[
+        str, typer.Option(help="One of {objectives} (the outlier-exposure ones need a recipe with an oe_pool).")
+    ] = "firm",
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 40,
+    batch_size: Annotated[int, typer.Option(min=2, help="Global batch size (split over torchrun processes).")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
+    temperature: Annotated[float, typer.Option(help="Temperature of the contrastive loss.")] = 0.2,
+    image_size: Annotated[int, typer.Option(min=4, help="Images are resized to this square size.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 0,
+    max_images: Annotated[
+        int | None, typer.Option(min=2, help="Train on at most this many images (a seeded subset), for quick runs.")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder of the named data sets and of relative paths in recipes "
+                                  "(default $CONFORMOOD_DATA, else ../shared/data).")
+    ] = None,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.safetensors if present.")] = False,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
+    from ..experiments.train import run_training
+    from ..train.recipes import TrainRunConfig, load_train_config
+
+    set_data_root(data_root)
+    device = resolve_device(device)
+    values = {"data": data, "split": split, "normal_class": normal_class, "objective": objective, "epochs": epochs,
+              "batch_size": batch_size, "lr": lr, "temperature": temperature, "image_size": image_size,
+              "seed": seed, "max_images": max_images}
+    if config_name is not None:
+        explicit = {k: v for k, v in values.items() if given_on_command_line(ctx, k)}
+        cfg = config(load_train_config, path=config_name, device=device, **explicit)
+    else:
+        cfg = config(TrainRunConfig, device=device, **values)
+    if resume and overwrite:
+        fail("--resume continues the run in OUT and --overwrite replaces it; give one of them")
+    prepare_output(out, overwrite, TRAIN_OUTPUTS if not resume else ())
+
+    def show(result: dict) -> None:
+        if result["rank"] == 0:
+            typer.echo(
+                f"trained {cfg.objective} on {result['n_train']} images with {result['world_size']} process(es): "
+                f"final loss {result['history']['loss'][-1]:.4f}, {result['wall_time_s']:.1f} s -> {out}"
+            )
+
+    try:
+        run_experiment(run_training, cfg, out, show, resume=resume, progress=progress)
+    except KeyboardInterrupt:
+        typer.echo(f"\nInterrupted. The last checkpoint is {out / 'checkpoint.safetensors'}; continue with the same "
+                   "command and --resume.", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def recipes() -> None:
+    """List the training recipes shipped with conformood (use one with `conformood train --config NAME`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..train.recipes import recipe_description, recipe_names
+
+    table = Table(title="conformood recipes (conformood train --config NAME)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    for name in recipe_names():
+        table.add_row(name, user_errors(recipe_description, name))
+    Console(width=120).print(table)
+
+
+@app.command()
+def detectors() -> None:
+    """List the registered detectors: name, input, labels needed, and the paper and equation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..scores import detector_info, list_detectors
+
+    table = Table(title="conformood detectors (higher score = more in-distribution)")
+    for column in ("name", "input", "labels", "reference"):
+        table.add_column(column)
+    for name in list_detectors():
+        info = detector_info(name)
+        table.add_row(name, info.input, "yes" if info.needs_labels else "", info.reference)
+    Console(width=120).print(table)

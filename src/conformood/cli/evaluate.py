@@ -1,0 +1,126 @@
+"""``conformood evaluate`` and ``conformood score``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._boundary import config, fail, parse_options, prepare_output, run_experiment, set_data_root, user_errors
+from .app import RegistryHelp, app
+
+EVALUATE_OUTPUTS = ("evaluation.json", "evaluation.md", "report.html", "*.png", "features_*.npz", "test_scores.npz",
+                    "detector.safetensors")
+
+
+@app.command(cls=RegistryHelp)
+def evaluate(
+    train: Annotated[Path | None, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="npz of held-out in-distribution data, same arrays.")] = None,
+    test: Annotated[
+        Path | None, typer.Option(help="npz with the same arrays plus 'is_inlier' (n,) bool, True = in-distribution.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="With --checkpoint: {datasets}, or an image folder / tar; default: the data "
+                                 "set the model was trained on.")
+    ] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="With --checkpoint: {protocols}; default: one-vs-rest on the model's class.")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Folder of the named data sets (default $CONFORMOOD_DATA, else "
+                                  "../shared/data).")
+    ] = None,
+    detector: Annotated[str, typer.Option(help="A registry name (see `conformood detectors`).")] = "knn_cosine",
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Level of the false-alarm and FDR guarantees, in (0, 1).")] = 0.1,
+    mondrian: Annotated[
+        bool, typer.Option(help="Calibrate per class ('labels' in calibration and test files).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json/.md, report.html and figures.")] = Path(
+        "evaluation"
+    ),
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the results of an earlier run in OUT (otherwise such a folder is refused).")
+    ] = False,
+) -> None:
+    """Fit a detector, calibrate it conformally, and measure OOD metrics and the guarantees."""
+    from .._validation import check_alpha
+    from ..experiments.evaluate import EvaluateConfig, feature_files_from_checkpoint, run_evaluation
+    from ..scores import detector_info
+
+    set_data_root(data_root)
+    user_errors(check_alpha, alpha)  # option errors first, before any file is read or written
+    user_errors(detector_info, detector)
+    if protocol is not None:
+        from ..data import parse_protocol
+
+        user_errors(parse_protocol, protocol)
+    options = parse_options(option)
+    files = {"--train": train, "--calibration": calibration, "--test": test}
+    model = None
+    if checkpoint is not None:
+        given = [name for name, value in files.items() if value is not None]
+        if given:
+            fail(f"--checkpoint encodes its own train, calibration and test images; drop {', '.join(given)} (or "
+                 "drop --checkpoint to evaluate those feature files)")
+        prepare_output(out, overwrite, EVALUATE_OUTPUTS)
+        (train, calibration, test), model = user_errors(feature_files_from_checkpoint, checkpoint, data, protocol,
+                                                        out)
+    else:
+        if data is not None or protocol is not None:
+            fail("--data and --protocol choose the images of --checkpoint; with feature files they do not apply")
+        missing = [name for name, value in files.items() if value is None]
+        if missing:
+            fail(f"give {', '.join(missing)} (feature files), or --checkpoint with a trained model")
+        prepare_output(out, overwrite, EVALUATE_OUTPUTS)
+    cfg = config(EvaluateConfig, train=train, calibration=calibration, test=test, detector=detector,
+                 options=options, alpha=alpha, mondrian=mondrian, model=model)
+
+    def show(r: dict) -> None:
+        covers = f" ({model['protocol']} on {model['data']})" if model else ""
+        typer.echo(
+            f"{detector}{covers}: AUROC {r['auroc']:.4f}, FPR@95TPR {r['fpr95']:.4f}, realised FPR at α={alpha}: "
+            f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "
+            f"power {r['bh_power']:.3f}) -> {out / 'evaluation.json'}"
+        )
+
+    run_experiment(run_evaluation, cfg, out, show)
+
+
+@app.command()
+def score(
+    detector_file: Annotated[Path, typer.Option(help="detector.safetensors written by `conformood evaluate`.")],
+    inputs: Annotated[Path, typer.Option(help="npz with 'features' (or 'logits'), and 'labels' if Mondrian.")],
+    alpha: Annotated[float, typer.Option(help="Level of the decisions, in (0, 1).")] = 0.1,
+    logits: Annotated[bool, typer.Option(help="Score the 'logits' array instead of 'features'.")] = False,
+    out: Annotated[Path, typer.Option(help="JSON file for the per-input scores, p-values and decisions.")] = Path(
+        "scores.json"
+    ),
+    csv: Annotated[
+        Path | None, typer.Option(help="CSV file of the same table (default: OUT with the suffix .csv).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing OUT and CSV files.")] = False,
+) -> None:
+    """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection."""
+    from ..experiments.evaluate import score_file
+
+    if out.suffix.lower() == ".csv":
+        fail(f"--out {out} names the JSON result; give the CSV with --csv")
+    csv = csv if csv is not None else out.with_suffix(".csv")
+    if csv.resolve() == out.resolve():
+        fail("--out and --csv must be different files")
+    for option, path in (("--out", out), ("--csv", csv)):
+        if path.is_dir():
+            fail(f"{option} {path} is a folder; give a file name")
+        if path.exists() and not overwrite:
+            fail(f"{option} {path} exists; pass --overwrite to replace it")
+    r = user_errors(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv)
+    typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={alpha}, {r['n_bh_selected']} selected by BH -> "
+               f"{out}, {csv}")

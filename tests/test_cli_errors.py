@@ -1,0 +1,111 @@
+"""Every bad input of the hardening issue, through the installed entry point's code path (``conformood.cli.main``):
+exit code 2, one line naming the file or option, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conformood.cli import main
+
+
+@pytest.fixture
+def files(tmp_path):
+    good = tmp_path / "good.npz"
+    rng = np.random.default_rng(0)
+    np.savez(good, features=rng.normal(size=(30, 4)), is_inlier=np.arange(30) < 20)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)))
+    (tmp_path / "text.safetensors").write_text("this is not a model\n" * 20)
+    (tmp_path / "bad.yaml").write_text("objective: firm\nepochs: [1, 2\n")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "pickled.npz").write_bytes((tmp_path / "pickled.npy").read_bytes())
+    return tmp_path
+
+
+def _evaluate(t, train="good.npz", out="ev"):
+    return ["evaluate", "--train", str(t / train), "--calibration", str(t / "good.npz"), "--test",
+            str(t / "good.npz"), "--out", str(t / out)]
+
+
+CASES = {
+    "missing file": (lambda t: _evaluate(t, "missing.npz"), "missing.npz"),
+    "directory": (lambda t: _evaluate(t, "folder"), "folder"),
+    "zero-byte npz": (lambda t: _evaluate(t, "empty.npz"), "empty.npz"),
+    "corrupt npz": (lambda t: _evaluate(t, "corrupt.npz"), "corrupt.npz"),
+    "pickled npy as npz": (lambda t: _evaluate(t, "pickled.npz"), "pickled.npz"),
+    "text file as detector": (lambda t: ["score", "--detector-file", str(t / "text.safetensors"), "--inputs",
+                                         str(t / "good.npz"), "--out", str(t / "s.json")], "text.safetensors"),
+    "text file as model": (lambda t: ["evaluate", "--checkpoint", str(t / "text.safetensors"), "--out",
+                                      str(t / "ev")], "text.safetensors"),
+    "zero-byte detector": (lambda t: ["score", "--detector-file", str(t / "empty.npz"), "--inputs",
+                                      str(t / "good.npz"), "--out", str(t / "s.json")], "empty.npz"),
+    "unknown device": (lambda t: ["train", "--device", "tpu", "--out", str(t / "run")], "--device"),
+    "malformed YAML": (lambda t: ["train", "--config", str(t / "bad.yaml"), "--out", str(t / "run")], "bad.yaml"),
+    "unknown recipe": (lambda t: ["train", "--config", "no_such_recipe", "--out", str(t / "run")], "no_such_recipe"),
+    "unknown --data": (lambda t: ["train", "--data", "no-such-data", "--out", str(t / "run"), "--device", "cpu",
+                                  "--no-progress"], "no-such-data"),
+    "--out is a file (train)": (lambda t: ["train", "--out", str(t / "a_file"), "--device", "cpu"], "--out"),
+    "--out is a file (evaluate)": (lambda t: _evaluate(t, out="a_file"), "--out"),
+    "--out is a file (demo)": (lambda t: ["demo", "--out", str(t / "a_file"), "--device", "cpu"], "--out"),
+    "score --out names a CSV": (lambda t: ["score", "--detector-file", str(t / "x"), "--inputs", str(t / "x"),
+                                           "--out", str(t / "s.csv")], "--csv"),
+    "a value of the wrong type": (lambda t: ["train", "--epochs", "abc"], "--epochs"),
+    "an unknown option": (lambda t: ["train", "--epoch", "3"], "--epoch"),
+    "alpha outside (0, 1)": (lambda t: _evaluate(t) + ["--alpha", "1.5"], "alpha"),
+    "--data-root not a folder": (lambda t: ["train", "--data-root", str(t / "a_file")], "--data-root"),
+}
+if not torch.cuda.is_available():
+    CASES["--device cuda without CUDA"] = (lambda t: ["demo", "--device", "cuda", "--out", str(t / "d")], "CUDA")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_exit_code_2(case, files, capsys):
+    args, expected = CASES[case]
+    with pytest.raises(SystemExit) as stop:
+        main(args(files))
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert stop.value.code == 2, text
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("Error: ") and expected in lines[0], text
+
+
+def test_version_and_the_entry_point_in_a_real_process(files):
+    from conformood import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "conformood", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"conformood {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "conformood", *_evaluate(files, "empty.npz")], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "empty.npz" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
+
+
+def test_every_option_has_help():
+    from typer.main import get_command
+
+    from conformood.cli import app
+
+    def walk(command, path):
+        subs = getattr(command, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                yield from walk(sub, f"{path} {name}")
+        else:
+            for param in command.params:
+                if getattr(param, "param_type_name", "") == "option":
+                    yield f"{path} {param.opts[0]}", getattr(param, "help", None)
+
+    options = list(walk(get_command(app), "conformood"))
+    assert len(options) > 50  # every command's options were walked
+    missing = [name for name, text in options if not text]
+    assert not missing, missing
