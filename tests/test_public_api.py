@@ -60,3 +60,23 @@ def test_the_command_starts_without_torch_and_its_help_lists_the_registries():
     assert all(name in text for name in OBJECTIVES.names()) and "{objectives}" not in text
     text = " ".join(CliRunner().invoke(app, ["evaluate", "--help"], terminal_width=200).output.split())
     assert all(f"{name}:" in text for name in PROTOCOLS.names())
+
+
+def test_conventions_that_differ_from_the_authors_code_are_documented():
+    """Issue 15 item 10: each departure from a reference implementation is written in the docstring."""
+    from conformood.conformal.sets import conformal_quantile
+    from conformood.losses import CIDERLoss, SupConLoss
+    from conformood.scores import KNNSunDetector, MahalanobisDetector, SMuDetector
+
+    expected = {
+        CIDERLoss: ["0.07", "CompLoss", "DisLoss"],
+        SMuDetector: ["not its square", "un-augmented view"],
+        SupConLoss: ["T / base_T"],
+        KNNSunDetector: ["squared"],
+        MahalanobisDetector: ["½"],
+        conformal_quantile: ["⌈(1 − α) n⌉ + 1", "capped at n"],
+    }
+    for obj, phrases in expected.items():
+        doc = " ".join((obj.__doc__ or "").split())
+        for phrase in phrases:
+            assert phrase in doc, (obj.__name__, phrase)

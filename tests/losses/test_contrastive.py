@@ -150,3 +150,33 @@ def test_temperature_validated(t):
         NTXentLoss(t)
     with pytest.raises(ValueError, match="temperature"):
         FIRMLoss(t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_losses_match_float32_even_beyond_the_float16_range(dtype):
+    """Issue 15 item 9: rows with a norm above 65,504 overflowed float16 to inf and normalised to zero; the
+    losses now normalise in float32 inside. UniformityLoss used to fail on half and bfloat16."""
+    from conformood.losses import AlignmentLoss, CIDERLoss, InfoNCELoss, OECLLoss, SupConLoss, UniformityLoss
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    scale = 3e4  # each entry representable in float16, the norm of a row is not
+    big1, big2 = (z1 / z1.abs().amax() * scale), (z2 / z2.abs().amax() * scale)
+    labels = torch.arange(8) % 3
+    cases = [
+        (NTXentLoss(0.2), (big1, big2)),
+        (SupConLoss(0.2), (big1, big2, labels)),
+        (AlignmentLoss(), (big1, big2)),
+        (UniformityLoss(), (big1,)),
+        (InfoNCELoss(0.1), (big1, big2, big2.flip(0))),
+        (CIDERLoss(3, 4), (big1, labels)),
+    ]
+    for loss, args in cases:
+        low = loss(*(a.to(dtype) if a.is_floating_point() else a for a in args))
+        if isinstance(loss, CIDERLoss):  # a fresh instance: the first call initialised the prototypes
+            loss = CIDERLoss(3, 4)
+        ref = loss(*(a.to(dtype).float() if a.is_floating_point() else a for a in args))
+        assert torch.isfinite(low) and abs(low.item() - ref.item()) < 1e-4, type(loss).__name__
+    penalty = OECLLoss().norm_penalty(big1.to(dtype))
+    expected = big1.to(dtype).float().norm(dim=1).mean()
+    assert torch.isfinite(penalty) and abs(penalty.item() / expected.item() - 1) < 1e-6

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conformood.losses import CSILoss, FIRMLoss, NTXentLoss, SupConLoss
+from conformood.losses import CIDERLoss, CSILoss, FIRMLoss, NTXentLoss, OECLLoss, SupConLoss
 
 N_GLOBAL, D_IN, D_OUT, WORLD = 8, 5, 4, 2
 
@@ -20,8 +20,9 @@ def _batch():
     x2 = torch.randn(N_GLOBAL, D_IN, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 3, (N_GLOBAL,), generator=g)
     flags = torch.tensor([True, False, True, True, False, True, False, False])
-    logits_w = torch.randn(D_OUT, 4, generator=g, dtype=torch.float64)
-    return x1, x2, labels, flags, logits_w
+    logits_w = torch.randn(D_OUT, 4, generator=g, dtype=torch.float64) * 3
+    x_oe = torch.randn(N_GLOBAL, D_IN, generator=g, dtype=torch.float64)
+    return x1, x2, labels, flags, logits_w, x_oe
 
 
 def _model():
@@ -29,8 +30,14 @@ def _model():
     return torch.nn.Linear(D_IN, D_OUT).double()
 
 
-def _loss(name, model, x1, x2, labels, flags, logits_w, distributed):
+def _loss(name, model, x1, x2, labels, flags, logits_w, x_oe, distributed):
     z1, z2 = model(x1), model(x2)
+    if name == "oecl":
+        return OECLLoss(0.3, norm_weight=0.7, gather_distributed=distributed)(z1, z2, model(x_oe))
+    if name == "cider":  # two calls: the second uses the prototypes the first left in the buffers
+        loss = CIDERLoss(3, D_OUT, temperature=0.3, momentum=0.6, gather_distributed=distributed)
+        first = loss(z1, labels)
+        return first + loss(z2 @ torch.eye(D_OUT, dtype=z2.dtype), labels)
     if name == "ntxent":
         return NTXentLoss(0.3, gather_distributed=distributed)(z1, z2)
     if name == "supcon":
@@ -44,10 +51,10 @@ def _loss(name, model, x1, x2, labels, flags, logits_w, distributed):
 def _worker(rank, port, name, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        x1, x2, labels, flags, logits_w = _batch()
+        x1, x2, labels, flags, logits_w, x_oe = _batch()
         part = slice(rank * N_GLOBAL // WORLD, (rank + 1) * N_GLOBAL // WORLD)
         model = _model()
-        loss = _loss(name, model, x1[part], x2[part], labels[part], flags[part], logits_w, True)
+        loss = _loss(name, model, x1[part], x2[part], labels[part], flags[part], logits_w, x_oe[part], True)
         loss.backward()
         for p in model.parameters():  # what DistributedDataParallel does: average gradients over ranks
             dist.all_reduce(p.grad)
@@ -69,7 +76,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("name", ["ntxent", "supcon", "firm", "csi"])
+@pytest.mark.parametrize("name", ["ntxent", "supcon", "firm", "csi", "oecl", "cider"])
 def test_two_processes_equal_one(name, tmp_path):
     mp.spawn(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=WORLD, join=True)
     model = _model()

@@ -26,8 +26,13 @@ from conformood.train.objectives import (
 class IdentityViews:
     """Views that return the batch unchanged, so the objective's loss can be recomputed by hand."""
 
+    config = ViewConfig(flip_p=0.0)
+
     def __call__(self, x, generator):
         return x
+
+    def without_flip(self):
+        return self
 
 
 def _model(aux=None, seed=0):
@@ -175,3 +180,50 @@ def test_labelled_recipes_need_several_classes():
         TrainRunConfig(objective="cider", normal_class="3")
     model, _ = train_contrastive_encoder(images, cfg, None, progress=False, labels=np.array([5, 7] * 4))
     assert model.aux_head.n_classes == 2  # labels 5 and 7 become classes 0 and 1
+
+
+class _Recorder(torch.nn.Module):
+    """Records the batch an objective sends to the model; returns features and shift logits."""
+
+    def __init__(self, n_shifts):
+        super().__init__()
+        self.n_shifts = n_shifts
+        self.seen = None
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, with_aux=False):
+        self.seen = x.detach().clone()
+        z = x.flatten(1) * self.w
+        return (z, z[:, : self.n_shifts]) if with_aux else z
+
+
+@pytest.mark.parametrize("name", ["csi", "self_oecl"])
+def test_every_view_labelled_k_is_the_k_th_shift_of_the_image_or_its_mirror(name):
+    """Issue 15 item 9: views flip before the shift (as both reference codes). Flipping after it mislabels
+    shifts, since hflip . R90 = R270 . hflip."""
+    from conformood.augment import SimCLRViews, ViewConfig, rotate
+    from conformood.train.objectives import CSIObjective, SelfOECLObjective
+
+    identity = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.5, jitter_p=0.0, grayscale_p=0.0)
+    views = SimCLRViews((6, 6), identity)
+    x = torch.rand(16, 1, 6, 6, generator=torch.Generator().manual_seed(0))  # asymmetric images
+    if name == "csi":
+        angles, objective = (0, 90, 180, 270), CSIObjective(views, shifts=(0, 90, 180, 270))
+    else:
+        angles, objective = (0, 90), SelfOECLObjective(views)
+    model = _Recorder(len(angles))
+    objective(model, x, torch.Generator().manual_seed(1))
+    seen = model.seen
+    n, m = x.shape[0], x.shape[0] * len(angles)
+    mirrored_any = False
+    for view in (seen[:m], seen[m: 2 * m]):
+        for j in range(m):
+            k, i = divmod(j, n)
+            plain, mirror = rotate(x[i: i + 1], angles[k])[0], rotate(x[i: i + 1].flip(-1), angles[k])[0]
+            assert torch.allclose(view[j], plain, atol=1e-5) or torch.allclose(view[j], mirror, atol=1e-5), (k, i)
+            mirrored_any |= not torch.allclose(view[j], plain, atol=1e-5)
+    assert mirrored_any  # the flip is applied (before the shift)
+    if name == "self_oecl":  # outlier views are R180 / R270 of the image or its mirror, never an ID shift
+        for i, view in enumerate(seen[2 * m:]):
+            candidates = [rotate(img, a)[0] for a in (180, 270) for img in (x[i: i + 1], x[i: i + 1].flip(-1))]
+            assert any(torch.allclose(view, c, atol=1e-5) for c in candidates), i

@@ -10,7 +10,7 @@ from .outliers import (
     poisson_blend,
 )
 from .shifts import ROTATION_ANGLES, rotate, rotation_outliers
-from .views import SimCLRViews, ViewConfig
+from .views import SimCLRViews, ViewConfig, random_hflip
 
 __all__ = [
     "CUTPERM_SHIFTS",
@@ -20,4 +20,4 @@ __all__ = [
     "cutpaste",
     "nsa_outliers",
     "poisson_blend",
-    "ROTATION_ANGLES", "SimCLRViews", "ViewConfig", "rotate", "rotation_outliers"]
+    "ROTATION_ANGLES", "SimCLRViews", "ViewConfig", "random_hflip", "rotate", "rotation_outliers"]

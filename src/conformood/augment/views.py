@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -44,6 +44,15 @@ class ViewConfig:
         return asdict(self)
 
 
+def random_hflip(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image (n, c, h, w) left-right with probability ``p``, independently per image."""
+    if p <= 0.0:
+        return x
+    draw = torch.rand(x.shape[0], generator=generator, device=generator.device if generator is not None else "cpu")
+    mirror = (draw < p).to(x.device)[:, None, None, None]
+    return torch.where(mirror, x.flip(-1), x)
+
+
 class SimCLRViews(nn.Module):
     """Random resized crop, horizontal flip, colour jitter and grayscale, batched on tensors.
 
@@ -65,6 +74,10 @@ class SimCLRViews(nn.Module):
             crop, flip, K.ColorJitter(b, ct, s, h, p=c.jitter_p), K.RandomGrayscale(p=c.grayscale_p)
         )
         self._gray = nn.Sequential(crop, flip, K.ColorJitter(b, ct, 0.0, 0.0, p=c.jitter_p))
+
+    def without_flip(self) -> SimCLRViews:
+        """The same augmentation without the horizontal flip (for objectives that flip before shifting)."""
+        return SimCLRViews(self.image_size, replace(self.config, flip_p=0.0))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = check_images(x, "x")

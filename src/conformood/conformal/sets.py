@@ -34,6 +34,10 @@ def conformal_quantile(scores: ArrayLike, alpha: float) -> float:
 
     When k > n (α < 1/(n + 1)) no finite threshold is valid: returns +inf with a :class:`ConformalWarning`.
 
+    **Convention (differs from the authors' code).** The official contrastive-conformal-sets code takes the
+    rank ⌈(1 − α) n⌉ + 1, capped at n. That rank is at least ours (so its sets are never smaller) and, capped
+    at n, it returns a finite threshold where Lemma 1 admits none; this function keeps Lemma 1's rank.
+
     Examples
     --------
     >>> conformal_quantile(np.arange(1.0, 20.0), 0.05)   # n = 19: k = ceil(0.95 * 20) = 19

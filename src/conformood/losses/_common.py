@@ -25,6 +25,15 @@ def check_embeddings(z: torch.Tensor, name: str, min_rows: int = 1) -> None:
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
+def unit_rows(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """L2-normalise along ``dim``, in float32 for half and bfloat16 inputs: a norm above 65,504 overflows
+    float16 to inf and the normalised rows to zero, which silently degenerates every contrastive loss. The
+    losses therefore compute in float32 (or float64 for float64 inputs) and return that precision."""
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    return F.normalize(z, dim=dim)
+
+
 def check_views(z1: torch.Tensor, z2: torch.Tensor) -> None:
     """Raise ``ValueError`` unless z1, z2 are finite float tensors of one shape (n, d) with n >= 2."""
     for name, z in (("z1", z1), ("z2", z2)):
@@ -86,7 +95,7 @@ def view_label_loss(
     ``sample_labels`` (n,) are integers, global across ranks in distributed runs. With
     ``gather_distributed`` inside a process group, local anchors are contrasted with all ranks' views.
     """
-    z = F.normalize(torch.cat([z1, z2], dim=0), dim=1)
+    z = unit_rows(torch.cat([z1, z2], dim=0), dim=1)
     labels = torch.cat([sample_labels, sample_labels]).to(z.device)
     if gather_distributed and dist_utils.is_distributed():
         z_all = dist_utils.gather_with_grad(z)

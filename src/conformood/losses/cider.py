@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as dist_utils
 from .._validation import check_positive_float, check_positive_int
-from ._common import check_embeddings, check_sample_vector
+from ._common import check_embeddings, check_sample_vector, unit_rows
 
 
 class CIDERLoss(nn.Module):
@@ -21,11 +22,22 @@ class CIDERLoss(nn.Module):
 
     L_dis is differentiated through this batch's prototype update; the stored prototypes and those used by
     L_comp are detached (as in the authors' code). Call with embeddings ``z`` (n, d) and labels (n,).
+
+    With ``gather_distributed`` inside a process group, every rank runs the prototype update over the global
+    batch (the ranks' rows in rank order, gathered with gradients), so the prototype buffers stay identical
+    on every rank, and L_comp averages over the local rows (the gradient average over ranks makes it the
+    global mean): two processes equal one process on the concatenated batch.
+
+    **Convention (differs from the authors' code).** The authors build ``CompLoss`` with base temperature 0.07
+    but ``DisLoss`` with 0.1, so their compactness term carries an extra factor T / 0.07 relative to the
+    dispersion term; here both terms use one ``base_temperature`` (default 0.1) and the balance is set
+    explicitly with ``compactness_weight`` and ``dispersion_weight``.
     """
 
     def __init__(
         self, n_classes: int, dim: int, temperature: float = 0.1, base_temperature: float = 0.1,
         momentum: float = 0.5, compactness_weight: float = 1.0, dispersion_weight: float = 1.0,
+        gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         self.n_classes = check_positive_int(n_classes, "n_classes", minimum=2)
@@ -37,6 +49,7 @@ class CIDERLoss(nn.Module):
         self.momentum = float(momentum)
         self.compactness_weight = float(compactness_weight)
         self.dispersion_weight = float(dispersion_weight)
+        self.gather_distributed = bool(gather_distributed)
         self.register_buffer("prototypes", torch.zeros(n_classes, dim))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
@@ -45,7 +58,7 @@ class CIDERLoss(nn.Module):
         """Set each prototype to the normalised mean embedding of its class (classes absent stay random)."""
         check_embeddings(z, "z")
         check_sample_vector(labels, "labels", z.shape[0], torch.long)
-        zn = F.normalize(z, dim=1)
+        zn = unit_rows(z, dim=1)
         sums = torch.zeros(self.n_classes, self.dim, dtype=zn.dtype, device=zn.device).index_add_(0, labels, zn)
         counts = torch.bincount(labels, minlength=self.n_classes)
         random = F.normalize(torch.randn(self.n_classes, self.dim, dtype=zn.dtype, device=zn.device), dim=1)
@@ -60,20 +73,25 @@ class CIDERLoss(nn.Module):
         if labels.min() < 0 or labels.max() >= self.n_classes:
             raise ValueError(f"labels must lie in 0..{self.n_classes - 1}")
         labels = labels.long()
+        if self.gather_distributed and dist_utils.is_distributed():
+            z_all, labels_all = dist_utils.gather_with_grad(z), dist_utils.gather_no_grad(labels)
+        else:
+            z_all, labels_all = z, labels
         if not bool(self.initialised):
-            self.init_prototypes(z.detach(), labels)
-        zn = F.normalize(z, dim=1)
+            self.init_prototypes(z_all.detach(), labels_all)
+        zn = unit_rows(z, dim=1)
+        zn_all = unit_rows(z_all, dim=1)
         protos = list(self.prototypes.to(zn.dtype).unbind(0))
-        for j in range(zn.shape[0]):  # the EMA is a sequential recurrence, as in the reference implementation
-            c = int(labels[j])
-            protos[c] = F.normalize(protos[c] * self.momentum + zn[j] * (1.0 - self.momentum), dim=0)
+        for j in range(zn_all.shape[0]):  # the EMA is a sequential recurrence, as in the reference implementation
+            c = int(labels_all[j])
+            protos[c] = F.normalize(protos[c] * self.momentum + zn_all[j] * (1.0 - self.momentum), dim=0)
         updated = torch.stack(protos)
         with torch.no_grad():
             self.prototypes.copy_(updated.detach())
         scale = self.temperature / self.base_temperature
         logits = updated @ updated.T / self.temperature
         off = ~torch.eye(self.n_classes, dtype=torch.bool, device=z.device)
-        neg = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - torch.log(off.sum(1).to(z.dtype))
+        neg = torch.logsumexp(logits.masked_fill(~off, float("-inf")), dim=1) - torch.log(off.sum(1).to(zn.dtype))
         dispersion = scale * neg.mean()
         comp_logits = zn @ updated.detach().T / self.temperature
         compactness = (

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_positive_float, renamed
-from ._common import check_embeddings, check_views
+from ._common import check_embeddings, check_views, unit_rows
 
 
 class InfoNCELoss(nn.Module):
@@ -34,6 +33,8 @@ class InfoNCELoss(nn.Module):
             )
         if not isinstance(negatives, torch.Tensor) or negatives.ndim not in (2, 3):
             raise ValueError("negatives must be a tensor of shape (n, k, d) or (k, d)")
+        if not torch.is_floating_point(negatives):
+            raise ValueError(f"negatives must be a floating-point tensor, got {negatives.dtype}")
         if negatives.shape[-1] != anchor.shape[1] or (negatives.ndim == 3 and negatives.shape[0] != anchor.shape[0]):
             raise ValueError(
                 f"negatives must have shape ({anchor.shape[0]}, k, {anchor.shape[1]}) or (k, {anchor.shape[1]}), "
@@ -43,9 +44,9 @@ class InfoNCELoss(nn.Module):
             raise ValueError("at least one negative is needed")
         if not torch.isfinite(negatives).all():
             raise ValueError("negatives contains NaN or infinite values")
-        a = F.normalize(anchor, dim=-1)
-        pos = (a * F.normalize(positive, dim=-1)).sum(-1, keepdim=True)
-        neg_n = F.normalize(negatives, dim=-1)
+        a = unit_rows(anchor)
+        pos = (a * unit_rows(positive).to(a.dtype)).sum(-1, keepdim=True)
+        neg_n = unit_rows(negatives).to(a.dtype)
         neg = torch.einsum("nd,nkd->nk", a, neg_n) if negatives.ndim == 3 else a @ neg_n.T
         logits = torch.cat([pos, neg], dim=1) / self.temperature
         return -(logits[:, 0] - torch.logsumexp(logits, dim=1)).mean()
@@ -64,7 +65,7 @@ class AlignmentLoss(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         check_views(z1, z2)
-        diff = F.normalize(z1, dim=1) - F.normalize(z2, dim=1)
+        diff = unit_rows(z1, dim=1) - unit_rows(z2, dim=1)
         return diff.norm(dim=1).pow(self.exponent).mean()
 
 
@@ -81,5 +82,5 @@ class UniformityLoss(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_embeddings(z, "z", min_rows=2)
-        sq = torch.pdist(F.normalize(z, dim=1), p=2).pow(2)
+        sq = torch.pdist(unit_rows(z, dim=1), p=2).pow(2)
         return torch.logsumexp(-self.t * sq, dim=0) - math.log(sq.numel())

@@ -28,7 +28,7 @@ class OECLLoss(nn.Module):
 
     def __init__(
         self, temperature: float = 0.5, norm_weight: float = 1.0, warmup_epochs: int = 0,
-        base: nn.Module | None = None, alpha: float | None = None,
+        base: nn.Module | None = None, alpha: float | None = None, gather_distributed: bool = False,
     ) -> None:
         super().__init__()
         norm_weight = renamed(norm_weight, alpha, "norm_weight", "alpha", default=1.0)
@@ -38,7 +38,7 @@ class OECLLoss(nn.Module):
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.norm_weight = float(norm_weight)
         self.warmup_epochs = int(warmup_epochs)
-        self.base = base if base is not None else NTXentLoss(temperature)
+        self.base = base if base is not None else NTXentLoss(temperature, gather_distributed=gather_distributed)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,7 +53,8 @@ class OECLLoss(nn.Module):
     def norm_penalty(self, oe_raw: torch.Tensor) -> torch.Tensor:
         """mean_j ||oe_raw_j||_2 of unnormalised outlier-exposure projections (m, d)."""
         check_embeddings(oe_raw, "oe_raw")
-        return oe_raw.norm(dim=1).mean()
+        wide = oe_raw.float() if oe_raw.dtype in (torch.float16, torch.bfloat16) else oe_raw  # no float16 overflow
+        return wide.norm(dim=1).mean()
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, oe_raw: torch.Tensor) -> torch.Tensor:
         loss = self.base(z1, z2)

@@ -20,6 +20,10 @@ class SupConLoss(nn.Module):
     inliers and synthetic outliers 0/1; SupCon* labels outliers by their transformation (e.g. rotation).
 
     Call with ``z1, z2`` (n, d) raw projections of the two views and integer ``labels`` (n,).
+
+    **Convention (differs from the authors' code).** The SupContrast reference multiplies the loss by
+    T / base_T (base_T = 0.07); this loss is the plain mean above, so it equals the reference divided by
+    T / base_T (the optimum is the same; the gradient scale differs by that constant).
     """
 
     def __init__(self, temperature: float = 0.2, gather_distributed: bool = False) -> None:

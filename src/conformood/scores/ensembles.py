@@ -87,7 +87,13 @@ class _ViewAverage(_EncoderDetector):
 
 
 class SMuDetector(_ViewAverage):
-    """s_mu = ||E_t f(t(x))||_2^2 over ``n_views`` SimCLR augmentations (OECL paper eq. 10 and 16; T = 32)."""
+    """s_mu = ||E_t f(t(x))||_2^2 over ``n_views`` SimCLR augmentations (OECL paper eq. 10 and 16; T = 32).
+
+    **Convention (differs from the authors' code).** The OECL reference scores the norm ||E_t f(t(x))||_2, not
+    its square, and its average also includes the un-augmented view; here the paper's squared norm over the
+    ``n_views`` augmented views only. The square is monotone, so a single score ranks inputs identically; the
+    extra un-augmented view changes the values slightly.
+    """
 
     def score_samples(self, features: ArrayLike) -> np.ndarray:
         images = self._check_input(features)

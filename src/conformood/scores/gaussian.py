@@ -104,6 +104,9 @@ class MahalanobisDetector(BaseDetector):
 
     Sigma = 1/N sum_c sum_{i in c} (f_i - mu_c)(f_i - mu_c)^T in float64, inverted with the pseudo-inverse
     (``solver="pinv"``, as the reference implementation) or with a ridge (``solver="ridge"``). Needs labels.
+
+    **Convention (differs from the authors' code).** The reference computes -½ (f - mu)^T Sigma^-1 (f - mu);
+    this detector omits the factor ½. A positive factor does not change rankings or conformal decisions.
     """
 
     def __init__(self, solver: str = "pinv", ridge: float = 1e-6) -> None:

@@ -214,6 +214,10 @@ class KNNSunDetector(KNNCosineDetector):
 
     On unit vectors ||u - v|| = sqrt(2 - 2 u.v), so the k-th largest cosine similarity gives the k-th
     nearest distance; score = -sqrt(max(0, 2 - 2 cos_k)). Default k = 50 as in the paper.
+
+    **Convention (differs from the authors' code).** The knn-ood reference returns faiss's *squared* L2
+    distance (-||u - v||^2); this detector returns the distance itself. The square root is monotone, so the
+    ranking, every AUROC and every conformal decision are the same.
     """
 
     def __init__(

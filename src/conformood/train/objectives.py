@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..augment import ROTATION_ANGLES, SimCLRViews, rotate, rotation_outliers
+from ..augment import ROTATION_ANGLES, SimCLRViews, random_hflip, rotate, rotation_outliers
 from ..losses import (
     CIDERLoss,
     CSILoss,
@@ -30,6 +30,19 @@ class Objective(Protocol):
     (when defined) are saved in and restored from checkpoints."""
 
     def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+def _shifted_views(plain: SimCLRViews, flip_p: float, x: torch.Tensor, angles: tuple[int, ...],
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two views of every image under every shift, flipped *before* the shift as both reference codes do (CSI,
+    self-OECL): view = t(R_k(mirror?(x))), the mirror drawn with probability ``flip_p`` and t the SimCLR
+    augmentation without its flip (``plain``). Flipping after the
+    shift would mislabel shifts, since hflip ∘ R90 = R270 ∘ hflip. Returns (view 1, view 2, shift labels)."""
+    out = []
+    for _ in range(2):
+        shifted, labels = _shifted(random_hflip(x, flip_p, generator), angles)
+        out.append(plain(shifted, generator))
+    return out[0], out[1], labels
 
 
 def _shifted(x: torch.Tensor, angles: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,10 +152,11 @@ class OECLObjective:
     through :meth:`set_epoch`)."""
 
     def __init__(self, views: SimCLRViews, pool: Any, temperature: float = 0.5, norm_weight: float = 1.0,
-                 warmup_epochs: int = 0) -> None:
+                 warmup_epochs: int = 0, gather_distributed: bool = False) -> None:
         self.views = views
         self.pool = pool
-        self.loss = OECLLoss(temperature, norm_weight=norm_weight, warmup_epochs=warmup_epochs)
+        self.loss = OECLLoss(temperature, norm_weight=norm_weight, warmup_epochs=warmup_epochs,
+                             gather_distributed=gather_distributed)
 
     def set_epoch(self, epoch: int) -> None:
         self.loss.set_epoch(epoch)
@@ -163,12 +177,13 @@ class CSIObjective:
     def __init__(self, views: SimCLRViews, temperature: float = 0.5, shifts: tuple[int, ...] = (0, 90, 180, 270),
                  shift_weight: float = 1.0, gather_distributed: bool = False) -> None:
         self.views = views
+        self.plain_views = views.without_flip()  # views flip before the shift (see _shifted_views)
         self.shifts = tuple(shifts)
         self.loss = CSILoss(temperature, shift_weight=shift_weight, gather_distributed=gather_distributed)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        shifted, labels = _shifted(x, self.shifts)
-        z, logits = model(torch.cat([self.views(shifted, generator), self.views(shifted, generator)]), with_aux=True)
+        v1, v2, labels = _shifted_views(self.plain_views, self.views.config.flip_p, x, self.shifts, generator)
+        z, logits = model(torch.cat([v1, v2]), with_aux=True)
         z1, z2 = z.chunk(2)
         return self.loss(z1, z2, logits, labels)
 
@@ -186,6 +201,7 @@ class SelfOECLObjective:
         if set(id_shifts) & set(oe_shifts):
             raise ValueError(f"the outlier shifts {oe_shifts} must not overlap the in-distribution shifts {id_shifts}")
         self.views = views
+        self.plain_views = views.without_flip()  # views flip before the shift (see _shifted_views)
         self.id_shifts, self.oe_shifts = tuple(id_shifts), tuple(oe_shifts)
         self.csi = CSILoss(temperature, shift_weight=shift_weight, gather_distributed=gather_distributed)
         self.oecl = OECLLoss(temperature, norm_weight=norm_weight, warmup_epochs=warmup_epochs)
@@ -194,10 +210,11 @@ class SelfOECLObjective:
         self.oecl.set_epoch(epoch)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        shifted, labels = _shifted(x, self.id_shifts)
-        oe, _ = rotation_outliers(x, self.oe_shifts, per_sample=True, generator=generator)
-        m = shifted.shape[0]
-        batch = torch.cat([self.views(shifted, generator), self.views(shifted, generator), self.views(oe, generator)])
+        v1, v2, labels = _shifted_views(self.plain_views, self.views.config.flip_p, x, self.id_shifts, generator)
+        mirrored = random_hflip(x, self.views.config.flip_p, generator)
+        oe, _ = rotation_outliers(mirrored, self.oe_shifts, per_sample=True, generator=generator)
+        m = v1.shape[0]
+        batch = torch.cat([v1, v2, self.plain_views(oe, generator)])
         z, logits = model(batch, with_aux=True)
         z1, z2, z_oe = z.split([m, m, oe.shape[0]])
         loss = self.csi(z1, z2, logits[: 2 * m], labels)
@@ -247,9 +264,10 @@ class CIDERObjective:
     needs_labels = True
 
     def __init__(self, views: SimCLRViews, n_classes: int, dim: int, temperature: float = 0.1,
-                 momentum: float = 0.5) -> None:
+                 momentum: float = 0.5, gather_distributed: bool = False) -> None:
         self.views = views
-        self.loss = CIDERLoss(n_classes, dim, temperature=temperature, momentum=momentum)
+        self.loss = CIDERLoss(n_classes, dim, temperature=temperature, momentum=momentum,
+                              gather_distributed=gather_distributed)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.loss.state_dict()

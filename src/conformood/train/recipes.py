@@ -77,7 +77,8 @@ def _firm_oe(cfg, views, pool, n_classes, gather):
 
 @_objective("oecl_oe", "OECL eq. 7", "NT-Xent + oe_weight * ||f(OE image)||", needs_oe_pool=True)
 def _oecl_oe(cfg, views, pool, n_classes, gather):
-    return OECLObjective(views, pool, cfg.temperature, norm_weight=cfg.oe_weight, warmup_epochs=cfg.oe_warmup_epochs)
+    return OECLObjective(views, pool, cfg.temperature, norm_weight=cfg.oe_weight, warmup_epochs=cfg.oe_warmup_epochs,
+                         gather_distributed=gather)
 
 
 @_objective("csi", "Tack et al. 2020; OECL section IV", "rotations as shifted instances + shift classifier",
@@ -106,7 +107,8 @@ def _clp(cfg, views, pool, n_classes, gather):
 def _cider(cfg, views, pool, n_classes, gather):
     if n_classes is None:
         raise ValueError("CIDER needs the number of classes")
-    return CIDERObjective(views, n_classes, cfg.projection_dim, cfg.temperature, momentum=cfg.cider_momentum)
+    return CIDERObjective(views, n_classes, cfg.projection_dim, cfg.temperature, momentum=cfg.cider_momentum,
+                          gather_distributed=gather)
 
 
 @dataclass
