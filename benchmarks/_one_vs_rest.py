@@ -20,6 +20,7 @@ from conformood.io import write_json
 from conformood.metrics import ood_metrics
 from conformood.models import encode
 from conformood.report import render_one_vs_rest
+from conformood.results import provenance
 from conformood.scores import get_detector
 from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
@@ -104,7 +105,8 @@ def run_benchmark(
         raw_path = runs / f"{c:02d}_raw_pixels.json"
         if load(raw_path) is None:
             raw = s_con(x_train.flatten(1).numpy(), x_test.flatten(1).numpy(), args.k)
-            write_json(raw_path, {"config": config, "class": cname, "method": "raw_pixels",
+            write_json(raw_path, {"provenance": provenance(config), "config": config, "class": cname,
+                                  "method": "raw_pixels",
                                   "metrics": ood_metrics(raw, is_inlier).to_dict()})
         for method, fields in methods.items():
             path = runs / f"{c:02d}_{method}.json"
@@ -125,7 +127,8 @@ def run_benchmark(
                 "train_seconds": train_s,
                 "loss": history.loss,
             }
-            write_json(path, {"config": config, "class": cname, "method": method, "train_config": asdict(cfg),
+            write_json(path, {"provenance": provenance(asdict(cfg)), "config": config, "class": cname,
+                              "method": method, "train_config": asdict(cfg),
                               "metrics": metrics, "threads": torch.get_num_threads(),
                               "started": started, "finished": time.time()})
             print(f"{cname:12s} {method:8s} AUROC {metrics['auroc']:.3f} (s_l2 {metrics['s_l2_auroc']:.3f}, "
@@ -153,6 +156,7 @@ def gather(name: str, title: str, description: str, out_dir: Path, config: dict,
             stamps += [run["started"], run["finished"]]
     results = {c: results[c] for c in class_names if c in results}
     out = {
+        "provenance": provenance(config),
         "benchmark": title,
         "description": description,
         "methods": {"raw_pixels": "s_con on the raw pixels of the same training images",

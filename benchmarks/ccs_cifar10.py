@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conformood.results import provenance
+
 
 def _features(model, images: np.ndarray, batch: int = 512) -> np.ndarray:
     """L2-normalised encoder features (:func:`conformood.models.encode`), float32."""
@@ -155,6 +157,7 @@ def main() -> None:
         ood[name] = {"auroc": stat([v[0] for v in vals]), "fpr95": stat([v[1] for v in vals])}
 
     payload = {
+        "provenance": provenance(vars(args)),
         "encoder": encoder_info | {"config": {k: v for k, v in vars(cfg).items()}},
         "feature_dim": d,
         "alpha": args.alpha,

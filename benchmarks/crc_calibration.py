@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from conformood.results import provenance
+
 
 def _smallest_reaching(coverage, target, tol, lo=-1.0, hi=1.0):
     """binary_search_for_t of Algorithm 3: the smallest t in [lo, hi] with coverage(t) >= target, to ``tol``."""
@@ -164,6 +166,7 @@ def main() -> None:
     import numba
 
     payload = {
+        "provenance": provenance(vars(args)),
         "n_maps": args.n, "height": 90, "width": 120, "positive_fraction": float(masks.mean()),
         "alpha": args.alpha, "tolerance": args.tol, "repeats": args.repeats, "compiled_kernel": compiled,
         "results": rows,

@@ -26,6 +26,7 @@ from conformood.conformal import ConformalDetector, benjamini_hochberg
 from conformood.data import load_fashion_mnist, resize_images
 from conformood.io import write_json
 from conformood.metrics import ood_metrics
+from conformood.results import provenance
 from conformood.scores import get_detector
 from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
 
@@ -121,7 +122,7 @@ def main(argv=None):
         }
         for p in results
     }
-    out = {"benchmark": "Fashion-MNIST one-vs-rest and leave-one-class-out", "config": vars(args) | {"out": str(args.out)},
+    out = {"provenance": provenance(vars(args)), "benchmark": "Fashion-MNIST one-vs-rest and leave-one-class-out", "config": vars(args) | {"out": str(args.out)},
            "alpha": args.alpha, "results": results, "mean": summary, "wall_time_s": time.perf_counter() - start,
            "threads": torch.get_num_threads()}
     args.out.mkdir(parents=True, exist_ok=True)

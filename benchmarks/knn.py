@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from _memory import measure_in_child, report_peak
+from conformood.results import provenance
 
 D, K = 128, 5
 
@@ -138,6 +139,7 @@ def main(argv=None) -> None:
         }
         del bank, queries
     result = {
+        "provenance": provenance(vars(args)),
         "benchmark": "kNN cosine scoring (s_con, k = 5)",
         "n_queries": args.queries,
         "d": D,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from _memory import measure_in_child, report_peak
 from conformood.io import write_json
 from conformood.losses import FIRMLoss, NTXentLoss, SupConLoss
+from conformood.results import provenance
 
 D = 128
 T = 0.2
@@ -189,6 +190,7 @@ def main(argv=None) -> None:
             mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
             exponent[impl] = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     result = {
+        "provenance": provenance(vars(args)),
         "benchmark": "contrastive losses, forward + backward",
         "d": D,
         "temperature": T,

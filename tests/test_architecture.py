@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "conformood"
-SHARED = {"_validation", "_version"}  # top-level helpers every layer may use
-FOUNDATION = {"_validation", "_version", "io", "registry", "distributed", "results"}  # one layer
+SHARED = {"_validation", "_version", "_digest"}  # top-level helpers every layer may use
+FOUNDATION = {"_validation", "_version", "_digest", "io", "registry", "distributed", "results"}  # one layer
 
 
 def _modules():

@@ -121,7 +121,12 @@ def test_evaluate_and_score_end_to_end(tmp_path):
         assert r["auroc"] == roc_auc_score(z["is_inlier"], z["scores"])
         assert r["realised_fpr_at_alpha"] == float((z["p_values"][z["is_inlier"]] <= 0.1).mean())
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "http" not in html.split("<body>")[1]
+    assert html.count("data:image/png;base64,") == 3
+    assert "http://" not in html and "https://" not in html and "src='http" not in html  # no external URL at all
+    assert "`" not in html.split("<body>")[1]  # Markdown code spans are rendered, not shown literally
+    assert "<code>n_neighbors=3</code>" in html and "options {}" not in html  # the parameters actually used
+    assert "<figcaption>roc.png" not in html and "<figcaption>ROC curve" in html  # captions say what is shown
+    assert r["detector_params"]["n_neighbors"] == 3 and r["detector_params"]["backend"] == "auto"
     for name in ("evaluation.md", "roc.png", "score_histogram.png", "guarantee.png"):
         assert (out / name).is_file()
     result = CliRunner().invoke(app, ["score", "--detector-file", str(out / "detector.safetensors"),

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._digest import file_digest as file_digest  # re-exported: one digest helper for artefacts and results
+
 FORMAT_VERSION = 2  # 2: the digest (files of version 1 carry none and are refused)
 _FORMAT_KEY = "conformood_format"
 _DIGEST_KEY = "digest"
@@ -102,15 +104,6 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...] = (), what: str 
     if missing:
         raise ValueError(f"{path} lacks the array(s) {missing}; it holds {sorted(arrays)}")
     return arrays
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """``sha256:<hex>`` of a file's bytes (read in blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def _json_default(obj: Any) -> Any:

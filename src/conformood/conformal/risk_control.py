@@ -25,6 +25,7 @@ calibration — :func:`nonempty_masks` says which — and are refused here with 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from fractions import Fraction
 from typing import Any
@@ -141,8 +142,8 @@ def _first_reaching(
         else:
             lo, hi = float(cand_v.min()), float(cand_v.max())
         bounds = None
-        if not hi > lo:
-            break
+        if not 0.0 < hi - lo < np.inf:  # one value left, or a span that overflows (thresholds near ±1e308)
+            return _first_reaching_sorted(values, heights, image_of, sizes, level)
         # (B - 0.5) / (hi - lo) keeps the largest value's bucket below B despite rounding.
         scale = (_BUCKETS - 0.5) / (hi - lo)
         shifted = cand_v - lo
@@ -209,6 +210,8 @@ def _fast_first_reaching(p: np.ndarray, m: np.ndarray, tau: np.ndarray, one_is_a
     m2 = np.ascontiguousarray(m).reshape(n, -1)
     chunks = max(1, min(n, numba.get_num_threads()))
     lo, hi = bounds
+    if not 0.0 < hi - lo < np.inf:  # thresholds so large that tau - 1 rounds to tau, or a span that overflows
+        return _FALLBACK
     scale = (_FAST_BUCKETS - 0.5) / (hi - lo)
     sizes, hist, always, bad, positives, buckets = kernel.jump_histogram(
         p2, m2, tau, one_is_always_in, lo, scale, _FAST_BUCKETS, chunks)
@@ -271,8 +274,9 @@ def crc_threshold(probs: ArrayLike, masks: ArrayLike, alpha: float, loss_bound: 
     0.6
     """
     alpha = check_alpha(alpha)
-    if not (np.isfinite(loss_bound) and loss_bound > 0):
-        raise ValueError(f"loss_bound must be a finite number > 0, got {loss_bound}")
+    if isinstance(loss_bound, bool) or not isinstance(loss_bound, numbers.Real) or not (
+            np.isfinite(loss_bound) and loss_bound > 0):
+        raise ValueError(f"loss_bound must be a finite number > 0, got {loss_bound!r}")
     p = probability_array(probs, "calibration probability maps")
     m = check_masks(masks, p.shape, "calibration masks")
     n = p.shape[0]

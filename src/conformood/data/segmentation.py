@@ -124,10 +124,11 @@ def load_segmentation_folders(image_dir: str | os.PathLike, mask_dir: str | os.P
 
 def camvid_classes(path: str | os.PathLike | None = None) -> list[str]:
     """The names of CamVid label ids 0–11 stored in the file."""
-    return [str(c) for c in read_npz(_camvid_path(path), ("classes",), "CamVid file")["classes"]]
+    return [str(c) for c in read_npz(camvid_path(path), ("classes",), "CamVid file")["classes"]]
 
 
-def _camvid_path(path) -> Path:
+def camvid_path(path: str | os.PathLike | None = None) -> Path:
+    """The CamVid file: ``path`` (the file or its folder), or the data root's ``camvid_120x90.npz``."""
     p = Path(path) if path is not None else default_data_dir() / CAMVID_FILE
     if p.is_dir():
         p = p / CAMVID_FILE
@@ -142,7 +143,7 @@ def load_camvid(
     splits: tuple[str, ...] = ("train", "val", "test"),
 ) -> dict[str, SegmentationData]:
     """CamVid (120×90) as binary masks of one class (default car, label 8), per split."""
-    p = _camvid_path(path)
+    p = camvid_path(path)
     f = read_npz(p, ("classes",), "CamVid file")
     classes = [str(c) for c in f["classes"]]
     if isinstance(class_name, str) and not class_name.isdigit():

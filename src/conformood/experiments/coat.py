@@ -24,6 +24,7 @@ from ..conformal.risk_sets import adaptive_sets, crc_sets
 from ..conformal.threshold_training import train_threshold_predictor
 from ..data.segmentation import (
     SegmentationData,
+    camvid_path,
     load_camvid,
     load_segmentation_folders,
     load_segmentation_npz,
@@ -83,7 +84,8 @@ def _load(cfg: CoatConfig) -> tuple[SegmentationData, SegmentationData, dict]:
     if cfg.data == "camvid":
         path = Path(cfg.data_dir) if cfg.data_dir else None
         parts = load_camvid(path, cfg.class_name)
-        return parts["train"], parts["val"].concat(parts["test"]), {"source": "camvid", "class": cfg.class_name}
+        return parts["train"], parts["val"].concat(parts["test"]), {"source": "camvid", "class": cfg.class_name,
+                                                                    "path": str(camvid_path(path))}
     path = Path(cfg.data)
     if path.is_dir():
         if not ((path / "images").is_dir() and (path / "masks").is_dir()):
@@ -96,7 +98,7 @@ def _load(cfg: CoatConfig) -> tuple[SegmentationData, SegmentationData, dict]:
     n_train = int(round(cfg.train_fraction * len(full)))
     if n_train < 1 or n_train >= len(full):
         raise ValueError(f"{len(full)} images cannot be split with train_fraction {cfg.train_fraction}")
-    return full.subset(order[:n_train]), full.subset(order[n_train:]), {"source": str(cfg.data)}
+    return full.subset(order[:n_train]), full.subset(order[n_train:]), {"source": str(cfg.data), "path": str(path)}
 
 
 def _fingerprint(cfg: CoatConfig, train: SegmentationData) -> str:
@@ -238,7 +240,7 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
             results[key][method]["per_split_coverage_gap"] = [r["coverage_gap"] for r in runs]
             results[key][method]["per_split_marginal_coverage"] = [r["marginal_coverage"] for r in runs]
     payload = {
-        **result_header("reproduce coat", asdict(cfg)),
+        **result_header("reproduce coat", asdict(cfg), inputs={"data": source.get("path")}),
         "data": {
             **source,
             "base_train_images": len(train),

@@ -150,7 +150,7 @@ def run_demo(config: DemoConfig | None, out_dir: str | Path, progress: bool = Tr
         "environment": environment(device=cfg.device),
     }
     write_json(out / "metrics.json", result)
-    write_json(out / "scores.json", scores_out)
+    write_json(out / "scores.json", {**result_header("demo scores", asdict(cfg)), "scores": scores_out})
 
     from ..report.demo import render_demo_report
 

@@ -98,6 +98,19 @@ class EvaluateConfig:
         self.options = dict(self.options or {})
 
 
+def _plain_params(detector: object) -> dict:
+    """Every constructor parameter the detector ran with (defaults included), as JSON values; arrays and
+    objects are described by their type and shape."""
+    out = {}
+    for key, value in detector.get_params(deep=False).items():  # type: ignore[attr-defined]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        else:
+            shape = getattr(value, "shape", None)
+            out[key] = f"{type(value).__name__}{tuple(shape) if shape is not None else ''}"
+    return out
+
+
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
@@ -129,10 +142,13 @@ def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress:
     flagged = cd.flags_from_scores(test_scores, alpha, test_labels)
     bh = cd.select_from_scores(test_scores, alpha, test_labels)
     result = {
-        **result_header("evaluate", asdict(cfg)),
+        **result_header("evaluate", asdict(cfg), inputs={
+            "train": cfg.train, "calibration": cfg.calibration, "test": cfg.test,
+            "checkpoint": (cfg.model or {}).get("checkpoint")}),
         "detector": detector,
         "reference": info.reference,
         "options": options or {},
+        "detector_params": _plain_params(det),
         "alpha": alpha,
         "mondrian": mondrian,
         "n_train": int(len(train_inputs)),
@@ -181,7 +197,9 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alph
     selected = cd.select_from_scores(scores, alpha, classes)
     result = {
         **result_header("score", {"detector_file": str(detector_file), "inputs": str(inputs), "alpha": alpha,
-                                  "use_logits": use_logits}),
+                                  "csv": str(csv_path),
+                                  "use_logits": use_logits},
+                       inputs={"detector_file": detector_file, "inputs": inputs}),
         "alpha": alpha,
         "n": int(p.size),
         "n_flagged": int(flagged.sum()),

@@ -95,7 +95,8 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, progress: bool = True
         )
         aux = model.aux_head.n_classes if model.aux_head is not None else None
         result = {
-            **result_header("train", asdict(cfg)),
+            **result_header("train", asdict(cfg), inputs={
+                "data": cfg.data if Path(cfg.data).exists() else None, "oe_pool": cfg.oe_pool}),
             "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
                       "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data, "aux_classes": aux,
                       "encoder": cfg.encoder, "head": cfg.head, "objective": cfg.objective,

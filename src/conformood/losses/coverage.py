@@ -14,10 +14,22 @@ from torch import nn
 from .._validation import check_alpha, check_positive_float
 
 
+def _tensor(value: object, name: str, where: str) -> torch.Tensor:
+    """``value`` if it is a torch tensor; a loss is differentiated, so arrays of other libraries are refused."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where} takes torch tensors (it is differentiated); {name} is a {type(value).__name__}: "
+                        "convert it with torch.as_tensor")
+    return value
+
+
 def soft_tpr(
     probs: torch.Tensor, masks: torch.Tensor, thresholds: torch.Tensor, temperature: float, eps: float = 1e-6
 ) -> torch.Tensor:
     """Per-image soft TPR (n,) for maps (n, h, w), masks (n, h, w) and thresholds (n,)."""
+    for name, value in (("probs", probs), ("masks", masks), ("thresholds", thresholds)):
+        _tensor(value, name, "soft_tpr / COATLoss")
+    if not (probs.is_floating_point() and thresholds.is_floating_point()):
+        raise TypeError(f"probs and thresholds must be floating point, got {probs.dtype} and {thresholds.dtype}")
     if probs.shape != masks.shape or probs.ndim != 3:
         raise ValueError(f"probs and masks must both be (n, h, w), got {tuple(probs.shape)} and {tuple(masks.shape)}")
     if thresholds.shape != probs.shape[:1]:
@@ -45,6 +57,8 @@ class ATLoss(nn.Module):
     """L_AT of eq. 8: mean (τ̂(X) − τ*(X, Y))²."""
 
     def forward(self, thresholds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _tensor(thresholds, "thresholds", "ATLoss")
+        _tensor(targets, "targets", "ATLoss")
         if thresholds.shape != targets.shape:
             raise ValueError(f"thresholds {tuple(thresholds.shape)} and targets {tuple(targets.shape)} differ in shape")
         return ((thresholds - targets) ** 2).mean()

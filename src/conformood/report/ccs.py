@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..io import write_text
+from .provenance import provenance_markdown
 
 
 def render_ccs(payload: dict, out_dir: str | os.PathLike) -> None:
@@ -39,4 +40,5 @@ def render_ccs_markdown(payload: dict) -> str:
             f"| {pc[0]:.1f} ± {pc[1]:.1f}% | {pe[0]:.1f} ± {pe[1]:.1f}% | {pv[0]:.2f} ± {pv[1]:.2f} |"
         )
     lines += ["", f"Wall time {payload['wall_time_s']:.0f} s with {cfg['workers']} worker process(es).", ""]
+    lines += ["", *provenance_markdown(payload.get("provenance"))]
     return "\n".join(lines)

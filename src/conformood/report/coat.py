@@ -10,6 +10,7 @@ import numpy as np
 
 from ..io import write_text
 from .plots import plot_curves, pyplot, save_figure
+from .provenance import provenance_markdown
 
 METHODS = ("CRC", "AT", "COAT")
 
@@ -62,6 +63,7 @@ def render_coat_markdown(payload: dict) -> str:
             f"({'inside' if lo <= cov <= hi else 'OUTSIDE'} [{lo:.2f}, {hi:.2f}])."
         )
     lines += ["", "Figures: `coverage_gap_boxplot.png`, `coat_training_loss.png`, `overlays_alpha*.png`.", ""]
+    lines += ["", *provenance_markdown(payload.get("provenance"))]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..io import atomic_path
 from .plots import plot_curves, plot_roc_grid, plot_score_histograms
+from .provenance import provenance_markdown
 
 _COLUMNS = (
     ("auroc", "AUROC"),
@@ -27,7 +28,7 @@ def render_demo_report(out_dir: str | Path) -> Path:
     """Read ``metrics.json`` and ``scores.json`` in ``out_dir``; write ``report.md`` and the PNG figures."""
     out = Path(out_dir)
     metrics = json.loads((out / "metrics.json").read_text())
-    scores = json.loads((out / "scores.json").read_text())
+    scores = json.loads((out / "scores.json").read_text())["scores"]
     methods = list(metrics["methods"])
     alpha = metrics["config"]["alpha"]
 
@@ -101,6 +102,7 @@ def render_demo_report(out_dir: str | Path) -> Path:
         *[f"![{m} score histograms](histograms_{m}.png)\n" for m in methods],
         "![training loss](training_loss.png)",
         "",
+        *provenance_markdown(metrics.get("provenance")),
     ]
     path = out / "report.md"
     with atomic_path(path) as tmp:

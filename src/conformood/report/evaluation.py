@@ -11,6 +11,7 @@ import numpy as np
 from ..io import write_text
 from .html import render_html
 from .plots import plot_roc_grid, plot_score_histograms, pyplot, save_figure
+from .provenance import provenance_markdown, provenance_rows
 
 
 def render_evaluation(out_dir: str | os.PathLike) -> None:
@@ -21,15 +22,17 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     r = json.loads((out / "evaluation.json").read_text())
     with np.load(out / "test_scores.npz", allow_pickle=False) as z:
         scores, p, inl = z["scores"], z["p_values"], z["is_inlier"]
-    plot_roc_grid({r["detector"]: {r["detector"]: (scores, inl)}}, out / "roc.png", "ROC (in-distribution positive)")
+    plot_roc_grid({r["detector"]: {r["detector"]: (scores, inl)}}, out / "roc.png", "ROC (in-distribution positive)",
+                  min_width=6.0)
     threshold = r["threshold"] if r.get("threshold") is not None else float("nan")
     plot_score_histograms({r["detector"]: (scores, inl, threshold)}, out / "score_histogram.png",
-                          f"test scores; marginal conformal threshold at α = {r['alpha']}")
+                          f"test scores; marginal conformal threshold at α = {r['alpha']}", min_width=8.0)
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].hist(p[inl], bins=20, range=(0, 1), color="tab:blue", alpha=0.8)
     axes[0].set_title("p-values of test inliers (≈ uniform)")
     axes[0].set_xlabel("conformal p-value")
+    axes[0].set_ylabel("number of test inliers")
     curve = r["realised_fpr_curve"]
     axes[1].plot(curve["alpha"], curve["fpr"], label="realised FPR on test inliers")
     axes[1].plot([0, 0.5], [0, 0.5], ls=":", color="grey", label="target α")
@@ -41,37 +44,49 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
 
     keys = ["auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy", "realised_fpr_at_alpha",
             "ood_flagged_at_alpha", "bh_discoveries", "bh_fdp", "bh_power"]
+
     def fmt(v: object) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    params = r.get("detector_params", r["options"])
+    model = (r.get("config") or {}).get("model")
+    covers = (f" Features of the model `{model['checkpoint']}` on `{model['data']}`, protocol `{model['protocol']}`."
+              if model else "")
+    setup = (
+        f"Detector `{r['detector']}` ({r['reference']}) with parameters "
+        f"{', '.join(f'`{k}={v}`' for k, v in params.items()) or 'none'}; {r['n_train']} training, "
+        f"{r['n_calibration']} calibration, {r['n_test_inliers']} test inliers and {r['n_test_ood']} test OOD "
+        f"samples. α = {r['alpha']}{' (Mondrian, per class)' if r['mondrian'] else ''}.{covers}"
+    )
+    meaning = ("Metrics take in-distribution as the positive class. `realised_fpr_at_alpha` is the fraction of test "
+               "inliers flagged (guaranteed ≤ α in expectation); `bh_*` describe Benjamini–Hochberg selection at "
+               "level α (false discovery proportion and power among the OOD samples).")
+    figures = [
+        (out / "roc.png", "ROC curve on the test set, in-distribution as the positive class."),
+        (out / "score_histogram.png", "Test scores of inliers and OOD samples, with the conformal threshold at α."),
+        (out / "guarantee.png", "Left: p-values of test inliers (uniform when the guarantee holds). Right: the "
+                                "realised false-alarm rate against the target α."),
+    ]
     lines = [
         f"# conformood evaluation: {r['detector']}",
         "",
-        f"Detector `{r['detector']}` ({r['reference']}), options {r['options']}; "
-        f"{r['n_train']} training, {r['n_calibration']} calibration, {r['n_test_inliers']} test inliers and "
-        f"{r['n_test_ood']} test OOD samples. α = {r['alpha']}{' (Mondrian, per class)' if r['mondrian'] else ''}.",
-        "Metrics take in-distribution as the positive class. `realised_fpr_at_alpha` is the fraction of test",
-        "inliers flagged (guaranteed ≤ α in expectation); `bh_*` describe Benjamini–Hochberg selection at level α",
-        "(false discovery proportion and power among the OOD samples).",
+        setup,
+        "",
+        meaning,
         "",
         "| metric | value |",
         "|---|---|",
         *[f"| {k} | {fmt(r[k])} |" for k in keys],
         "",
-        "![ROC](roc.png)",
-        "",
-        "![scores](score_histogram.png)",
-        "",
-        "![guarantee](guarantee.png)",
-        "",
+        *[f"![{caption}]({fig.name})\n\n*{caption}*\n" for fig, caption in figures],
+        *provenance_markdown(r.get("provenance")),
     ]
     write_text(out / "evaluation.md", "\n".join(lines))
     render_html(
         f"conformood evaluation: {r['detector']}",
-        [("Set-up", lines[2] + " " + lines[3] + " " + lines[4] + " " + lines[5])],
-        [("Metrics", ["metric", "value"], [[k, fmt(r[k])] for k in keys])],
-        [out / "roc.png", out / "score_histogram.png", out / "guarantee.png"],
+        [("Set-up", setup), ("Reading the numbers", meaning)],
+        [("Metrics", ["metric", "value"], [[f"`{k}`", fmt(r[k])] for k in keys])],
+        figures,
         out / "report.html",
+        provenance_rows=provenance_rows(r.get("provenance")),
     )
-
-

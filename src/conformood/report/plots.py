@@ -33,21 +33,22 @@ def roc_points(scores: np.ndarray, is_inlier: np.ndarray) -> tuple[np.ndarray, n
     return fpr, tpr
 
 
-def _grid(n: int):
+def _grid(n: int, min_width: float = 0.0):
     plt = pyplot()
     cols = min(5, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, min_width), 3.0 * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return plt, fig, axes.flat
 
 
 def plot_roc_grid(
-    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], path: str | Path, title: str = ""
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], path: str | Path, title: str = "",
+    min_width: float = 0.0,
 ) -> None:
     """One ROC panel per key of ``panels``; each maps a method name to (scores, is_inlier)."""
-    plt, fig, axes = _grid(len(panels))
+    plt, fig, axes = _grid(len(panels), min_width=min_width)
     for ax, (panel, curves) in zip(axes, panels.items()):
         for method, (scores, is_inlier) in curves.items():
             fpr, tpr = roc_points(scores, is_inlier)
@@ -64,23 +65,49 @@ def plot_roc_grid(
 
 
 def plot_score_histograms(
-    panels: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = ""
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | Path, title: str = "",
+    min_width: float = 0.0,
 ) -> None:
-    """Inlier vs OOD score histograms per panel, with the conformal threshold as a vertical line."""
-    plt, fig, axes = _grid(len(panels))
+    """Inlier vs OOD score histograms per panel (each group as a density), with the conformal threshold as a
+    vertical line. The x-range spans the 0.5–99.5 % quantiles of both groups and the threshold, or, when a far
+    OOD tail would squash the inliers, the range around the inliers and the threshold; how many scores lie
+    outside the range shown is written in the panel."""
+    plt, fig, axes = _grid(len(panels), min_width=min_width)
     for ax, (panel, (scores, is_inlier, threshold)) in zip(axes, panels.items()):
         scores = np.asarray(scores, dtype=np.float64)
         is_inlier = np.asarray(is_inlier, dtype=bool)
-        bins = np.histogram_bin_edges(scores, bins=30)
-        ax.hist(scores[~is_inlier], bins=bins, alpha=0.6, density=True, label="anomaly", color="tab:red")
+        groups = [g for g in (scores[is_inlier], scores[~is_inlier]) if g.size]
+        lo = min(float(np.quantile(g, 0.005)) for g in groups)
+        hi = max(float(np.quantile(g, 0.995)) for g in groups)
+        if np.isfinite(threshold):
+            lo, hi = min(lo, threshold), max(hi, threshold)
+        inliers = scores[is_inlier]
+        if inliers.size:  # a far OOD tail would squash the inliers: then show the range around the inliers
+            i_lo, i_hi = float(np.quantile(inliers, 0.005)), float(np.quantile(inliers, 0.995))
+            if np.isfinite(threshold):
+                i_lo, i_hi = min(i_lo, threshold), max(i_hi, threshold)
+            pad = 0.25 * max(i_hi - i_lo, 1e-12)
+            if hi - lo > 8 * (i_hi - i_lo + 2 * pad):
+                lo, hi = i_lo - pad, i_hi + pad
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = np.linspace(lo, hi, 41)
+        ax.hist(scores[~is_inlier], bins=bins, alpha=0.6, density=True, label="OOD", color="tab:red")
         ax.hist(scores[is_inlier], bins=bins, alpha=0.6, density=True, label="inlier", color="tab:blue")
         if np.isfinite(threshold):
             ax.axvline(threshold, color="black", lw=1.0, ls="--", label="threshold")
+        outside = int(((scores < lo) | (scores > hi)).sum())
+        if outside:
+            ax.text(0.02, 0.97, f"{outside} score(s) outside the range shown (of {scores.size})",
+                    transform=ax.transAxes, fontsize=7, va="top", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("score (higher = more normal)", fontsize=8)
+        ax.set_ylabel("density per group", fontsize=8)
         ax.legend(fontsize=7)
     if title:
-        fig.suptitle(title)
+        import textwrap
+
+        fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, int(fig.get_figwidth() * 11)))), fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -23,6 +23,15 @@ def _check_labels(labels, n: int) -> np.ndarray:
     return y
 
 
+def _scale_of(x: np.ndarray) -> float:
+    """1.0 for features of ordinary magnitude; for extreme ones (max |x| above 1e100 or below 1e-100) the power
+    of two nearest max |x|, so that x / scale is exact and the covariance neither overflows nor underflows."""
+    top = float(np.abs(x).max()) if x.size else 0.0
+    if top == 0.0 or 1e-100 <= top <= 1e100:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(top)))
+
+
 def _class_moments(x: np.ndarray, y: np.ndarray, min_count: int):
     """Per-class means and scatter matrices sum (x - mu)(x - mu)^T, accumulated in float64 chunks."""
     classes = np.unique(y)
@@ -57,16 +66,17 @@ class ClassConditionalGaussianDetector(BaseDetector):
         self._check_params()
 
     _learned = {"classes_": ("c",), "means_": ("c", "d"), "cholesky_": ("c", "d", "d"), "logdet_": ("c",),
-                "n_features_in_": "int"}
+                "scale_": "float", "n_features_in_": "int"}
 
     def _check_params(self) -> None:
         check_positive_float(self.ridge, "ridge")
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ClassConditionalGaussianDetector:
         check_positive_float(self.ridge, "ridge")
-        x = check_features(features, "features")
+        x = check_features(features, "features").astype(np.float64)
         y = _check_labels(labels, x.shape[0])
-        classes, counts, means, scatters = _class_moments(x, y, min_count=2)
+        scale = _scale_of(x)
+        classes, counts, means, scatters = _class_moments(x / scale if scale != 1.0 else x, y, min_count=2)
         d = x.shape[1]
         chol = np.empty_like(scatters)
         logdet = np.empty(classes.size)
@@ -76,9 +86,14 @@ class ClassConditionalGaussianDetector(BaseDetector):
                 raise ValueError(f"class {classes[i]!r} has identical features in every row: its covariance is zero "
                                  "and the Gaussian density is undefined")
             cov += self.ridge * max(np.trace(cov) / d, np.finfo(np.float64).tiny) * np.eye(d)
-            chol[i] = np.linalg.cholesky(cov)
+            try:
+                chol[i] = np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError as exc:
+                raise ValueError(f"class {classes[i]!r}: the covariance is not positive definite ({exc}); raise "
+                                 "ridge or check the features") from None
             logdet[i] = 2.0 * np.log(np.diag(chol[i])).sum()
         self.classes_, self.means_, self.cholesky_, self.logdet_ = classes, means, chol, logdet
+        self.scale_ = scale
         self.n_features_in_ = d
         return self
 
@@ -86,13 +101,16 @@ class ClassConditionalGaussianDetector(BaseDetector):
         """Per-class terms of eq. 2, shape (m, n_classes)."""
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
+        if self.scale_ != 1.0:  # fitted on x / scale: log det Sigma gains 2 d log(scale), the quadratic form is equal
+            x = x / self.scale_
         d = self.n_features_in_
+        shift = 2.0 * d * np.log(self.scale_)
         out = np.empty((x.shape[0], self.classes_.size))
         for i in range(self.classes_.size):
             for s in range(0, x.shape[0], _CHUNK):
                 diff = x[s : s + _CHUNK] - self.means_[i]
                 w = scipy.linalg.solve_triangular(self.cholesky_[i], diff.T, lower=True)
-                out[s : s + _CHUNK, i] = -(w * w).sum(axis=0) - (d * np.log(2 * np.pi) + self.logdet_[i])
+                out[s : s + _CHUNK, i] = -(w * w).sum(axis=0) - (d * np.log(2 * np.pi) + self.logdet_[i]) - shift
         return out
 
     def score_samples(self, features: ArrayLike) -> np.ndarray:
@@ -114,7 +132,8 @@ class MahalanobisDetector(BaseDetector):
         self.ridge = ridge
         self._check_params()
 
-    _learned = {"classes_": ("c",), "means_": ("c", "d"), "precision_": ("d", "d"), "n_features_in_": "int"}
+    _learned = {"classes_": ("c",), "means_": ("c", "d"), "precision_": ("d", "d"), "scale_": "float",
+                "n_features_in_": "int"}
 
     def _check_params(self) -> None:
         if self.solver not in ("pinv", "ridge"):
@@ -123,29 +142,44 @@ class MahalanobisDetector(BaseDetector):
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> MahalanobisDetector:
         self._check_params()
-        x = check_features(features, "features")
+        x = check_features(features, "features").astype(np.float64)
         y = _check_labels(labels, x.shape[0])
-        classes, _, means, scatters = _class_moments(x, y, min_count=1)
+        scale = _scale_of(x)  # the distance is scale-invariant: extreme features are fitted as x / scale
+        classes, _, means, scatters = _class_moments(x / scale if scale != 1.0 else x, y, min_count=1)
         if x.shape[0] - classes.size < 1:
             raise ValueError("a shared covariance needs more samples than classes")
         cov = scatters.sum(axis=0) / x.shape[0]
-        if self.solver == "pinv":
-            precision = np.linalg.pinv(cov, hermitian=True)
-        else:
-            d = cov.shape[0]
-            precision = np.linalg.inv(cov + self.ridge * max(np.trace(cov) / d, np.finfo(np.float64).tiny) * np.eye(d))
+        try:
+            if self.solver == "pinv":
+                precision = np.linalg.pinv(cov, hermitian=True)
+            else:
+                d = cov.shape[0]
+                precision = np.linalg.inv(
+                    cov + self.ridge * max(np.trace(cov) / d, np.finfo(np.float64).tiny) * np.eye(d))
+        except np.linalg.LinAlgError as exc:
+            raise ValueError(f"the shared covariance could not be inverted ({exc}); check the features for "
+                             "non-finite or degenerate values, or use solver='ridge'") from None
         self.classes_, self.means_, self.precision_ = classes, means, precision
+        self.scale_ = scale
         self.n_features_in_ = x.shape[1]
         return self
 
     def score_samples(self, features: ArrayLike) -> np.ndarray:
+        """max_c -(x - mu_c)^T P (x - mu_c) for all classes at once, as matrix products: with x and mu centred
+        at the mean of the class means (which keeps the expansion's cancellation small),
+        (x - mu)^T P (x - mu) = x^T P x - 2 x^T P mu + mu^T P mu."""
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
-        best = np.full(x.shape[0], -np.inf)
-        for mu in self.means_:
-            for s in range(0, x.shape[0], _CHUNK):
-                diff = x[s : s + _CHUNK] - mu
-                best[s : s + _CHUNK] = np.maximum(
-                    best[s : s + _CHUNK], -np.einsum("ij,jk,ik->i", diff, self.precision_, diff)
-                )
+        if self.scale_ != 1.0:
+            x = x / self.scale_
+        centre = self.means_.mean(axis=0)
+        mu = self.means_ - centre
+        mu_p = mu @ self.precision_
+        mu_term = np.einsum("cj,cj->c", mu_p, mu)
+        best = np.empty(x.shape[0])
+        for s in range(0, x.shape[0], _CHUNK):
+            xc = x[s : s + _CHUNK] - centre
+            x_term = np.einsum("ij,ij->i", xc @ self.precision_, xc)
+            dist = x_term[:, None] - 2.0 * (xc @ mu_p.T) + mu_term[None, :]
+            best[s : s + _CHUNK] = -np.maximum(dist, 0.0).min(axis=1)
         return best
