@@ -109,3 +109,29 @@ def test_every_option_has_help():
     assert len(options) > 50  # every command's options were walked
     missing = [name for name, text in options if not text]
     assert not missing, missing
+
+
+def test_ctrl_c_during_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import conformood.experiments.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "run_training", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--out", str(tmp_path / "run"), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 130 and "--resume" in err and "checkpoint.safetensors" in err
+
+
+def test_the_demo_summary_fits_80_columns(monkeypatch, capsys, tmp_path):
+    from conformood.report.summary import DEMO_COLUMNS, print_demo_summary
+
+    monkeypatch.setenv("COLUMNS", "80")
+    values = dict.fromkeys(DEMO_COLUMNS, 0.987654)
+    result = {"per_class": {str(c): {} for c in range(10)}, "config": {"alpha": 0.1}, "wall_time_s": 1.0,
+              "mean": {"firm": values, "raw_pixels": values}}
+    print_demo_summary(result, tmp_path)
+    out = capsys.readouterr().out
+    assert "…" not in out and all(header in out for header in DEMO_COLUMNS.values())
+    assert max(len(line) for line in out.splitlines()) <= 80

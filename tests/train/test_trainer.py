@@ -146,3 +146,46 @@ def test_aulc_is_the_trapezoid_on_a_unit_axis():
     assert aulc([0.6, 1.0], epochs=[10, 20]) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="increasing"):
         aulc([0.5, 0.6], epochs=[2, 1])
+
+
+def test_an_interrupt_inside_an_epoch_keeps_the_last_epoch_checkpoint_and_resumes_exactly(tmp_path, images):
+    """Ctrl-C in the middle of an epoch used to save that half-trained state under the previous epoch's count, so
+    the resumed run repeated part of the epoch. Now the last epoch-boundary checkpoint stays."""
+    full, t_full = _setup(epochs=4)
+    t_full.fit(images)
+    part, t_part = _setup(tmp_path, epochs=4)
+    original = t_part.objective
+    calls = {"n": 0}
+
+    def interrupting(model, batch, generator, **kw):
+        calls["n"] += 1
+        if calls["n"] == 8:  # the second batch of the third epoch (3 batches of 8 per epoch)
+            raise KeyboardInterrupt
+        return original(model, batch, generator, **kw)
+
+    t_part.objective = interrupting
+    with pytest.raises(KeyboardInterrupt):
+        t_part.fit(images)
+    resumed, t_res = _setup(tmp_path, epochs=4)
+    t_res.fit(images, resume=True)
+    assert len(t_res.history.loss) == 4
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_on_start(tmp_path, images):
+    stale = tmp_path / ".ckpt.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".other.json.x.tmp"
+    unrelated.write_text("{}")
+    _, trainer = _setup(tmp_path, epochs=1)
+    trainer.fit(images)
+    assert not stale.exists() and unrelated.exists()
+
+
+def test_the_progress_bar_counts_batches_within_epochs(tmp_path, images, capsys):
+    _, trainer = _setup(epochs=2)
+    trainer.progress = True
+    trainer.fit(images)
+    err = capsys.readouterr().err
+    assert "batch" in err and "epoch 2/2" in err

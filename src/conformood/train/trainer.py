@@ -243,14 +243,17 @@ class Trainer:
         device = torch.device(cfg.device)
         self.model.to(device)
         train_model = self._training_model()
-        bar = tqdm(
-            total=cfg.epochs, initial=self.epoch, desc=self.description, unit="epoch",
+        bar = tqdm(  # counts batches, so that a long epoch shows progress; the description names the epoch
+            total=cfg.epochs * steps, initial=self.epoch * steps, desc=self._bar_text(), unit="batch",
             disable=not self.progress or self.rank != 0, leave=False,
         )
+        between_epochs = True  # the model, optimisers and generators are at an epoch boundary
         try:
             while self.epoch < cfg.epochs:
-                self._run_epoch(train_model, tensors, single, labels, n, bs, local, steps, device)
-                bar.update(1)
+                between_epochs = False
+                self._run_epoch(train_model, tensors, single, labels, n, bs, local, steps, device, bar)
+                between_epochs = True
+                bar.set_description(self._bar_text())
                 bar.set_postfix(loss=f"{self.history.loss[-1]:.3f}")
                 for callback in self.callbacks:
                     callback(self)
@@ -259,7 +262,9 @@ class Trainer:
                 ):
                     self.save_checkpoint(self.checkpoint)
         except KeyboardInterrupt:
-            if self.checkpoint is not None:
+            # Saved only at an epoch boundary: a state from the middle of an epoch would not resume exactly, so
+            # an interrupt inside an epoch leaves the last checkpoint as it is.
+            if self.checkpoint is not None and between_epochs:
                 self.save_checkpoint(self.checkpoint)
             raise
         finally:
@@ -270,7 +275,10 @@ class Trainer:
         self.model.eval()
         return self.history
 
-    def _run_epoch(self, train_model, tensors, single, labels, n, bs, local, steps, device) -> None:
+    def _bar_text(self) -> str:
+        return f"{self.description} (epoch {min(self.epoch + 1, self.config.epochs)}/{self.config.epochs})"
+
+    def _run_epoch(self, train_model, tensors, single, labels, n, bs, local, steps, device, bar=None) -> None:
         cfg = self.config
         train_model.train()
         if hasattr(self.objective, "set_epoch"):
@@ -281,6 +289,8 @@ class Trainer:
         losses, sizes, stats_sum, stats_count = [], [], {}, 0
         lr = optimizer.param_groups[0]["lr"]
         for s in range(steps):
+            if bar is not None:
+                bar.update(1)
             idx = order[s * bs : (s + 1) * bs]
             if idx.numel() < bs and self.world_size > 1 or idx.numel() < cfg.min_batch_size:
                 continue  # a ragged last batch cannot be split evenly over processes
