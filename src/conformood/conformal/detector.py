@@ -11,7 +11,8 @@ from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
 from .._validation import check_alpha, check_positive_int, check_scores, renamed
-from .bh import benjamini_hochberg_exact
+from .bh import benjamini_hochberg, benjamini_hochberg_exact
+from .pac import check_delta, conditional_p_values, pac_min_calibration, pac_rank
 from .split import ConformalWarning, conformal_p_values, conformal_rank
 
 KIND = "ConformalDetector"
@@ -38,6 +39,14 @@ class ConformalDetector(BaseEstimator):
     P(flag | in-distribution, class k) <= alpha. Give
     true classes when they are known at test time, or predicted classes in both places (the guarantee is
     then conditional on the predicted class).
+
+    **Calibration-conditional (PAC) guarantees.** ``calibrate(..., delta=δ)`` makes :meth:`predict` use the
+    rank of :func:`~conformood.conformal.pac.pac_rank`: with probability ≥ 1 − δ over the calibration set, the
+    deployed rule's false-alarm rate is ≤ α (not only on average over calibration sets); it flags fewer inputs
+    than the marginal rule, and n must be at least :func:`~conformood.conformal.pac.pac_min_calibration`. With δ
+    set, :meth:`select` runs Benjamini–Hochberg on the calibration-conditional p-values (generalized Simes), so
+    its FDR bound holds given the calibration set with probability ≥ 1 − δ; :meth:`p_values` gives them with
+    ``conditional="simes"`` or ``"dkwm"``.
     """
 
     def __init__(self, detector: Any, mondrian: bool = False, min_calibration: int = 1) -> None:
@@ -58,19 +67,23 @@ class ConformalDetector(BaseEstimator):
         return self
 
     def calibrate(
-        self, features: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+        self, features: ArrayLike, labels: ArrayLike | None = None, *, delta: float | None = None,
+        classes: ArrayLike | None = None,
     ) -> ConformalDetector:
         """Score held-out in-distribution data and keep the sorted scores (per class of ``labels`` when
-        Mondrian; ``classes=`` is the former name)."""
+        Mondrian; ``classes=`` is the former name). ``delta``: make the decisions calibration-conditional
+        (see the class docs)."""
         labels = renamed(labels, classes, "labels", "classes")
-        return self.calibrate_scores(self.detector.score_samples(features), labels)
+        return self.calibrate_scores(self.detector.score_samples(features), labels, delta=delta)
 
     def calibrate_scores(
-        self, scores: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+        self, scores: ArrayLike, labels: ArrayLike | None = None, *, delta: float | None = None,
+        classes: ArrayLike | None = None,
     ) -> ConformalDetector:
         """Calibrate from precomputed scores of held-out in-distribution data."""
         classes = renamed(labels, classes, "labels", "classes")
         self._check_params()
+        self.delta_ = None if delta is None else check_delta(delta)
         s = check_scores(scores, "calibration scores", min_size=self.min_calibration)
         if self.mondrian:
             c = self._check_classes(classes, s.size, "calibrate")
@@ -100,11 +113,21 @@ class ConformalDetector(BaseEstimator):
 
     # -- decisions ---------------------------------------------------------------------------------
     def p_values_from_scores(
-        self, scores: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+        self, scores: ArrayLike, labels: ArrayLike | None = None, *, conditional: str | None = None,
+        classes: ArrayLike | None = None,
     ) -> np.ndarray:
-        """Conformal p-values of precomputed test scores (small = unusually abnormal)."""
+        """Conformal p-values of precomputed test scores (small = unusually abnormal). ``conditional="simes"``
+        or ``"dkwm"`` gives the calibration-conditional p-values at the ``delta`` given to calibrate."""
         classes = renamed(labels, classes, "labels", "classes")
         self._check_calibrated()
+        if conditional is not None:
+            delta = self._require_delta("conditional p-values")
+            k, n = self._ranks(scores, classes)
+            p = np.empty(k.size)
+            for size in np.unique(n):
+                sel = n == size
+                p[sel] = conditional_p_values(k[sel], int(size), delta, conditional)
+            return p
         s = check_scores(scores, "test scores")
         if not self.mondrian:
             return conformal_p_values(self.calibration_[-1], s)
@@ -120,12 +143,38 @@ class ConformalDetector(BaseEstimator):
         return p
 
     def p_values(
-        self, features: ArrayLike, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+        self, features: ArrayLike, labels: ArrayLike | None = None, *, conditional: str | None = None,
+        classes: ArrayLike | None = None,
     ) -> np.ndarray:
-        """Conformal p-values of new inputs (small = unusual)."""
+        """Conformal p-values of new inputs (small = unusual); ``conditional`` as in
+        :meth:`p_values_from_scores`."""
         labels = renamed(labels, classes, "labels", "classes")
         self._check_calibrated()
-        return self.p_values_from_scores(self.detector.score_samples(features), labels)
+        return self.p_values_from_scores(self.detector.score_samples(features), labels, conditional=conditional)
+
+    def _require_delta(self, what: str) -> float:
+        delta = getattr(self, "delta_", None)
+        if delta is None:
+            raise ValueError(f"{what} need calibrate(..., delta=δ): the probability that the guarantee fails over "
+                             "the draw of the calibration set")
+        return delta
+
+    def flag_rank(self, alpha: float, n: int) -> int:
+        """The largest marginal rank k (p = k / (n + 1)) that is flagged at level α with n calibration scores:
+        floor(α (n + 1)), or the PAC rank when calibrated with ``delta``."""
+        delta = getattr(self, "delta_", None)
+        return conformal_rank(alpha, n) if delta is None else pac_rank(check_alpha(alpha), delta, int(n))
+
+    def threshold(self, alpha: float, label: int | None = None) -> float:
+        """The score below which inputs are flagged at level α (of ``label``'s group when Mondrian): the
+        k-th smallest calibration score with k = :meth:`flag_rank`; −inf when nothing can be flagged."""
+        self._check_calibrated()
+        group = -1 if not self.mondrian else label
+        if group not in self.calibration_:
+            raise ValueError(f"no calibration group {label!r}")
+        cal = self.calibration_[group]
+        k = self.flag_rank(alpha, cal.size)
+        return float(cal[k - 1]) if k else float("-inf")
 
     def predict(
         self, features: ArrayLike, alpha: float, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
@@ -145,14 +194,17 @@ class ConformalDetector(BaseEstimator):
         k, n = self._ranks(scores, labels)
         limit = np.zeros_like(n)
         for size in np.unique(n):  # one rank per calibration group
-            limit[n == size] = conformal_rank(alpha, int(size))
+            limit[n == size] = self.flag_rank(alpha, int(size))
         self._warn_unreachable(alpha)
         return k <= limit
 
     def select_from_scores(self, scores: ArrayLike, alpha: float, labels: ArrayLike | None = None) -> np.ndarray:
-        """:meth:`select` on precomputed scores: Benjamini–Hochberg decided exactly on p = k / (n + 1)."""
+        """:meth:`select` on precomputed scores: Benjamini–Hochberg decided exactly on p = k / (n + 1), or, when
+        calibrated with ``delta``, on the calibration-conditional (generalized Simes) p-values."""
         alpha = check_alpha(alpha)
         self._check_calibrated()
+        if getattr(self, "delta_", None) is not None:
+            return benjamini_hochberg(self.p_values_from_scores(scores, labels, conditional="simes"), alpha)
         k, n = self._ranks(scores, labels)
         self._warn_unreachable(alpha)
         return benjamini_hochberg_exact(k, n + 1, alpha)
@@ -186,7 +238,14 @@ class ConformalDetector(BaseEstimator):
         return self.select_from_scores(self.detector.score_samples(features), alpha, labels)
 
     def _warn_unreachable(self, alpha: float) -> None:
-        small = {k: v.size for k, v in self.calibration_.items() if conformal_rank(alpha, v.size) == 0}
+        small = {k: v.size for k, v in self.calibration_.items() if self.flag_rank(alpha, v.size) == 0}
+        if small and getattr(self, "delta_", None) is not None:
+            where = "" if not self.mondrian else f" in classes {sorted(small)}"
+            warnings.warn(
+                f"n = {min(small.values())} calibration scores{where} are too few for a PAC threshold at alpha = "
+                f"{alpha}, delta = {self.delta_}: nothing can be flagged; at least "
+                f"{pac_min_calibration(alpha, self.delta_)} are needed", ConformalWarning, stacklevel=3)
+            return
         if small:
             where = "" if not self.mondrian else f" in classes {sorted(small)}"
             n = min(small.values())
@@ -209,6 +268,7 @@ class ConformalDetector(BaseEstimator):
         tensors = {f"calibration.{k}": v for k, v in self.calibration_.items()}
         tensors |= {f"detector.{k}": v for k, v in det_tensors.items()}
         config = {"mondrian": self.mondrian, "min_calibration": self.min_calibration,
+                  "delta": getattr(self, "delta_", None),
                   "detector": {"kind": type(self.detector).__name__, "config": det_config}}
         save_state(path, tensors, config, kind=KIND)
 
@@ -224,7 +284,7 @@ class ConformalDetector(BaseEstimator):
         if "detector_file" in config:
             raise ValueError(f"{source} is a calibrated detector in the two-file layout of conformood 0.2, which "
                              "is not read (it followed a path stored in the file); calibrate and save it again")
-        unknown = sorted(set(config) - {"mondrian", "min_calibration", "detector"})
+        unknown = sorted(set(config) - {"mondrian", "min_calibration", "detector", "delta"})
         if unknown:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         inner = config.get("detector")
@@ -254,6 +314,10 @@ class ConformalDetector(BaseEstimator):
             raise ValueError(f"{source}: the calibration groups {sorted(calibration)} do not match mondrian="
                              f"{obj.mondrian}")
         obj.calibration_ = calibration
+        try:
+            obj.delta_ = None if config.get("delta") is None else check_delta(config["delta"])
+        except ValueError as exc:
+            raise ValueError(f"{source}: stored delta is refused: {exc}") from None
         if obj.mondrian:
             obj.classes_ = np.array(sorted(calibration))
         return obj
