@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from . import commands, evaluate, reproduce  # noqa: F401  (registers the commands)
+from . import commands, deploy, evaluate, reproduce  # noqa: F401  (registers the commands)
 from .app import app
 
 __all__ = ["app", "main"]

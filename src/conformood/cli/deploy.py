@@ -1,0 +1,49 @@
+"""``conformood monitor`` and ``conformood export``: a calibrated detector after deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._boundary import fail, prepare_output, user_errors
+from .app import app
+
+
+@app.command()
+def monitor(
+    detector_file: Annotated[Path, typer.Option(help="Calibrated detector (.safetensors from `conformood evaluate`).")],
+    inputs: Annotated[
+        list[Path], typer.Option(help="npz batches with 'features' (or 'logits'), in arrival order: "
+                                      "--inputs a.npz b.npz … (or --inputs repeated).")
+    ],
+    more_inputs: Annotated[list[Path] | None, typer.Argument(help="Further batches, after those of --inputs.",
+                                                             show_default=False)] = None,
+    delta: Annotated[float, typer.Option(help="Alarm when the martingale reaches 1/δ; P(ever alarming) ≤ δ.")] = 0.01,
+    martingale: Annotated[str, typer.Option(help="Betting function: 'mixture' or 'power'.")] = "mixture",
+    epsilon: Annotated[float, typer.Option(help="ε of the power martingale, in (0, 1).")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the p-values' randomised tie-breaking.")] = 0,
+    logits: Annotated[bool, typer.Option(help="Score the 'logits' array instead of 'features'.")] = False,
+    out: Annotated[Path, typer.Option(help="Output folder for monitor.json and monitor.png.")] = Path("monitor"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier monitor run in OUT.")] = False,
+) -> None:
+    """Raise a drift alarm when a stream of batches stops looking like the calibration data (a conformal test
+    martingale; on an exchangeable stream the chance of ever alarming is at most δ)."""
+    from .._validation import check_alpha
+    from ..experiments.monitor import MONITOR_OUTPUTS, monitor_files
+
+    user_errors(check_alpha, delta, "--delta")
+    user_errors(check_alpha, epsilon, "--epsilon")
+    if martingale not in ("mixture", "power"):
+        fail(f"--martingale must be 'mixture' or 'power', got {martingale!r}")
+    prepare_output(out, overwrite, MONITOR_OUTPUTS)
+    batches = list(inputs) + list(more_inputs or [])
+    r = user_errors(monitor_files, detector_file, batches, out, delta=delta, martingale=martingale, epsilon=epsilon,
+                    seed=seed, use_logits=logits)
+    if r["alarm"]:
+        typer.echo(f"ALARM at input {r['alarm_time'] + 1} of {r['n']} (batch {r['alarm_batch'] + 1}: "
+                   f"{r['alarm_input']}); martingale ≥ 1/δ = {r['alarm_level']:g} -> {out}")
+    else:
+        typer.echo(f"no alarm over {r['n']} inputs in {len(batches)} batches (max martingale 10^"
+                   f"{r['max_log10_martingale']:.2f} < 1/δ = {r['alarm_level']:g}) -> {out}")
