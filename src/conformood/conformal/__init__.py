@@ -3,6 +3,7 @@
 from ..scores import load_detector
 from .bh import benjamini_hochberg, benjamini_hochberg_exact
 from .detector import ConformalDetector
+from .ensemble import ConformalEnsemble, combine_p_values, compare_with_members
 from .pac import conditional_bounds, conditional_p_values, pac_failure_probability, pac_min_calibration, pac_rank
 from .risk_control import adaptive_correction, crc_threshold, nonempty_masks
 from .risk_sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
@@ -52,6 +53,9 @@ __all__ = [
     "oracle_thresholds",
     "per_image_thresholds",
     "ConformalDetector",
+    "ConformalEnsemble",
+    "combine_p_values",
+    "compare_with_members",
     "conditional_bounds",
     "conditional_p_values",
     "pac_failure_probability",
