@@ -31,7 +31,7 @@ def monitor(
     """Raise a drift alarm when a stream of batches stops looking like the calibration data (a conformal test
     martingale; on an exchangeable stream the chance of ever alarming is at most δ)."""
     from .._validation import check_alpha
-    from ..experiments.monitor import MONITOR_OUTPUTS, monitor_files
+    from ..experiments.deploy import MONITOR_OUTPUTS, monitor_files
 
     user_errors(check_alpha, delta, "--delta")
     user_errors(check_alpha, epsilon, "--epsilon")
@@ -47,3 +47,28 @@ def monitor(
     else:
         typer.echo(f"no alarm over {r['n']} inputs in {len(batches)} batches (max martingale 10^"
                    f"{r['max_log10_martingale']:.2f} < 1/δ = {r['alarm_level']:g}) -> {out}")
+
+
+@app.command()
+def export(
+    detector_file: Annotated[Path, typer.Option(help="Calibrated detector (.safetensors from `conformood evaluate`).")],
+    out: Annotated[Path, typer.Option(help="The program to write (.pt2).")] = Path("scorer.pt2"),
+    model: Annotated[Path | None, typer.Option(help="model.safetensors from `conformood train`: the program then "
+                                                    "takes images and runs the encoder first.")] = None,
+    alpha: Annotated[float, typer.Option(help="Level of the stored flag rule, in (0, 1).")] = 0.1,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """Write a standalone scorer: one torch.export program mapping inputs to (score, conformal p-value, flag at
+    α), loadable with torch alone (torch.export.load(OUT).module())."""
+    from .._validation import check_alpha
+    from ..experiments.deploy import export_files
+
+    user_errors(check_alpha, alpha, "--alpha")
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        fail(f"--out {out} exists; pass --overwrite to replace it")
+    meta = user_errors(export_files, detector_file, out, alpha, model=model)
+    typer.echo(f"{meta['detector']} at α={meta['alpha']} ({meta['n_calibration']} calibration scores, input: "
+               f"{meta['input']['kind']} {meta['input']['shape']}) -> {out} [{meta['runtime']}, "
+               f"{out.stat().st_size / 1e6:.2f} MB]")
