@@ -119,3 +119,32 @@ def test_conditional_bh_controls_fdr_given_the_calibration_set():
     assert (conditional[:, 0] > 0.1 + 2 * conditional[:, 1]).mean() <= bound
     assert conditional[:, 2].mean() > 1.0  # BH still discovers: the guarantee is not bought by never selecting
     assert (marginal[:, 0] > 0.1 + 2 * marginal[:, 1]).mean() > bound
+
+
+def test_evaluate_delta_reports_both_rules_and_saves_the_pac_detector(tmp_path):
+    import json
+
+    from conformood.cli import main
+
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "train.npz", features=rng.normal(size=(300, 5)))
+    np.savez(tmp_path / "cal.npz", features=rng.normal(size=(400, 5)))
+    test = np.concatenate([rng.normal(size=(2000, 5)), rng.normal(size=(500, 5)) + 2.0])
+    np.savez(tmp_path / "test.npz", features=test, is_inlier=np.arange(2500) < 2000)
+    out = tmp_path / "ev"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--train", str(tmp_path / "train.npz"), "--calibration", str(tmp_path / "cal.npz"),
+              "--test", str(tmp_path / "test.npz"), "--detector", "l2_norm", "--alpha", "0.1", "--delta", "0.05",
+              "--out", str(out)])
+    assert exit_info.value.code == 0
+    r = json.loads((out / "evaluation.json").read_text())
+    pac, marginal = r["pac"]["pac"], r["pac"]["marginal"]
+    assert r["config"]["delta"] == 0.05 and r["pac"]["min_calibration"] == pac_min_calibration(0.1, 0.05)
+    k_pac, k_marg = pac["groups"]["-1"]["rank"], marginal["groups"]["-1"]["rank"]
+    assert k_pac == pac_rank(0.1, 0.05, 400) < k_marg == conformal_rank(0.1, 400)
+    assert pac["groups"]["-1"]["p_fpr_above_alpha"] <= 0.05 < marginal["groups"]["-1"]["p_fpr_above_alpha"]
+    assert pac["realised_fpr"] <= marginal["realised_fpr"] and pac["ood_flagged"] <= marginal["ood_flagged"]
+    assert r["realised_fpr_at_alpha"] == pac["realised_fpr"]  # the decisions are the PAC rule's
+    saved = ConformalDetector.load(out / "detector.safetensors")
+    assert saved.delta_ == 0.05 and saved.threshold(0.1) == pac["groups"]["-1"]["threshold"]
+    assert "P_cal(FPR > α)" in (out / "evaluation.md").read_text()

@@ -43,6 +43,10 @@ def evaluate(
     mondrian: Annotated[
         bool, typer.Option(help="Calibrate per class ('labels' in calibration and test files).")
     ] = False,
+    delta: Annotated[
+        float | None, typer.Option(help="Calibration-conditional flags: P(the deployed threshold's FPR > α) ≤ δ over "
+                                   "the calibration draw; reports both thresholds.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for evaluation.json/.md, report.html and figures.")] = Path(
         "evaluation"
     ),
@@ -57,6 +61,8 @@ def evaluate(
 
     set_data_root(data_root)
     user_errors(check_alpha, alpha)  # option errors first, before any file is read or written
+    if delta is not None:
+        user_errors(check_alpha, delta, "--delta")
     user_errors(detector_info, detector)
     if protocol is not None:
         from ..data import parse_protocol
@@ -81,7 +87,7 @@ def evaluate(
             fail(f"give {', '.join(missing)} (feature files), or --checkpoint with a trained model")
         prepare_output(out, overwrite, EVALUATE_OUTPUTS)
     cfg = config(EvaluateConfig, train=train, calibration=calibration, test=test, detector=detector,
-                 options=options, alpha=alpha, mondrian=mondrian, model=model)
+                 options=options, alpha=alpha, mondrian=mondrian, delta=delta, model=model)
 
     def show(r: dict) -> None:
         covers = f" ({model['protocol']} on {model['data']})" if model else ""
@@ -90,6 +96,10 @@ def evaluate(
             f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "
             f"power {r['bh_power']:.3f}) -> {out / 'evaluation.json'}"
         )
+        if "pac" in r:
+            pac, marg = r["pac"]["pac"], r["pac"]["marginal"]
+            typer.echo(f"  δ={delta}: PAC rule realised FPR {pac['realised_fpr']:.4f}, OOD flagged "
+                       f"{pac['ood_flagged']:.4f}; marginal rule {marg['realised_fpr']:.4f}, {marg['ood_flagged']:.4f}")
 
     run_experiment(run_evaluation, cfg, out, show)
 

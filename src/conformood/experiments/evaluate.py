@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_alpha, check_binary_labels
-from ..conformal import ConformalDetector, conformal_threshold
+from ..conformal import ConformalDetector, conformal_threshold, pac_failure_probability, pac_min_calibration
 from ..io import file_digest, read_npz, write_json, write_npz, write_text
 from ..metrics import decision_metrics, ood_metrics
 from ..report.evaluation import render_evaluation
@@ -89,10 +89,12 @@ class EvaluateConfig:
     options: dict = field(default_factory=dict)
     alpha: float = 0.1
     mondrian: bool = False
+    delta: float | None = None  # calibration-conditional (PAC) decisions: P_calibration(FPR > alpha) <= delta
     model: dict | None = None  # with --checkpoint: the model file, its digest, and the data and protocol used
 
     def __post_init__(self) -> None:
         self.alpha = check_alpha(self.alpha)
+        self.delta = None if self.delta is None else check_alpha(self.delta, "delta")
         detector_info(self.detector)  # a clear error for an unknown name
         self.train, self.calibration, self.test = str(self.train), str(self.calibration), str(self.test)
         self.options = dict(self.options or {})
@@ -115,6 +117,30 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def pac_comparison(cd: ConformalDetector, test_scores: np.ndarray, labels: np.ndarray | None,
+                   is_inlier: np.ndarray, alpha: float, delta: float) -> dict:
+    """The marginal and the calibration-conditional (PAC) rule side by side on the same test set: per
+    calibration group, the rank, the threshold and the probability over calibration sets that the rule's FPR
+    exceeds α; on the test set, the realised FPR and the fraction of OOD inputs flagged."""
+    marginal = ConformalDetector(cd.detector, mondrian=cd.mondrian).calibrate_scores(
+        np.concatenate(list(cd.calibration_.values())),
+        np.concatenate([np.full(v.size, k) for k, v in cd.calibration_.items()]) if cd.mondrian else None)
+    rules = {}
+    for name, rule in (("marginal", marginal), ("pac", cd)):
+        flags = rule.flags_from_scores(test_scores, alpha, labels)
+        groups = {}
+        for group, cal in rule.calibration_.items():
+            k = rule.flag_rank(alpha, cal.size)
+            groups[str(group)] = {"n": int(cal.size), "rank": int(k),
+                                  "threshold": _finite_or_none(float(cal[k - 1]) if k else float("-inf")),
+                                  "p_fpr_above_alpha": pac_failure_probability(k, cal.size, alpha)}
+        rules[name] = {"realised_fpr": float(flags[is_inlier].mean()) if is_inlier.any() else None,
+                       "ood_flagged": float(flags[~is_inlier].mean()) if (~is_inlier).any() else None,
+                       "groups": groups}
+    n_min = pac_min_calibration(alpha, delta)
+    return {"delta": delta, "min_calibration": n_min, **rules}
+
+
 def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Run the evaluation and write ``evaluation.json``, ``evaluation.md``, ``report.html``, figures and
     the calibrated detector (``detector.safetensors``, reusable by ``conformood score``)."""
@@ -133,7 +159,7 @@ def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress:
     train_inputs = _inputs(tr, info.input, detector, "training")
     cd.fit(train_inputs, tr.labels)
     cal_scores = det.score_samples(_inputs(cal, info.input, detector, "calibration"))
-    cd.calibrate_scores(cal_scores, cal.labels if mondrian else None)
+    cd.calibrate_scores(cal_scores, cal.labels if mondrian else None, delta=cfg.delta)
     test_scores = det.score_samples(_inputs(te, info.input, detector, "test"))
     p = cd.p_values_from_scores(test_scores, te.labels if mondrian else None)
     is_inlier = te.is_inlier
@@ -163,6 +189,8 @@ def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress:
             "fpr": [float((p[is_inlier] <= a).mean()) for a in ALPHA_GRID],
         },
     }
+    if cfg.delta is not None:
+        result["pac"] = pac_comparison(cd, test_scores, test_labels, is_inlier, alpha, cfg.delta)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result["wall_time_s"] = time.perf_counter() - start

@@ -61,12 +61,22 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     meaning = ("Metrics take in-distribution as the positive class. `realised_fpr_at_alpha` is the fraction of test "
                "inliers flagged (guaranteed ≤ α in expectation); `bh_*` describe Benjamini–Hochberg selection at "
                "level α (false discovery proportion and power among the OOD samples).")
+    if r.get("pac"):
+        meaning += (f" With δ = {r['pac']['delta']} the flags and BH follow the calibration-conditional rule: with "
+                    "probability ≥ 1 − δ over the draw of the calibration set, its false-alarm rate is ≤ α (BH on "
+                    "Simes-adjusted p-values).")
     figures = [
         (out / "roc.png", "ROC curve on the test set, in-distribution as the positive class."),
         (out / "score_histogram.png", "Test scores of inliers and OOD samples, with the conformal threshold at α."),
         (out / "guarantee.png", "Left: p-values of test inliers (uniform when the guarantee holds). Right: the "
                                 "realised false-alarm rate against the target α."),
     ]
+    pac_rows = _pac_rows(r.get("pac"))
+    pac_header = ["rule", "group", "n", "rank k", "threshold", "P_cal(FPR > α)", "realised FPR", "OOD flagged"]
+    pac_lines = ([f"Calibration-conditional rule at δ = {r['pac']['delta']} (at least {r['pac']['min_calibration']} "
+                  "calibration scores per group needed):", "", "| " + " | ".join(pac_header) + " |",
+                  "|" + "---|" * len(pac_header), *["| " + " | ".join(row) + " |" for row in pac_rows], ""]
+                 if pac_rows else [])
     lines = [
         f"# conformood evaluation: {r['detector']}",
         "",
@@ -78,6 +88,7 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
         "|---|---|",
         *[f"| {k} | {fmt(r[k])} |" for k in keys],
         "",
+        *pac_lines,
         *[f"![{caption}]({fig.name})\n\n*{caption}*\n" for fig, caption in figures],
         *provenance_markdown(r.get("provenance")),
     ]
@@ -85,8 +96,26 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     render_html(
         f"conformood evaluation: {r['detector']}",
         [("Set-up", setup), ("Reading the numbers", meaning)],
-        [("Metrics", ["metric", "value"], [[f"`{k}`", fmt(r[k])] for k in keys])],
+        [("Metrics", ["metric", "value"], [[f"`{k}`", fmt(r[k])] for k in keys])]
+        + ([("Marginal and calibration-conditional (PAC) rules", pac_header, pac_rows)] if pac_rows else []),
         figures,
         out / "report.html",
         provenance_rows=provenance_rows(r.get("provenance")),
     )
+
+
+def _pac_rows(pac: dict | None) -> list[list[str]]:
+    """Table rows of ``evaluation.json``'s ``pac`` block: one per rule and calibration group."""
+    if not pac:
+        return []
+
+    def num(v: object, digits: int = 4) -> str:
+        return "–" if v is None else f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+    rows = []
+    for rule in ("marginal", "pac"):
+        block = pac[rule]
+        for group, g in block["groups"].items():
+            rows.append([rule, "all" if group == "-1" else group, str(g["n"]), str(g["rank"]), num(g["threshold"]),
+                         num(g["p_fpr_above_alpha"], 3), num(block["realised_fpr"]), num(block["ood_flagged"])])
+    return rows
