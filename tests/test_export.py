@@ -1,5 +1,11 @@
 """The standalone scorer (conformood.export, ``conformood export``): its p-values equal the library's to 1e-6 and
-its flags are identical, in a process where importing conformood fails."""
+its flags are identical, in a process where importing conformood fails.
+
+kNN similarities are float32 values on a coarse grid, so on real features test scores often equal calibration
+scores exactly; both sides re-score the neighbours with the same row-wise float64 arithmetic, and the test
+includes exact copies of calibration rows for them. The float64 detectors (Mahalanobis, Gaussian, …) use matrix
+products whose last bits depend on the batch (BLAS kernels), so for them an exact copy of a calibration input
+could move a p-value by 1/(n + 1); the test uses continuous inputs for those."""
 
 from __future__ import annotations
 
@@ -60,6 +66,10 @@ def test_every_exportable_detector_matches_the_library_without_conformood(tmp_pa
     labels = rng.integers(0, 3, 400)
     jobs, expected = [], {}
     for name in EXPORTABLE:
+        if name.startswith("knn"):  # float32 similarities tie with calibration scores on real data: exact copies
+            test = np.concatenate([test[:500], cal[:40], train[:10] * 3.0])  # of calibration rows, s_con = 1
+        else:
+            test = test[:500]
         cd = ConformalDetector(get_detector(name).fit(train, labels)).calibrate(cal, delta=0.1 if name == "knn_sun"
                                                                                else None)
         path = tmp_path / f"{name}.pt2"

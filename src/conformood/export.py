@@ -33,19 +33,22 @@ from ._validation import check_alpha
 from .conformal import ConformalDetector
 from .io import atomic_path
 from .results import provenance
+from .scores.knn import RESCORE_MARGIN, exact_similarities_block, knn_score
 
 METADATA = "conformood.json"
 
 
 class _Normalize(nn.Module):
-    """Rows over their L2 norm in the input's precision, then cast (as KNNCosineDetector does)."""
+    """Rows over their L2 norm as ``scores.knn.l2_normalize`` computes them (in float64, rounded once to the
+    input's dtype), then cast to ``dtype``: bit for bit the library's unit vectors."""
 
     def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
         self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x / torch.linalg.vector_norm(x, dim=1, keepdim=True)).to(self.dtype)
+        wide = x.to(torch.float64)
+        return (wide / torch.linalg.vector_norm(wide, dim=1, keepdim=True)).to(x.dtype).to(self.dtype)
 
 
 class _KNNHead(nn.Module):
@@ -56,13 +59,11 @@ class _KNNHead(nn.Module):
         self.k, self.kind = k, kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top = torch.topk(self.normalize(x) @ self.bank.T, self.k, dim=1).values.to(torch.float64)
-        if self.kind == "sun":
-            return -torch.sqrt(torch.clamp(2.0 - 2.0 * top[:, -1], min=0.0))
-        score = top.mean(dim=1)
-        if self.kind == "norm":
-            score = score * torch.linalg.vector_norm(x.to(torch.float64), dim=1)
-        return score
+        q = self.normalize(x)
+        n_candidates = min(self.bank.shape[0], self.k + RESCORE_MARGIN)
+        candidates = torch.topk(q @ self.bank.T, n_candidates, dim=1).indices
+        top = exact_similarities_block(q, self.bank, candidates, self.k)  # the library's own exact re-scoring
+        return knn_score(top, self.kind, x)
 
 
 class _MahalanobisHead(nn.Module):
