@@ -72,3 +72,38 @@ def export(
     typer.echo(f"{meta['detector']} at α={meta['alpha']} ({meta['n_calibration']} calibration scores, input: "
                f"{meta['input']['kind']} {meta['input']['shape']}) -> {out} [{meta['runtime']}, "
                f"{out.stat().st_size / 1e6:.2f} MB]")
+
+
+@app.command()
+def extract(
+    data: Annotated[str, typer.Option(help="A named data set, or an image folder / tar archive.")],
+    out: Annotated[Path, typer.Option(help="The .npz to write (features, labels[, is_inlier]).")],
+    backbone: Annotated[str, typer.Option(help="A registered backbone.")] = "mobilenet_v2",
+    weights: Annotated[str, typer.Option(help="'imagenet' (make weights), 'none', or a .safetensors / state-dict "
+                                             "file.")] = "imagenet",
+    input_size: Annotated[int, typer.Option(help="Input size the images are resized to.")] = 224,
+    split: Annotated[str | None, typer.Option(help="With a folder or archive: its split folder (train, test).")] = None,
+    classes: Annotated[list[int] | None, typer.Option("--class", help="Keep this class (repeatable).")] = None,
+    take: Annotated[str | None, typer.Option(help="START:STOP of the remaining images, in stored order.")] = None,
+    inlier_class: Annotated[list[int] | None, typer.Option(
+        "--inlier-class", help="Write is_inlier = label is one of these (repeatable), for a test file.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
+    device: Annotated[str, typer.Option(help="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
+    data_root: Annotated[Path | None, typer.Option(help="Folder of the named data sets.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """A backbone's features of a data set, as the .npz that `conformood evaluate` reads."""
+    from ..experiments.extract import ExtractConfig, extract_file
+    from ._boundary import config, resolve_device, set_data_root
+
+    set_data_root(data_root)
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        fail(f"--out {out} exists; pass --overwrite to replace it")
+    cfg = config(ExtractConfig, data=data, backbone=backbone, weights=None if weights == "none" else weights,
+                 input_size=input_size, split=split, classes=classes, take=take, inlier_classes=inlier_class,
+                 batch_size=batch_size, device=resolve_device(device))
+    r = user_errors(extract_file, cfg, out)
+    extra = f", {r['n_inliers']} inliers" if r["n_inliers"] is not None else ""
+    typer.echo(f"{r['n']} images of classes {r['classes']}{extra} -> {r['dim']}-d features in {out}")

@@ -1,0 +1,49 @@
+"""``conformood extract`` writes the features ``conformood evaluate`` reads; its bad inputs are one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conformood.cli import main
+
+
+def _run(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_extract_then_evaluate(tmp_path, capsys):
+    base = ["extract", "--data", "digits", "--weights", "none", "--input-size", "32", "--device", "cpu"]
+    for name, extra in (("train", ["--class", "0", "--take", "0:120"]), ("cal", ["--class", "0", "--take", "120:"]),
+                        ("test", ["--take", "0:500", "--inlier-class", "0"])):
+        code, out, err = _run([*base, *extra, "--out", str(tmp_path / f"{name}.npz")], capsys)
+        assert code == 0, err
+    train, test = np.load(tmp_path / "train.npz"), np.load(tmp_path / "test.npz")
+    assert train["features"].shape == (120, 1280) and set(train["labels"].tolist()) == {0}
+    assert test["is_inlier"].sum() == (test["labels"] == 0).sum() > 0
+    record = json.loads(str(train["provenance"]))
+    assert record["config"]["backbone"] == "mobilenet_v2" and record["config"]["preprocessing"]["input_size"] == [32, 32]
+    code, out, err = _run(["evaluate", "--train", str(tmp_path / "train.npz"), "--calibration",
+                           str(tmp_path / "cal.npz"), "--test", str(tmp_path / "test.npz"), "--out",
+                           str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    assert 0.0 <= json.loads((tmp_path / "ev" / "evaluation.json").read_text())["auroc"] <= 1.0
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--take", "5"], "START:STOP"),
+    (["--split", "train"], "named data set"),
+    (["--class", "42"], "classes [42]"),
+    (["--backbone", "resnet9000"], "resnet9000"),
+    (["--weights", "missing.safetensors"], "missing.safetensors"),
+    (["--take", "10:10"], "no images"),
+])
+def test_bad_inputs_are_one_line(tmp_path, capsys, extra, needle):
+    code, out, err = _run(["extract", "--data", "digits", "--weights", "none", "--input-size", "32", "--device",
+                           "cpu", "--out", str(tmp_path / "f.npz"), *extra], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
