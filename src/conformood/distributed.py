@@ -63,3 +63,29 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def shard_bounds(n: int) -> tuple[int, int]:
+    """This rank's contiguous block [start, stop) of n items (ranks in order; the last blocks may be shorter)."""
+    per = -(-n // world_size())
+    start = min(n, rank() * per)
+    return start, min(n, start + per)
+
+
+def gather_shards(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Reassemble the per-rank blocks of :func:`shard_bounds` (each rank's ``x``) into all n rows, in order, on
+    every rank (blocks of unequal length are padded for the exchange and trimmed after)."""
+    if not is_distributed():
+        return x
+    per = -(-n // world_size())
+    padded = torch.zeros((per, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts, dim=0)[:n]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    if is_distributed():
+        dist.barrier()

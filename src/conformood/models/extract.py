@@ -7,6 +7,10 @@ preprocessed by the backbone itself (resize and normalisation, :meth:`Backbone.p
 autocast there) and in ``channels_last`` memory format where that is faster. Batches keep their order and
 nothing is random, so the features are deterministic.
 
+**Distributed.** Under ``torchrun`` (an initialised process group), each process extracts its own contiguous
+block of the inputs and the blocks are reassembled in order; every rank returns all features, and only rank 0
+writes the cache.
+
 With ``cache=`` a folder, features of array inputs are stored there as safetensors (written atomically, with the
 conformood digest), keyed by the weights digest, a digest of the image bytes and the preprocessing; a second
 call with the same three reads them back instead of recomputing.
@@ -23,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
+from ..distributed import barrier, gather_shards, is_distributed, rank, shard_bounds
 from .backbones import Backbone
 from .features import encode
 
@@ -60,19 +65,26 @@ def _as_images(x: Any) -> torch.Tensor:
     return x
 
 
-def _batches(data: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int | None]:
-    """Image batches in order, and the number of images when known."""
+def _batches(data: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int | None, int | None]:
+    """This process's image batches in order, the number of images it gets, and the total (when known); under
+    a process group each rank gets its block of :func:`shard_bounds`."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
-        images = data
-        n = len(images)
-        return (_as_images(images[i : i + batch_size]) for i in range(0, n, batch_size)), n
+        start, stop = shard_bounds(len(data))
+        return ((_as_images(data[i : min(i + batch_size, stop)]) for i in range(start, stop, batch_size)),
+                stop - start, len(data))
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, RandomSampler):
             raise ValueError("the DataLoader shuffles (shuffle=True): features would not line up with the data; "
                              "pass a loader without shuffling")
         loader = data
+        if is_distributed():  # the same loader settings over this rank's block of the data set
+            start, stop = shard_bounds(len(data.dataset))  # type: ignore[arg-type]
+            loader = DataLoader(Subset(data.dataset, range(start, stop)), batch_size=data.batch_size,
+                                num_workers=data.num_workers, collate_fn=data.collate_fn)
     elif isinstance(data, Dataset):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+        start, stop = shard_bounds(len(data))  # type: ignore[arg-type]
+        loader = DataLoader(Subset(data, range(start, stop)) if is_distributed() else data, batch_size=batch_size,
+                            shuffle=False)
     else:
         raise TypeError(f"data must be a tensor, an ndarray, a Dataset or a DataLoader, got {type(data).__name__}")
 
@@ -80,10 +92,13 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int | 
         return _as_images(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     try:
-        n = len(loader.dataset)  # type: ignore[arg-type]
+        local = len(loader.dataset)  # type: ignore[arg-type]
+        total = len(data.dataset if isinstance(data, DataLoader) else data)  # type: ignore[arg-type]
     except TypeError:
-        n = None
-    return (first(b) for b in loader), n
+        if is_distributed():
+            raise ValueError("a data set without a length cannot be split across processes") from None
+        local = total = None
+    return (first(b) for b in loader), local, total
 
 
 def data_digest(data: torch.Tensor | np.ndarray) -> str:
@@ -121,9 +136,9 @@ def extract_features(backbone: Backbone, data: Any, batch_size: int = 128, devic
     module = backbone.module.to(device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
-    batches, n = _batches(data, batch_size)
+    batches, n, total = _batches(data, batch_size)
     bar = None
-    if progress:
+    if progress and rank() == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=f"features ({backbone.name})", unit="img", leave=False)
@@ -141,12 +156,16 @@ def extract_features(backbone: Backbone, data: Any, batch_size: int = 128, devic
     finally:
         if bar is not None:
             bar.close()
-    features = (torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)).numpy()
+    features = torch.cat(out) if out else torch.zeros(0, backbone.feature_dim)
+    if is_distributed():
+        features = gather_shards(features.to(device), int(total)).cpu()  # type: ignore[arg-type]
+    features = features.numpy()
     if not np.isfinite(features).all():
         raise ValueError(f"{backbone.name} produced non-finite features")
-    if path is not None:
+    if path is not None and rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_state(path, {"features": torch.from_numpy(features)},
                    {"backbone": backbone.name, "weights": backbone.weights_digest, "data": data_digest(data),
                     "preprocessing": backbone.preprocessing()}, kind=CACHE_KIND)
+    barrier()
     return features
