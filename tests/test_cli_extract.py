@@ -47,3 +47,20 @@ def test_bad_inputs_are_one_line(tmp_path, capsys, extra, needle):
     code, out, err = _run(["extract", "--data", "digits", "--weights", "none", "--input-size", "32", "--device",
                            "cpu", "--out", str(tmp_path / "f.npz"), *extra], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_evaluate_straight_from_images_with_a_backbone(tmp_path, capsys):
+    out = tmp_path / "ev"
+    code, stdout, err = _run(["evaluate", "--backbone", "mobilenet_v2", "--weights", "none", "--input-size", "32",
+                              "--data", "digits", "--protocol", "one-vs-rest:3", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "one-vs-rest:3 on digits" in stdout
+    r = json.loads((out / "evaluation.json").read_text())
+    assert r["config"]["backbone"]["backbone"] == "mobilenet_v2" and r["config"]["backbone"]["weights"] is None
+    assert np.load(out / "features_train.npz")["features"].shape[1] == 1280
+    assert "frozen backbone" in (out / "evaluation.md").read_text()
+    for extra, needle in ((["--protocol", "one-vs-rest:3"], "--data"),
+                          (["--data", "digits", "--protocol", "one-vs-rest:3", "--train", "x.npz"], "--train"),
+                          (["--data", "digits", "--protocol", "one-vs-rest:3", "--backbone", "nope"], "nope")):
+        code, _, err = _run(["evaluate", "--backbone", "mobilenet_v2", *extra, "--out", str(tmp_path / "e2")], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err

@@ -24,12 +24,22 @@ def evaluate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
     ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="A registered backbone, frozen, straight from the images of --data and "
+                                 "--protocol (instead of the three files).")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="With --backbone: 'imagenet' (make weights), 'none' or a weights file.")
+    ] = "imagenet",
+    input_size: Annotated[int, typer.Option(help="With --backbone: the input size images are resized to.")] = 224,
     data: Annotated[
-        str | None, typer.Option(help="With --checkpoint: {datasets}, or an image folder / tar; default: the data "
+        str | None, typer.Option(help="With --checkpoint or --backbone: {datasets}, or an image folder / tar; "
+                                 "default: the data "
                                  "set the model was trained on.")
     ] = None,
     protocol: Annotated[
-        str | None, typer.Option(help="With --checkpoint: {protocols}; default: one-vs-rest on the model's class.")
+        str | None, typer.Option(help="With --checkpoint or --backbone: {protocols}; default: one-vs-rest on the "
+                                 "model's class.")
     ] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="Folder of the named data sets (default $CONFORMOOD_DATA, else "
@@ -56,7 +66,12 @@ def evaluate(
 ) -> None:
     """Fit a detector, calibrate it conformally, and measure OOD metrics and the guarantees."""
     from .._validation import check_alpha
-    from ..experiments.evaluate import EvaluateConfig, feature_files_from_checkpoint, run_evaluation
+    from ..experiments.evaluate import (
+        EvaluateConfig,
+        feature_files_from_backbone,
+        feature_files_from_checkpoint,
+        run_evaluation,
+    )
     from ..scores import detector_info
 
     set_data_root(data_root)
@@ -70,8 +85,21 @@ def evaluate(
         user_errors(parse_protocol, protocol)
     options = parse_options(option)
     files = {"--train": train, "--calibration": calibration, "--test": test}
-    model = None
-    if checkpoint is not None:
+    model = backbone_record = None
+    if backbone is not None:
+        given = [name for name, value in {**files, "--checkpoint": checkpoint}.items() if value is not None]
+        if given:
+            fail(f"--backbone extracts its own features from --data; drop {', '.join(given)}")
+        if data is None or protocol is None:
+            fail("--backbone needs --data (a named data set or an image folder) and --protocol (e.g. one-vs-rest:0)")
+        from ..models import BACKBONES
+
+        user_errors(BACKBONES.info, backbone)
+        prepare_output(out, overwrite, EVALUATE_OUTPUTS)
+        (train, calibration, test), backbone_record = user_errors(
+            feature_files_from_backbone, backbone, data, protocol, out, weights=None if weights == "none" else weights,
+            input_size=input_size)
+    elif checkpoint is not None:
         given = [name for name, value in files.items() if value is not None]
         if given:
             fail(f"--checkpoint encodes its own train, calibration and test images; drop {', '.join(given)} (or "
@@ -87,10 +115,12 @@ def evaluate(
             fail(f"give {', '.join(missing)} (feature files), or --checkpoint with a trained model")
         prepare_output(out, overwrite, EVALUATE_OUTPUTS)
     cfg = config(EvaluateConfig, train=train, calibration=calibration, test=test, detector=detector,
-                 options=options, alpha=alpha, mondrian=mondrian, delta=delta, model=model)
+                 options=options, alpha=alpha, mondrian=mondrian, delta=delta, model=model,
+                 backbone=backbone_record)
 
     def show(r: dict) -> None:
-        covers = f" ({model['protocol']} on {model['data']})" if model else ""
+        record = model or backbone_record
+        covers = f" ({record['protocol']} on {record['data']})" if record else ""
         typer.echo(
             f"{detector}{covers}: AUROC {r['auroc']:.4f}, FPR@95TPR {r['fpr95']:.4f}, realised FPR at α={alpha}: "
             f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "

@@ -91,6 +91,7 @@ class EvaluateConfig:
     mondrian: bool = False
     delta: float | None = None  # calibration-conditional (PAC) decisions: P_calibration(FPR > alpha) <= delta
     model: dict | None = None  # with --checkpoint: the model file, its digest, and the data and protocol used
+    backbone: dict | None = None  # with --backbone: the backbone, its weights digest, preprocessing, data, protocol
 
     def __post_init__(self) -> None:
         self.alpha = check_alpha(self.alpha)
@@ -266,6 +267,40 @@ def checkpoint_protocol(model_config: dict, data: str | None, protocol: str | No
     return str(data), protocol
 
 
+def _protocol_task(data: str, protocol: str, seed: int, split_name: str = "train"):
+    """The OOD task of ``protocol`` on ``data`` (a named data set or an image folder), split with ``seed``."""
+    from ..data import (
+        DATASETS,
+        PROTOCOLS,
+        load_image_folder,
+        load_named,
+        parse_protocol,
+        protocol_task,
+        train_calibration_test_split,
+    )
+
+    name, _ = parse_protocol(protocol)
+    if not PROTOCOLS.info(name).needs_dataset:
+        return protocol_task(protocol, seed=seed)
+    dataset = load_named(data) if data in DATASETS else load_image_folder(data, split=split_name)
+    split = train_calibration_test_split(dataset.labels, seed=seed)
+    return protocol_task(protocol, dataset, split, seed=seed)
+
+
+def _write_feature_files(task, encode_part, out_dir: str | os.PathLike) -> tuple[Path, Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for part_name, part in (("train", task.train), ("calibration", task.calibration), ("test", task.test)):
+        arrays = {"features": encode_part(part), "labels": part.labels}
+        if part_name == "test":
+            arrays["is_inlier"] = task.is_inlier
+        path = out / f"features_{part_name}.npz"
+        write_npz(path, **arrays)
+        paths.append(path)
+    return tuple(paths)  # type: ignore[return-value]
+
+
 def feature_files_from_checkpoint(
     checkpoint: str | os.PathLike, data: str | None, protocol: str | None, out_dir: str | os.PathLike,
     split_name: str = "train",
@@ -277,40 +312,34 @@ def feature_files_from_checkpoint(
     test images were never trained on. Writes ``features_{train,calibration,test}.npz``; returns their paths
     and a record of the model (file, digest, what it was trained on) and of the data and protocol used.
     """
-    from ..data import (
-        DATASETS,
-        PROTOCOLS,
-        load_image_folder,
-        load_named,
-        parse_protocol,
-        protocol_task,
-        resize_images,
-        train_calibration_test_split,
-    )
+    from ..data import resize_images
     from ..train.recipes import load_trained_model
 
     model, cfg = load_trained_model(checkpoint)
     data, protocol = checkpoint_protocol(cfg, data, protocol, str(checkpoint))
-    seed = int(cfg.get("seed", 0))
-    name, _ = parse_protocol(protocol)
-    if not PROTOCOLS.info(name).needs_dataset:
-        task = protocol_task(protocol, seed=seed)
-    else:
-        dataset = load_named(data) if data in DATASETS else load_image_folder(data, split=split_name)
-        split = train_calibration_test_split(dataset.labels, seed=seed)
-        task = protocol_task(protocol, dataset, split, seed=seed)
+    task = _protocol_task(data, protocol, int(cfg.get("seed", 0)), split_name)
     size = int(cfg.get("image_size", task.train.image_shape[-1]))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for part_name, part in (("train", task.train), ("calibration", task.calibration), ("test", task.test)):
-        feats = model.features(resize_images(part.tensor(), (size, size))).numpy()
-        arrays = {"features": feats, "labels": part.labels}
-        if part_name == "test":
-            arrays["is_inlier"] = task.is_inlier
-        path = out / f"features_{part_name}.npz"
-        write_npz(path, **arrays)
-        paths.append(path)
+    paths = _write_feature_files(task, lambda part: model.features(resize_images(part.tensor(), (size, size))).numpy(),
+                                 out_dir)
     record = {"checkpoint": str(checkpoint), "sha256": file_digest(checkpoint), "data": data, "protocol": protocol,
               "trained_on": {k: cfg.get(k) for k in ("data", "normal_class", "objective", "seed", "encoder")}}
-    return tuple(paths), record  # type: ignore[return-value]
+    return paths, record
+
+
+def feature_files_from_backbone(
+    backbone: str, data: str, protocol: str, out_dir: str | os.PathLike, weights: str | None = "imagenet",
+    input_size: int = 224, seed: int = 0, split_name: str = "train", progress: bool = True,
+) -> tuple[tuple[Path, Path, Path], dict]:
+    """Extract a protocol's train / calibration / test features with a registered backbone (frozen), through
+    :func:`conformood.models.extract_features`; returns the file paths and a record of the backbone and data."""
+    from ..models import extract_features, get_backbone
+    from ..models.backbones import cache_dir
+
+    net = get_backbone(backbone, weights=weights, input_size=input_size)
+    task = _protocol_task(data, protocol, seed, split_name)
+    cache = cache_dir() / "features" if net.weights_digest else None
+    paths = _write_feature_files(
+        task, lambda part: extract_features(net, part.images, progress=progress, cache=cache), out_dir)
+    record = {"backbone": backbone, "weights": weights, "weights_digest": net.weights_digest,
+              "preprocessing": net.preprocessing(), "data": data, "protocol": protocol, "seed": seed}
+    return paths, record

@@ -52,6 +52,11 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     model = (r.get("config") or {}).get("model")
     covers = (f" Features of the model `{model['checkpoint']}` on `{model['data']}`, protocol `{model['protocol']}`."
               if model else "")
+    backbone = (r.get("config") or {}).get("backbone")
+    if backbone:
+        covers = (f" Features of the frozen backbone `{backbone['backbone']}` (weights `{backbone['weights']}`, "
+                  f"{backbone['preprocessing']['input_size'][0]} px input) on `{backbone['data']}`, protocol "
+                  f"`{backbone['protocol']}`.")
     setup = (
         f"Detector `{r['detector']}` ({r['reference']}) with parameters "
         f"{', '.join(f'`{k}={v}`' for k, v in params.items()) or 'none'}; {r['n_train']} training, "
