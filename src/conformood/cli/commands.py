@@ -53,7 +53,8 @@ def demo(
 
 #: options of `train` that are recipe fields: given explicitly, they override the recipe's value
 TRAIN_FIELDS = ("data", "split", "normal_class", "objective", "epochs", "batch_size", "lr", "temperature",
-                "image_size", "seed", "max_images")
+                "image_size", "seed", "max_images", "encoder", "weights", "backbone_input_size", "freeze_blocks",
+                "freeze_bn", "backbone_lr")
 TRAIN_OUTPUTS = ("checkpoint.safetensors", "model.safetensors", "train.json", "diagnostics.png")
 
 
@@ -87,6 +88,16 @@ def train(
     max_images: Annotated[
         int | None, typer.Option(min=2, help="Train on at most this many images (a seeded subset), for quick runs.")
     ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help="Fine-tune this pretrained backbone (e.g. mobilenet_v2) as the encoder.")
+    ] = None,
+    weights: Annotated[str, typer.Option(help="With --backbone: 'imagenet', 'none' or a weights file.")] = "imagenet",
+    backbone_input_size: Annotated[int, typer.Option(help="With --backbone: views are resized to this.")] = 128,
+    freeze_blocks: Annotated[int, typer.Option(min=0, help="With --backbone: keep the first N blocks fixed.")] = 0,
+    freeze_bn: Annotated[bool, typer.Option(help="With --backbone: keep BatchNorm statistics pretrained.")] = False,
+    backbone_lr: Annotated[
+        float | None, typer.Option(help="With --backbone: the backbone's own learning rate (default --lr).")
+    ] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="Folder of the named data sets and of relative paths in recipes "
                                   "(default $CONFORMOOD_DATA, else ../shared/data).")
@@ -104,9 +115,13 @@ def train(
     device = resolve_device(device)
     values = {"data": data, "split": split, "normal_class": normal_class, "objective": objective, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "temperature": temperature, "image_size": image_size,
-              "seed": seed, "max_images": max_images}
+              "seed": seed, "max_images": max_images, "weights": weights, "backbone_input_size": backbone_input_size,
+              "freeze_blocks": freeze_blocks, "freeze_bn": freeze_bn, "backbone_lr": backbone_lr}
+    if backbone is not None:
+        values["encoder"] = backbone
     if config_name is not None:
-        explicit = {k: v for k, v in values.items() if given_on_command_line(ctx, k)}
+        explicit = {k: v for k, v in values.items()
+                    if given_on_command_line(ctx, "backbone" if k == "encoder" else k)}
         cfg = config(load_train_config, path=config_name, device=device, **explicit)
     else:
         cfg = config(TrainRunConfig, device=device, **values)

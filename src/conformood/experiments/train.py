@@ -25,6 +25,7 @@ from ..train.recipes import (
     MODEL_KIND,
     OBJECTIVES,
     TrainRunConfig,
+    encoder_options_for,
     train_contrastive_encoder,
 )
 
@@ -100,7 +101,8 @@ def run_training(cfg: TrainRunConfig, out_dir: str | Path, progress: bool = True
             "model": {"in_channels": images.shape[1], "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
                       "image_size": cfg.image_size, "seed": cfg.seed, "data": cfg.data, "aux_classes": aux,
                       "encoder": cfg.encoder, "head": cfg.head, "objective": cfg.objective,
-                      "normal_class": cfg.normal_class, "split": cfg.split},
+                      "normal_class": cfg.normal_class, "split": cfg.split,
+                      "encoder_options": encoder_options_for(cfg, for_loading=True) or None},
             "n_train": int(images.shape[0]),
             "world_size": dist_utils.world_size(),
             "rank": dist_utils.rank(),

@@ -264,3 +264,48 @@ def backbone_from_module(module: nn.Module | Callable[[torch.Tensor], torch.Tens
 def get_backbone(name: str, **options: Any) -> Backbone:
     """A registered backbone by name (``conformood`` lists them as ``BACKBONES.names()``)."""
     return BACKBONES.create(name, **options)
+
+
+class BackboneEncoder(nn.Module):
+    """A backbone as the encoder f_θ of the contrastive recipes: images in [0, 1] (the augmented views) are
+    preprocessed as the backbone declares (resize, normalisation), then encoded; ``feature_dim`` as any encoder.
+
+    ``freeze_blocks`` stops the gradient of the first blocks (MobileNetV2: ``features[:k]``); ``freeze_bn``
+    keeps every BatchNorm in evaluation mode while training, so its running statistics stay the pretrained ones.
+    """
+
+    def __init__(self, backbone: Backbone, freeze_blocks: int = 0, freeze_bn: bool = False) -> None:
+        super().__init__()
+        self.net = backbone.module
+        self.feature_dim = backbone.feature_dim
+        self.input_size = tuple(backbone.input_size)
+        self.register_buffer("mean", torch.tensor(backbone.mean)[:, None, None], persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std)[:, None, None], persistent=False)
+        self.freeze_bn = bool(freeze_bn)
+        if isinstance(freeze_blocks, bool) or not isinstance(freeze_blocks, int) or freeze_blocks < 0:
+            raise ValueError(f"freeze_blocks must be a non-negative integer, got {freeze_blocks!r}")
+        self.freeze_blocks = freeze_blocks
+        if freeze_blocks:
+            blocks = getattr(getattr(self.net, "net", None), "features", None)
+            if blocks is None:
+                raise ValueError(f"freeze_blocks needs a backbone with numbered blocks ({backbone.name} has none)")
+            if freeze_blocks > len(blocks):
+                raise ValueError(f"freeze_blocks = {freeze_blocks} but {backbone.name} has {len(blocks)} blocks")
+            for p in blocks[:freeze_blocks].parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> BackboneEncoder:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1 and self.mean.shape[0] == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
+                                          antialias=x.shape[-1] > self.input_size[-1])
+        return self.net((x - self.mean) / self.std)

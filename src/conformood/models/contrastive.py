@@ -73,6 +73,17 @@ def _resnet18(in_channels: int, widths: tuple[int, ...]) -> nn.Module:
     return CifarResNet18(in_channels)
 
 
+@ENCODERS.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision's ImageNet weights",
+                   description="pretrained MobileNetV2 (options: weights, input_size, freeze_blocks, freeze_bn)",
+                   pretrained=True)
+def _mobilenet_v2(in_channels: int, widths: tuple[int, ...], weights: str | None = None, input_size: int = 128,
+                  freeze_blocks: int = 0, freeze_bn: bool = False) -> nn.Module:
+    from .backbones import BackboneEncoder, get_backbone
+
+    return BackboneEncoder(get_backbone("mobilenet_v2", weights=weights, input_size=input_size), freeze_blocks,
+                           freeze_bn)
+
+
 @HEADS.register("mlp", reference="SimCLR", description="2-layer projection head")
 def _mlp_head(feature_dim: int, projection_dim: int) -> nn.Module:
     return ProjectionHead(feature_dim, out_dim=projection_dim)
@@ -85,12 +96,13 @@ def _deep_head(feature_dim: int, projection_dim: int) -> nn.Module:
 
 def build_contrastive_model(
     in_channels: int, encoder: str = "small_cnn", head: str = "mlp", widths: tuple[int, ...] = (32, 64, 128),
-    projection_dim: int = 128, aux_classes: int | None = None,
+    projection_dim: int = 128, aux_classes: int | None = None, encoder_options: dict | None = None,
 ) -> ContrastiveModel:
     """Encoder + projection head by registry name: ``small_cnn`` (:class:`SmallCNN` with ``widths``) or
     ``resnet18`` (:class:`CifarResNet18`, FIRM app. A; ``widths`` ignored); head ``mlp`` (SimCLR's 2 layers) or
-    ``deep`` (FIRM's [512 x 8, projection_dim]). ``aux_classes`` adds a linear auxiliary head (shift or class)."""
-    enc = ENCODERS.get(encoder)(in_channels, tuple(widths))
+    ``deep`` (FIRM's [512 x 8, projection_dim]). ``aux_classes`` adds a linear auxiliary head (shift or class).
+    ``encoder_options`` go to the encoder's factory (a pretrained backbone's weights, input size, freezing)."""
+    enc = ENCODERS.get(encoder)(in_channels, tuple(widths), **(encoder_options or {}))
     proj = HEADS.get(head)(enc.feature_dim, projection_dim)
     aux = ClassifierHead(enc.feature_dim, aux_classes) if aux_classes else None
     return ContrastiveModel(enc, proj, aux)

@@ -21,6 +21,7 @@ from .._validation import check_positive_int
 from ..augment import SimCLRViews, ViewConfig
 from ..models import ENCODERS, HEADS, ContrastiveModel, build_contrastive_model
 from ..registry import Registry
+from .finetune import encoder_options_for, optimizer_groups, stored_encoder_options
 from .objectives import (
     CIDERObjective,
     CLPTwoStageObjective,
@@ -130,6 +131,11 @@ class TrainRunConfig:
     projection_dim: int = 64
     encoder: str = "small_cnn"
     head: str = "mlp"
+    weights: str = "imagenet"  # pretrained encoders: 'imagenet', 'none' or a weights file
+    backbone_input_size: int = 128  # pretrained encoders: the views are resized to this before the backbone
+    freeze_blocks: int = 0  # pretrained encoders: blocks at the input kept fixed
+    freeze_bn: bool = False  # pretrained encoders: BatchNorm statistics kept at their pretrained values
+    backbone_lr: float | None = None  # pretrained encoders: the encoder's own learning rate (default: lr)
     seed: int = 0
     device: str = "cpu"
     optimizer: str = "sgd"
@@ -159,6 +165,16 @@ class TrainRunConfig:
             raise ValueError(f"encoder must be one of {list(ENCODERS)}, got {self.encoder!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        pretrained = ENCODERS.info(self.encoder).extra.get("pretrained", False)
+        tuned = {"freeze_blocks": self.freeze_blocks != 0, "freeze_bn": self.freeze_bn,
+                 "backbone_lr": self.backbone_lr is not None}
+        if not pretrained and any(tuned.values()):
+            raise ValueError(f"{', '.join(k for k, v in tuned.items() if v)} apply to pretrained encoders (e.g. "
+                             f"mobilenet_v2), not to {self.encoder!r}")
+        check_positive_int(self.freeze_blocks, "freeze_blocks", minimum=0)
+        check_positive_int(self.backbone_input_size, "backbone_input_size", minimum=8)
+        if self.backbone_lr is not None and not (isinstance(self.backbone_lr, (int, float)) and self.backbone_lr > 0):
+            raise ValueError(f"backbone_lr must be a positive number, got {self.backbone_lr!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = no per-epoch evaluation), got {self.eval_every}")
         if self.eval_every and self.normal_class is None:
@@ -318,7 +334,8 @@ def train_contrastive_encoder(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_contrastive_model(images.shape[1], cfg.encoder, cfg.head, cfg.widths, cfg.projection_dim,
-                                        aux_classes=aux_classes_for(cfg, n_classes))
+                                        aux_classes=aux_classes_for(cfg, n_classes),
+                                        encoder_options=encoder_options_for(cfg))
     views = SimCLRViews(
         tuple(images.shape[-2:]),
         ViewConfig(crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5 if cfg.flip else 0.0),
@@ -333,6 +350,7 @@ def train_contrastive_encoder(
     trainer = Trainer(
         model, objective, train_cfg, checkpoint=checkpoint, checkpoint_every=max(1, cfg.epochs // 10),
         progress=progress, description=description or f"{cfg.objective} training", callbacks=callbacks,
+        optimizers=(lambda m: optimizer_groups(m, cfg)) if encoder_options_for(cfg) else None,
         recipe={k: v for k, v in asdict(cfg).items() if k not in ("device", "eval_every", "eval_n_neighbors",
                                                                    "eval_max_images")},
     )
@@ -357,6 +375,7 @@ def load_trained_model(path: str | os.PathLike) -> tuple[ContrastiveModel, dict]
         return build_contrastive_model(
             config["in_channels"], config.get("encoder", "small_cnn"), config.get("head", "mlp"), tuple(widths),
             config["projection_dim"], aux_classes=config.get("aux_classes"),
+            encoder_options=stored_encoder_options(config.get("encoder_options")),
         )
 
     model = load_module_state(build, tensors, str(path))

@@ -1,0 +1,67 @@
+"""Fine-tuning a pretrained backbone with the papers' objectives: frozen blocks and BatchNorm statistics stay
+exactly as they were, the backbone gets its own learning rate, the saved model reloads and evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conformood.cli import main
+from conformood.models import build_contrastive_model
+from conformood.train.finetune import optimizer_groups
+from conformood.train.recipes import TrainRunConfig, load_trained_model
+
+OPTIONS = {"weights": None, "input_size": 32, "freeze_blocks": 5, "freeze_bn": True}
+
+
+def _initial_model():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # what train_contrastive_encoder does with seed 0
+        return build_contrastive_model(1, "mobilenet_v2", "mlp", (32, 64, 128), 64, encoder_options=OPTIONS)
+
+
+def test_fine_tuning_keeps_frozen_blocks_and_batchnorm_and_the_model_reloads(tmp_path, capsys):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--backbone", "mobilenet_v2", "--weights", "none", "--backbone-input-size", "32",
+              "--freeze-blocks", "5", "--freeze-bn", "--backbone-lr", "0.01", "--epochs", "1", "--normal-class", "3",
+              "--image-size", "16", "--max-images", "48", "--batch-size", "16", "--no-progress", "--device", "cpu",
+              "--out", str(run)])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    trained, config = load_trained_model(run / "model.safetensors")
+    assert config["encoder"] == "mobilenet_v2" and config["encoder_options"]["freeze_blocks"] == 5
+    before, after = _initial_model().state_dict(), trained.state_dict()
+    blocks = "encoder.net.net.features."
+    frozen = [k for k in before if k.startswith(blocks) and int(k[len(blocks):].split(".")[0]) < 5]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    stats = [k for k in before if k.startswith("encoder.") and k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # BatchNorm statistics kept
+    later = [k for k in before if k.startswith(blocks + "10.") and k.endswith("weight") and "conv" in k]
+    assert any(not torch.equal(before[k], after[k]) for k in later)  # the rest was trained
+    train_json = json.loads((run / "train.json").read_text())
+    assert train_json["config"]["backbone_lr"] == 0.01
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--checkpoint", str(run / "model.safetensors"), "--out", str(tmp_path / "ev")])
+    assert exit_info.value.code == 0
+
+
+def test_the_backbone_gets_its_own_learning_rate_and_frozen_parameters_none():
+    model = _initial_model()
+    cfg = TrainRunConfig(encoder="mobilenet_v2", weights="none", backbone_lr=0.001, lr=0.1, freeze_blocks=5)
+    (optimizer,) = optimizer_groups(model, cfg)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs == [0.001, 0.1]
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    frozen = [p for p in model.encoder.net.net.features[:5].parameters()]
+    assert frozen and not any(id(p) in in_optimizer for p in frozen)
+
+
+def test_fine_tuning_options_are_refused_for_encoders_trained_from_scratch():
+    with pytest.raises(ValueError, match="pretrained encoders"):
+        TrainRunConfig(encoder="small_cnn", freeze_blocks=2)
+    with pytest.raises(ValueError, match="backbone_lr"):
+        TrainRunConfig(encoder="mobilenet_v2", backbone_lr=-1.0)
+    with pytest.raises(ValueError, match="freeze_blocks"):
+        build_contrastive_model(3, "mobilenet_v2", encoder_options={**OPTIONS, "freeze_blocks": 40})
