@@ -64,3 +64,36 @@ def test_evaluate_straight_from_images_with_a_backbone(tmp_path, capsys):
                           (["--data", "digits", "--protocol", "one-vs-rest:3", "--backbone", "nope"], "nope")):
         code, _, err = _run(["evaluate", "--backbone", "mobilenet_v2", *extra, "--out", str(tmp_path / "e2")], capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+
+def test_score_new_images_through_a_trained_model_or_a_backbone(tmp_path, capsys):
+    from conformood.conformal import ConformalDetector
+    from conformood.data import load_named
+    from conformood.data.arrays import resize_images
+    from conformood.train.recipes import load_trained_model
+
+    run, ev = tmp_path / "run", tmp_path / "ev"
+    for args in (["train", "--out", str(run), "--epochs", "1", "--normal-class", "2", "--image-size", "8",
+                  "--no-progress", "--device", "cpu"],
+                 ["evaluate", "--checkpoint", str(run / "model.safetensors"), "--out", str(ev)]):
+        code, _, err = _run(args, capsys)
+        assert code == 0, err
+    digits = load_named("digits")
+    np.savez(tmp_path / "new.npz", images=digits.images[:30], labels=digits.labels[:30])
+    code, stdout, err = _run(["score", "--detector-file", str(ev / "detector.safetensors"), "--images",
+                              str(tmp_path / "new.npz"), "--model", str(run / "model.safetensors"), "--out",
+                              str(tmp_path / "s.json")], capsys)
+    assert code == 0, err
+    r = json.loads((tmp_path / "s.json").read_text())
+    model, _ = load_trained_model(run / "model.safetensors")
+    feats = model.features(resize_images(digits.subset(np.arange(30)).tensor(), (8, 8))).numpy()
+    cd = ConformalDetector.load(ev / "detector.safetensors")
+    assert np.allclose(r["p_value"], cd.p_values(feats)) and r["n"] == 30  # the same as features + score
+    assert r["config"]["model"] == str(run / "model.safetensors")
+    for extra, needle in ((["--images", str(tmp_path / "new.npz")], "--model"),
+                          (["--images", str(tmp_path / "new.npz"), "--inputs", "x.npz"], "one of"),
+                          (["--images", str(tmp_path / "new.npz"), "--backbone", "mobilenet_v2", "--weights", "none",
+                            "--input-size", "32"], "features")):
+        code, _, err = _run(["score", "--detector-file", str(ev / "detector.safetensors"), *extra, "--out",
+                             str(tmp_path / "t.json"), "--overwrite"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err

@@ -137,7 +137,19 @@ def evaluate(
 @app.command()
 def score(
     detector_file: Annotated[Path, typer.Option(help="detector.safetensors written by `conformood evaluate`.")],
-    inputs: Annotated[Path, typer.Option(help="npz with 'features' (or 'logits'), and 'labels' if Mondrian.")],
+    inputs: Annotated[
+        Path | None, typer.Option(help="npz with 'features' (or 'logits'), and 'labels' if Mondrian.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="New images instead of --inputs: an npz with 'images' (and 'labels'), or an "
+                                  "image folder; encoded by --model or --backbone.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="With --images: model.safetensors from `conformood train`.")
+    ] = None,
+    backbone: Annotated[str | None, typer.Option(help="With --images: a registered backbone (frozen).")] = None,
+    weights: Annotated[str, typer.Option(help="With --backbone: 'imagenet', 'none' or a weights file.")] = "imagenet",
+    input_size: Annotated[int, typer.Option(help="With --backbone: the input size.")] = 224,
     alpha: Annotated[float, typer.Option(help="Level of the decisions, in (0, 1).")] = 0.1,
     logits: Annotated[bool, typer.Option(help="Score the 'logits' array instead of 'features'.")] = False,
     out: Annotated[Path, typer.Option(help="JSON file for the per-input scores, p-values and decisions.")] = Path(
@@ -161,6 +173,12 @@ def score(
             fail(f"{option} {path} is a folder; give a file name")
         if path.exists() and not overwrite:
             fail(f"{option} {path} exists; pass --overwrite to replace it")
-    r = user_errors(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv)
+    if (inputs is None) == (images is None):
+        fail("give one of --inputs (a features file) or --images (with --model or --backbone)")
+    if images is not None and (model is None) == (backbone is None):
+        fail("--images needs one of --model (a trained model) or --backbone (a registered backbone)")
+    r = user_errors(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
+                    model=model, backbone=backbone, weights=None if weights == "none" else weights,
+                    input_size=input_size)
     typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={alpha}, {r['n_bh_selected']} selected by BH -> "
                f"{out}, {csv}")

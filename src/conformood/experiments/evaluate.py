@@ -205,30 +205,75 @@ def run_evaluation(config: EvaluateConfig, out_dir: str | os.PathLike, progress:
     return result
 
 
-def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike, alpha: float,
-               out: str | os.PathLike, use_logits: bool = False, csv: str | os.PathLike | None = None) -> dict:
-    """Apply a saved calibrated detector to new inputs; write per-input p-values and decisions as JSON
-    (``out``) and CSV (``csv``, default ``out`` with the suffix ``.csv``)."""
+def image_features(images: str | os.PathLike, model: str | os.PathLike | None = None, backbone: str | None = None,
+                   weights: str | None = "imagenet", input_size: int = 224) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features of new images (an ``.npz`` with ``images`` and optional ``labels``, or an image folder / archive)
+    through a model from ``conformood train`` or a registered backbone: (features, labels or None)."""
+    from ..data import load_image_folder, resize_images
+
+    path = Path(images)
+    if path.suffix == ".npz":
+        arrays = read_npz(path, ("images",), "images file")
+        x, labels = arrays["images"], arrays.get("labels")
+    else:
+        data = load_image_folder(path)
+        x, labels = data.images, data.labels
+    if (model is None) == (backbone is None):
+        raise ValueError("images need exactly one of a trained model (--model) or a backbone (--backbone)")
+    if backbone is not None:
+        from ..models import extract_features, get_backbone
+
+        return extract_features(get_backbone(backbone, weights=weights, input_size=input_size), x,
+                                progress=False), labels
+    from ..models.extract import as_images
+    from ..train.recipes import load_trained_model
+
+    net, cfg = load_trained_model(model)
+    size = int(cfg.get("image_size", 32))
+    tensor = as_images(x)
+    if tensor.shape[1] != int(cfg["in_channels"]):
+        raise ValueError(f"{images} has {tensor.shape[1]}-channel images; {model} takes {cfg['in_channels']}")
+    return net.features(resize_images(tensor, (size, size))).numpy(), labels
+
+
+def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | None, alpha: float,
+               out: str | os.PathLike, use_logits: bool = False, csv: str | os.PathLike | None = None,
+               images: str | os.PathLike | None = None, model: str | os.PathLike | None = None,
+               backbone: str | None = None, weights: str | None = "imagenet", input_size: int = 224) -> dict:
+    """Apply a saved calibrated detector to new inputs (a features file, or ``images`` through ``model`` or
+    ``backbone``); write per-input p-values and decisions as JSON (``out``) and CSV (``csv``, default ``out``
+    with the suffix ``.csv``)."""
     alpha = check_alpha(alpha)
     out = Path(out)
     csv_path = Path(csv) if csv is not None else out.with_suffix(".csv")
     if csv_path.resolve() == out.resolve():
         raise ValueError(f"the CSV {csv_path} would overwrite the JSON result {out}; give another name")
+    if (inputs is None) == (images is None):
+        raise ValueError("give exactly one of a features file (--inputs) or images (--images)")
     cd = ConformalDetector.load(detector_file)
-    split = load_feature_file(inputs)
-    x = split.logits if use_logits else split.features
-    if x is None:
-        raise ValueError(f"{inputs} has no '{'logits' if use_logits else 'features'}' array")
+    if images is not None:
+        x, labels = image_features(images, model, backbone, weights, input_size)
+        split = FeatureFile(x, labels)
+    else:
+        split = load_feature_file(inputs)
+        x = split.logits if use_logits else split.features
+        if x is None:
+            raise ValueError(f"{inputs} has no '{'logits' if use_logits else 'features'}' array")
     classes = split.labels if cd.mondrian else None
     scores = cd.detector.score_samples(x)
     p = cd.p_values_from_scores(scores, classes)
     flagged = cd.flags_from_scores(scores, alpha, classes)
     selected = cd.select_from_scores(scores, alpha, classes)
     result = {
-        **result_header("score", {"detector_file": str(detector_file), "inputs": str(inputs), "alpha": alpha,
-                                  "csv": str(csv_path),
-                                  "use_logits": use_logits},
-                       inputs={"detector_file": detector_file, "inputs": inputs}),
+        **result_header("score", {"detector_file": str(detector_file),
+                                  "inputs": None if inputs is None else str(inputs),
+                                  "images": None if images is None else str(images), "alpha": alpha,
+                                  "csv": str(csv_path), "use_logits": use_logits,
+                                  "model": None if model is None else str(model), "backbone": backbone,
+                                  "weights": weights if backbone else None},
+                       inputs={"detector_file": detector_file, "inputs": inputs,
+                               "images": images if images is not None and Path(images).is_file() else None,
+                               "model": model}),
         "alpha": alpha,
         "n": int(p.size),
         "n_flagged": int(flagged.sum()),

@@ -36,8 +36,9 @@ from .features import encode
 CACHE_KIND = "FeatureCache"
 
 
-def _as_images(x: Any) -> torch.Tensor:
-    """A float tensor (n, c, h, w) in [0, 1] from an image batch of any supported layout and dtype."""
+def as_images(x: Any) -> torch.Tensor:
+    """The one image-layout conversion: a float tensor (n, c, h, w) in [0, 1] from an image batch of any
+    supported layout and dtype."""
     if isinstance(x, np.ndarray):
         if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
             raise ValueError(f"images must be numeric, got dtype {x.dtype}")
@@ -70,7 +71,7 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int | 
     a process group each rank gets its block of :func:`shard_bounds`."""
     if isinstance(data, (torch.Tensor, np.ndarray)):
         start, stop = shard_bounds(len(data))
-        return ((_as_images(data[i : min(i + batch_size, stop)]) for i in range(start, stop, batch_size)),
+        return ((as_images(data[i : min(i + batch_size, stop)]) for i in range(start, stop, batch_size)),
                 stop - start, len(data))
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, RandomSampler):
@@ -89,7 +90,7 @@ def _batches(data: Any, batch_size: int) -> tuple[Iterator[torch.Tensor], int | 
         raise TypeError(f"data must be a tensor, an ndarray, a Dataset or a DataLoader, got {type(data).__name__}")
 
     def first(batch: Any) -> torch.Tensor:
-        return _as_images(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        return as_images(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     try:
         local = len(loader.dataset)  # type: ignore[arg-type]
