@@ -28,20 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _timing import best_of
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
 from conformood.io import write_json
 from conformood.models import extract_features, get_backbone
 from conformood.results import provenance
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -70,7 +62,7 @@ def main() -> None:
         return extract_features(backbone, images, batch_size=args.batch_size, progress=False, device="cpu")
 
     bare(), ours()  # warm-up
-    t_bare, t_ours = best_of(bare, args.repeats), best_of(ours, args.repeats)
+    t_bare, t_ours = best_of(bare, args.repeats)[0], best_of(ours, args.repeats)[0]
     same = np.allclose(torch.cat(bare()).numpy(), ours(), atol=1e-5)
     step = finetune_step(images, weights, args)
     result = {

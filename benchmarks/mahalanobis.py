@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
+from _timing import best_of
 from conformood.io import write_json, write_text
 from conformood.results import provenance
 from conformood.scores import MahalanobisDetector
@@ -40,15 +40,6 @@ def per_class_einsum(det: MahalanobisDetector, x: np.ndarray) -> np.ndarray:
         diff = x - mu
         best = np.maximum(best, -np.einsum("ij,jk,ik->i", diff, det.precision_, diff))
     return best
-
-
-def best_of(fn, repeats: int) -> tuple[float, np.ndarray]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
 
 
 def main() -> None:

@@ -110,7 +110,9 @@ class _CenterHead(nn.Module):
         return self.normalize(x.to(torch.float64)) @ self.center
 
 
-class _LogitHead(nn.Module):
+class _RowwiseHead(nn.Module):
+    """Scores computed row by row from the input alone: s_l2 on features, MSP / energy / MaxLogit on logits."""
+
     def __init__(self, kind: str, temperature: float = 1.0) -> None:
         super().__init__()
         self.kind, self.temperature = kind, temperature
@@ -148,13 +150,13 @@ def score_head(detector: Any) -> tuple[nn.Module, str]:
     if isinstance(detector, scores.CenterDetector):
         return _CenterHead(t(detector.center_)), "features"
     if isinstance(detector, scores.L2NormDetector):
-        return _LogitHead("l2"), "features"
+        return _RowwiseHead("l2"), "features"
     if isinstance(detector, scores.EnergyDetector):
-        return _LogitHead("energy", float(detector.temperature)), "logits"
+        return _RowwiseHead("energy", float(detector.temperature)), "logits"
     if isinstance(detector, scores.MSPDetector):
-        return _LogitHead("msp"), "logits"
+        return _RowwiseHead("msp"), "logits"
     if isinstance(detector, scores.MaxLogitDetector):
-        return _LogitHead("maxlogit"), "logits"
+        return _RowwiseHead("maxlogit"), "logits"
     raise ValueError(f"{kind} cannot be exported; exportable detectors: knn_cosine, knn_cosine_norm, knn_sun, "
                      "mahalanobis, gaussian, center, l2_norm, msp, energy, maxlogit")
 

@@ -61,9 +61,15 @@ def online_p_values(reference: ArrayLike, stream: ArrayLike, rng: np.random.Gene
     ref = np.sort(check_scores(reference, "reference scores"))
     s = check_scores(stream, "stream scores", min_size=0)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    return _online_p_values(ref, s, rng, chunk)[0]
+
+
+def _online_p_values(seen: np.ndarray, s: np.ndarray, rng: np.random.Generator,
+                     chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`online_p_values` against the *sorted* earlier scores ``seen``; also returns them with ``s`` merged
+    in (sorted), so that a monitor extends them instead of sorting everything again."""
     u = 1.0 - rng.random(s.size)  # (0, 1]: a p-value of exactly 0 would make the martingale infinite
     p = np.empty(s.size)
-    seen = ref
     for start in range(0, s.size, chunk):
         block = s[start:start + chunk]
         less = np.searchsorted(seen, block, side="left").astype(np.float64)
@@ -73,28 +79,38 @@ def online_p_values(reference: ArrayLike, stream: ArrayLike, rng: np.random.Gene
         equal += (earlier & (block[None, :] == block[:, None])).sum(1)
         n_before = seen.size + np.arange(block.size)
         p[start:start + block.size] = (less + u[start:start + block.size] * (equal + 1)) / (n_before + 1)
-        seen = np.sort(np.concatenate([seen, block]))
-    return p
+        ordered = np.sort(block)
+        seen = np.insert(seen, np.searchsorted(seen, ordered), ordered)  # a merge, linear in len(seen)
+    return p, seen
 
 
 def log_power_martingale(p: ArrayLike, epsilon: float = 0.1) -> np.ndarray:
     """log M_t of the power martingale Π ε p_i^(ε − 1), for t = 1..T."""
     eps = check_epsilon(epsilon)
-    p = _check_p(p)
-    return np.cumsum(math.log(eps) + (eps - 1.0) * np.log(p))
+    return _log_paths(_check_p(p), np.array([eps]), np.zeros(1))[0]
 
 
 def log_mixture_martingale(p: ArrayLike, grid: int = 100) -> np.ndarray:
     """log M_t of the simple-mixture martingale: the average of the power martingales at ε = (j − ½) / grid,
     j = 1..grid (a discrete version of ∫_0^1 ε p^(ε − 1) dε that is itself exactly a test martingale)."""
-    p = _check_p(p)
+    return _log_paths(_check_p(p), mixture_grid(grid), np.zeros(grid))[0]
+
+
+def mixture_grid(grid: int = 100) -> np.ndarray:
+    """The ε values of the simple mixture: (j − ½) / grid, j = 1..grid."""
+    return (np.arange(grid) + 0.5) / grid
+
+
+def _log_paths(p: np.ndarray, eps: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log of the equal-weight mixture of the power martingales at ``eps`` over the p-values ``p``, continuing
+    from their logs ``start`` (one per ε); returns the path (T,) and the logs after the last p-value."""
     if p.size == 0:
-        return np.zeros(0)
-    eps = (np.arange(grid) + 0.5) / grid
-    log_p = np.log(p)
-    paths = np.cumsum(np.log(eps)[None, :] + (eps - 1.0)[None, :] * log_p[:, None], axis=0)  # (T, grid)
+        return np.zeros(0), start
+    paths = start[None, :] + np.cumsum(np.log(eps)[None, :] + (eps - 1.0)[None, :] * np.log(p)[:, None], axis=0)
+    if eps.size == 1:
+        return paths[:, 0], paths[-1]
     top = paths.max(axis=1)
-    return top + np.log(np.exp(paths - top[:, None]).sum(axis=1)) - math.log(grid)
+    return top + np.log(np.exp(paths - top[:, None]).sum(axis=1)) - math.log(eps.size), paths[-1]
 
 
 def _check_p(p: ArrayLike) -> np.ndarray:
@@ -142,30 +158,33 @@ class ConformalMonitor:
         self.epsilon = check_epsilon(epsilon)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
-        self._scores = np.zeros(0)
-        self._p = np.zeros(0)
+        self._seen = np.sort(self.reference)  # calibration and stream scores so far, sorted
+        self._eps = np.array([self.epsilon]) if martingale == "power" else mixture_grid()
+        self._last = np.zeros(self._eps.size)  # each power martingale's log after the last input
+        self._p: list[np.ndarray] = []
+        self._log_m: list[np.ndarray] = []
 
     def update(self, features: ArrayLike) -> MonitorResult:
         """Score a batch of new inputs (in arrival order) and extend the martingale."""
         return self.update_scores(self.detector.detector.score_samples(features))
 
     def update_scores(self, scores: ArrayLike) -> MonitorResult:
-        """:meth:`update` from precomputed detector scores."""
+        """:meth:`update` from precomputed detector scores; the work is proportional to the new batch (plus a
+        linear merge), not to the stream so far."""
         s = check_scores(scores, "stream scores", min_size=0)
-        seen = np.concatenate([self.reference, self._scores])
-        self._p = np.concatenate([self._p, online_p_values(seen, s, self._rng)])
-        self._scores = np.concatenate([self._scores, s])
+        p, self._seen = _online_p_values(self._seen, s, self._rng)
+        log_m, self._last = _log_paths(p, self._eps, self._last)
+        self._p.append(p)
+        self._log_m.append(log_m)
         return self.result()
 
     def result(self) -> MonitorResult:
         """The state after the inputs seen so far."""
-        if self.martingale == "power":
-            log_m = log_power_martingale(self._p, self.epsilon)
-        else:
-            log_m = log_mixture_martingale(self._p)
+        p = np.concatenate(self._p) if self._p else np.zeros(0)
+        log_m = np.concatenate(self._log_m) if self._log_m else np.zeros(0)
         threshold = -math.log(self.delta)
         crossed = np.flatnonzero(log_m >= threshold)
-        return MonitorResult(self._p.copy(), log_m, int(crossed[0]) if crossed.size else None, threshold)
+        return MonitorResult(p, log_m, int(crossed[0]) if crossed.size else None, threshold)
 
 
 class AdaptiveConformal:

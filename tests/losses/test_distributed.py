@@ -1,7 +1,6 @@
 """Two CPU processes (gloo) give the same loss and parameter gradients as one process on the global batch."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conformood.losses import CIDERLoss, CSILoss, FIRMLoss, NTXentLoss, OECLLoss, SupConLoss
+from tests._processes import free_port
 
 N_GLOBAL, D_IN, D_OUT, WORLD = 8, 5, 4, 2
 
@@ -70,15 +70,10 @@ def _worker(rank, port, name, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("name", ["ntxent", "supcon", "firm", "csi", "oecl", "cider"])
 def test_two_processes_equal_one(name, tmp_path):
-    mp.spawn(_worker, args=(_free_port(), name, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), name, str(tmp_path)), nprocs=WORLD, join=True)
     model = _model()
     loss = _loss(name, model, *_batch(), distributed=False)
     loss.backward()

@@ -4,7 +4,6 @@ in order, equal to one process (for arrays, a Dataset and a DataLoader of 37 ima
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conformood.models import backbone_from_module, extract_features
+from tests._processes import free_port
 
 WORLD = 2
 
@@ -45,14 +45,9 @@ def _worker(rank, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes_extract_what_one_does(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     backbone = _backbone()
     single = extract_features(backbone, _images(), batch_size=5, progress=False)
     assert single.shape == (37, 6)

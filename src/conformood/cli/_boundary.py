@@ -14,6 +14,13 @@ import typer
 #: exceptions that mean the user gave something wrong (a value, a file), never a bug: one line, exit code 2
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, EOFError)
 
+WEIGHTS_HELP = "With --backbone: 'imagenet' (make weights), 'none' (random) or a .safetensors / state-dict file."
+
+
+def weights_option(value: str) -> str | None:
+    """``--weights``: 'none' means random initialisation (``None``); anything else is passed on."""
+    return None if value == "none" else value
+
 
 def click_package() -> Any:
     """The click package that Typer runs on: ``click`` itself, or the copy that newer Typer releases vendor

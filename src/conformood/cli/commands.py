@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ._boundary import (
+    WEIGHTS_HELP,
     config,
     fail,
     given_on_command_line,
@@ -91,7 +92,7 @@ def train(
     backbone: Annotated[
         str | None, typer.Option(help="Fine-tune this pretrained backbone (e.g. mobilenet_v2) as the encoder.")
     ] = None,
-    weights: Annotated[str, typer.Option(help="With --backbone: 'imagenet', 'none' or a weights file.")] = "imagenet",
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
     backbone_input_size: Annotated[int, typer.Option(help="With --backbone: views are resized to this.")] = 128,
     freeze_blocks: Annotated[int, typer.Option(min=0, help="With --backbone: keep the first N blocks fixed.")] = 0,
     freeze_bn: Annotated[bool, typer.Option(help="With --backbone: keep BatchNorm statistics pretrained.")] = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._boundary import fail, prepare_output, user_errors
+from ._boundary import WEIGHTS_HELP, fail, prepare_output, user_errors, weights_option
 from .app import app
 
 
@@ -79,8 +79,7 @@ def extract(
     data: Annotated[str, typer.Option(help="A named data set, or an image folder / tar archive.")],
     out: Annotated[Path, typer.Option(help="The .npz to write (features, labels[, is_inlier]).")],
     backbone: Annotated[str, typer.Option(help="A registered backbone.")] = "mobilenet_v2",
-    weights: Annotated[str, typer.Option(help="'imagenet' (make weights), 'none', or a .safetensors / state-dict "
-                                             "file.")] = "imagenet",
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
     input_size: Annotated[int, typer.Option(help="Input size the images are resized to.")] = 224,
     split: Annotated[str | None, typer.Option(help="With a folder or archive: its split folder (train, test).")] = None,
     classes: Annotated[list[int] | None, typer.Option("--class", help="Keep this class (repeatable).")] = None,
@@ -101,7 +100,7 @@ def extract(
         fail(f"--out {out} is a folder; give a file name")
     if out.exists() and not overwrite:
         fail(f"--out {out} exists; pass --overwrite to replace it")
-    cfg = config(ExtractConfig, data=data, backbone=backbone, weights=None if weights == "none" else weights,
+    cfg = config(ExtractConfig, data=data, backbone=backbone, weights=weights_option(weights),
                  input_size=input_size, split=split, classes=classes, take=take, inlier_classes=inlier_class,
                  batch_size=batch_size, device=resolve_device(device))
     r = user_errors(extract_file, cfg, out)

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from ._boundary import config, fail, parse_options, prepare_output, run_experiment, set_data_root, user_errors
+from ._boundary import (
+    WEIGHTS_HELP,
+    config,
+    fail,
+    parse_options,
+    prepare_output,
+    run_experiment,
+    set_data_root,
+    user_errors,
+    weights_option,
+)
 from .app import RegistryHelp, app
 
 EVALUATE_OUTPUTS = ("evaluation.json", "evaluation.md", "report.html", "*.png", "features_*.npz", "test_scores.npz",
@@ -28,9 +38,7 @@ def evaluate(
         str | None, typer.Option(help="A registered backbone, frozen, straight from the images of --data and "
                                  "--protocol (instead of the three files).")
     ] = None,
-    weights: Annotated[
-        str, typer.Option(help="With --backbone: 'imagenet' (make weights), 'none' or a weights file.")
-    ] = "imagenet",
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
     input_size: Annotated[int, typer.Option(help="With --backbone: the input size images are resized to.")] = 224,
     data: Annotated[
         str | None, typer.Option(help="With --checkpoint or --backbone: {datasets}, or an image folder / tar; "
@@ -97,7 +105,7 @@ def evaluate(
         user_errors(BACKBONES.info, backbone)
         prepare_output(out, overwrite, EVALUATE_OUTPUTS)
         (train, calibration, test), backbone_record = user_errors(
-            feature_files_from_backbone, backbone, data, protocol, out, weights=None if weights == "none" else weights,
+            feature_files_from_backbone, backbone, data, protocol, out, weights=weights_option(weights),
             input_size=input_size)
     elif checkpoint is not None:
         given = [name for name, value in files.items() if value is not None]
@@ -148,7 +156,7 @@ def score(
         Path | None, typer.Option(help="With --images: model.safetensors from `conformood train`.")
     ] = None,
     backbone: Annotated[str | None, typer.Option(help="With --images: a registered backbone (frozen).")] = None,
-    weights: Annotated[str, typer.Option(help="With --backbone: 'imagenet', 'none' or a weights file.")] = "imagenet",
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
     input_size: Annotated[int, typer.Option(help="With --backbone: the input size.")] = 224,
     alpha: Annotated[float, typer.Option(help="Level of the decisions, in (0, 1).")] = 0.1,
     logits: Annotated[bool, typer.Option(help="Score the 'logits' array instead of 'features'.")] = False,
@@ -178,7 +186,7 @@ def score(
     if images is not None and (model is None) == (backbone is None):
         fail("--images needs one of --model (a trained model) or --backbone (a registered backbone)")
     r = user_errors(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
-                    model=model, backbone=backbone, weights=None if weights == "none" else weights,
+                    model=model, backbone=backbone, weights=weights_option(weights),
                     input_size=input_size)
     typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={alpha}, {r['n_bh_selected']} selected by BH -> "
                f"{out}, {csv}")

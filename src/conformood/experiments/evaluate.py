@@ -209,7 +209,7 @@ def image_features(images: str | os.PathLike, model: str | os.PathLike | None = 
                    weights: str | None = "imagenet", input_size: int = 224) -> tuple[np.ndarray, np.ndarray | None]:
     """Features of new images (an ``.npz`` with ``images`` and optional ``labels``, or an image folder / archive)
     through a model from ``conformood train`` or a registered backbone: (features, labels or None)."""
-    from ..data import load_image_folder, resize_images
+    from ..data import load_image_folder
 
     path = Path(images)
     if path.suffix == ".npz":
@@ -229,11 +229,18 @@ def image_features(images: str | os.PathLike, model: str | os.PathLike | None = 
     from ..train.recipes import load_trained_model
 
     net, cfg = load_trained_model(model)
-    size = int(cfg.get("image_size", 32))
     tensor = as_images(x)
     if tensor.shape[1] != int(cfg["in_channels"]):
         raise ValueError(f"{images} has {tensor.shape[1]}-channel images; {model} takes {cfg['in_channels']}")
-    return net.features(resize_images(tensor, (size, size))).numpy(), labels
+    return _model_features(net, cfg, tensor, 32), labels
+
+
+def _model_features(net, cfg: dict, images, default_size: int) -> np.ndarray:
+    """Features of float images by a model from ``conformood train``, at the image size it was trained on."""
+    from ..data import resize_images
+
+    size = int(cfg.get("image_size", default_size))
+    return net.features(resize_images(images, (size, size))).numpy()
 
 
 def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | None, alpha: float,
@@ -357,15 +364,13 @@ def feature_files_from_checkpoint(
     test images were never trained on. Writes ``features_{train,calibration,test}.npz``; returns their paths
     and a record of the model (file, digest, what it was trained on) and of the data and protocol used.
     """
-    from ..data import resize_images
     from ..train.recipes import load_trained_model
 
     model, cfg = load_trained_model(checkpoint)
     data, protocol = checkpoint_protocol(cfg, data, protocol, str(checkpoint))
     task = _protocol_task(data, protocol, int(cfg.get("seed", 0)), split_name)
-    size = int(cfg.get("image_size", task.train.image_shape[-1]))
-    paths = _write_feature_files(task, lambda part: model.features(resize_images(part.tensor(), (size, size))).numpy(),
-                                 out_dir)
+    paths = _write_feature_files(
+        task, lambda part: _model_features(model, cfg, part.tensor(), task.train.image_shape[-1]), out_dir)
     record = {"checkpoint": str(checkpoint), "sha256": file_digest(checkpoint), "data": data, "protocol": protocol,
               "trained_on": {k: cfg.get(k) for k in ("data", "normal_class", "objective", "seed", "encoder")}}
     return paths, record

@@ -87,10 +87,9 @@ def extract_file(cfg: ExtractConfig, out: str | os.PathLike, progress: bool = Tr
     arrays = {"features": features, "labels": labels}
     if cfg.inlier_classes is not None:
         arrays["is_inlier"] = np.isin(labels, cfg.inlier_classes)
-    source = {"data": cfg.data} if cfg.data in DATASETS else {"data": cfg.data}
     record = provenance({**asdict(cfg), "weights_digest": backbone.weights_digest,
                          "preprocessing": backbone.preprocessing()},
-                        None if cfg.data in DATASETS else source)
+                        None if cfg.data in DATASETS else {"data": cfg.data})
     arrays["provenance"] = np.array(json.dumps(record))
     write_npz(Path(out), **arrays)
     return {"n": int(features.shape[0]), "dim": int(features.shape[1]), "out": str(out),

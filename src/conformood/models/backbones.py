@@ -68,21 +68,28 @@ class Backbone:
         if x.ndim != 4:
             raise ValueError(f"images must be (n, channels, height, width), got shape {tuple(x.shape)}")
         channels = len(self.mean)
-        if x.shape[1] == 1 and channels == 3:
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[1] != channels:
+        if x.shape[1] not in (channels, 1):
             raise ValueError(f"{self.name} takes {channels}-channel images, got {x.shape[1]} channels")
-        if tuple(x.shape[-2:]) != tuple(self.input_size):
-            x = nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
-                                          antialias=x.shape[-1] > self.input_size[-1])
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)[:, None, None]
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device)[:, None, None]
-        return (x - mean) / std
+        return preprocess_images(x, self.input_size, mean, std)
 
     def preprocessing(self) -> dict:
         """What :meth:`preprocess` does, as JSON (part of every feature-cache key)."""
         return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
                 "resize": "bilinear, antialiased when shrinking"}
+
+
+def preprocess_images(x: torch.Tensor, input_size: Sequence[int], mean: torch.Tensor, std: torch.Tensor
+                      ) -> torch.Tensor:
+    """Gray repeated to the channels of ``mean`` (c, 1, 1), bilinear resize to ``input_size`` (antialiased when
+    shrinking), then ``(x - mean) / std``: the one preprocessing of extraction and of fine-tuning."""
+    if x.shape[1] == 1 and mean.shape[0] == 3:
+        x = x.expand(-1, 3, -1, -1)
+    if tuple(x.shape[-2:]) != tuple(input_size):
+        x = nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", align_corners=False,
+                                      antialias=x.shape[-1] > input_size[-1])
+    return (x - mean) / std
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -303,9 +310,4 @@ class BackboneEncoder(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1 and self.mean.shape[0] == 3:
-            x = x.expand(-1, 3, -1, -1)
-        if tuple(x.shape[-2:]) != self.input_size:
-            x = nn.functional.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False,
-                                          antialias=x.shape[-1] > self.input_size[-1])
-        return self.net((x - self.mean) / self.std)
+        return self.net(preprocess_images(x, self.input_size, self.mean, self.std))
