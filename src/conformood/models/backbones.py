@@ -60,6 +60,8 @@ class Backbone:
     std: tuple[float, ...] = IMAGENET_STD
     weights_digest: str | None = None
     extra: dict = field(default_factory=dict)
+    #: "pooled": one (feature_dim,) vector per image; "patches": (n_patches, feature_dim) local features per image
+    output: str = "pooled"
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1], (n, c, h, w): channels repeated to RGB when gray, bilinear resize to
@@ -77,7 +79,8 @@ class Backbone:
     def preprocessing(self) -> dict:
         """What :meth:`preprocess` does, as JSON (part of every feature-cache key)."""
         return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
-                "resize": "bilinear, antialiased when shrinking"}
+                "resize": "bilinear, antialiased when shrinking", "output": self.output,
+                **({"patches": self.extra["patches"]} if "patches" in self.extra else {})}
 
 
 def preprocess_images(x: torch.Tensor, input_size: Sequence[int], mean: torch.Tensor, std: torch.Tensor
@@ -169,11 +172,36 @@ class _PooledFeatures(nn.Module):
         return self.net.features_of(x)
 
 
+class _PatchFeatures(nn.Module):
+    """The feature map after the first ``blocks`` blocks, each position averaged over its ``window`` x ``window``
+    neighbourhood (so that a feature describes a small patch, not one pixel of the map), as (n, h*w, c)."""
+
+    def __init__(self, net: MobileNetV2, blocks: int, window: int) -> None:
+        super().__init__()
+        self.net = net
+        self.blocks = blocks
+        self.window = window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net.features[: self.blocks](x)
+        if self.window > 1:
+            h = nn.functional.avg_pool2d(h, self.window, stride=1, padding=self.window // 2, count_include_pad=False)
+        return h.flatten(2).transpose(1, 2)
+
+
 @BACKBONES.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision weights",
-                    description="MobileNetV2, 1280-d pooled features, ImageNet weights (make weights)",
-                    feature_dim=1280)
-def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int = 224) -> Backbone:
-    """MobileNetV2 as a backbone (pooled 1,280-d features); ``weights``: ``"imagenet"``, a path or ``None``."""
+                    description="MobileNetV2, 1280-d pooled features (or early patch features), ImageNet weights "
+                                "(make weights)", feature_dim=1280)
+def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int = 224,
+                 patches_after: int | None = None, patch_window: int = 3) -> Backbone:
+    """MobileNetV2 as a backbone; ``weights``: ``"imagenet"``, a path or ``None``.
+
+    By default each image gives the pooled 1,280-d feature vector. With ``patches_after=k`` it gives instead the
+    local features after the first k blocks, one per position of that feature map (``output="patches"``,
+    shape (n, h*w, c)), each averaged over a ``patch_window`` neighbourhood: what a detector of small, local
+    defects needs, since pooling over the whole image averages such a defect away. ``patches_after=3`` (24
+    channels at a quarter of the input resolution) is the setting of the inspection demo.
+    """
     net = MobileNetV2()
     digest = None
     if weights is not None:
@@ -181,8 +209,20 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
         load_into(net, read_weights(path), str(path))
         digest = file_digest(path)
     net.eval()
-    return Backbone("mobilenet_v2", _PooledFeatures(net), net.feature_dim, (int(input_size), int(input_size)),
-                    weights_digest=digest, extra={"weights": str(weights)})
+    size = (int(input_size), int(input_size))
+    if patches_after is None:
+        return Backbone("mobilenet_v2", _PooledFeatures(net), net.feature_dim, size, weights_digest=digest,
+                        extra={"weights": str(weights)})
+    if isinstance(patches_after, bool) or not isinstance(patches_after, int) or not 1 <= patches_after < len(
+            net.features):
+        raise ValueError(f"patches_after must be an integer in [1, {len(net.features) - 1}], got {patches_after!r}")
+    if isinstance(patch_window, bool) or not isinstance(patch_window, int) or patch_window < 1 or patch_window % 2 == 0:
+        raise ValueError(f"patch_window must be a positive odd integer, got {patch_window!r}")
+    module = _PatchFeatures(net, patches_after, patch_window).eval()
+    with torch.no_grad():
+        channels = int(module(torch.zeros(1, 3, 32, 32)).shape[-1])
+    return Backbone("mobilenet_v2", module, channels, size, weights_digest=digest, output="patches",
+                    extra={"weights": str(weights), "patches": {"after_blocks": patches_after, "window": patch_window}})
 
 
 class _Hooked(nn.Module):
@@ -283,6 +323,9 @@ class BackboneEncoder(nn.Module):
 
     def __init__(self, backbone: Backbone, freeze_blocks: int = 0, freeze_bn: bool = False) -> None:
         super().__init__()
+        if backbone.output != "pooled":
+            raise ValueError(f"an encoder needs one feature vector per image; this {backbone.name} gives "
+                             f"{backbone.output} (build it without patches_after)")
         self.net = backbone.module
         self.feature_dim = backbone.feature_dim
         self.input_size = tuple(backbone.input_size)

@@ -121,7 +121,8 @@ def _cache_path(folder: Path, backbone: Backbone, data: Any) -> Path | None:
 def extract_features(backbone: Backbone, data: Any, batch_size: int = 128, device: str | torch.device | None = None,
                      progress: bool = True, cache: str | os.PathLike | None = None,
                      channels_last: bool | None = None) -> np.ndarray:
-    """Features (n, feature_dim) float32 of every image in ``data``, in order (see the module docs)."""
+    """Features (n, feature_dim) float32 of every image in ``data``, in order (see the module docs); a backbone
+    with ``output="patches"`` gives (n, n_patches, feature_dim)."""
     from ..io import load_state, save_state
 
     if not isinstance(backbone, Backbone):

@@ -12,6 +12,7 @@ from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
+from .patch import PatchGaussianDetector, check_patch_features
 from .registry import (
     DETECTORS,
     DetectorInfo,
@@ -41,6 +42,8 @@ __all__ = [
     "LinearOCSVMDetector",
     "MSPDetector",
     "MahalanobisDetector",
+    "PatchGaussianDetector",
+    "check_patch_features",
     "MaxLogitDetector",
     "SMuDetector",
     "ShiftDetector",

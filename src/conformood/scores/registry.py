@@ -17,6 +17,7 @@ from .gaussian import ClassConditionalGaussianDetector, MahalanobisDetector
 from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
+from .patch import PatchGaussianDetector
 from .simple import CenterDetector, L2NormDetector
 
 #: Every detector: name -> class, with its input kind ("features", "logits" or "images"), whether ``fit``
@@ -24,13 +25,16 @@ from .simple import CenterDetector, L2NormDetector
 #: set detector of :mod:`conformood.conformal`).
 DETECTORS: Registry = Registry("detector")
 
+INPUT_KINDS = ("features", "patches", "logits", "images")
+
 DetectorInfo = Entry  # a registered detector: .name, .factory (the class), .input, .needs_labels, .reference
 
 
 def register_detector(name: str, cls: type[BaseDetector], input: str, needs_labels: bool, reference: str) -> None:
-    """Add a detector class to :data:`DETECTORS` (``input``: "features", "logits" or "images")."""
-    if input not in ("features", "logits", "images"):
-        raise ValueError(f"input must be 'features', 'logits' or 'images', got {input!r}")
+    """Add a detector class to :data:`DETECTORS` (``input``: "features", "patches" (n, n_patches, d), "logits"
+    or "images")."""
+    if input not in INPUT_KINDS:
+        raise ValueError(f"input must be one of {INPUT_KINDS}, got {input!r}")
     DETECTORS.register(name, cls, reference=reference, description=(cls.__doc__ or "").split("\n")[0],
                        input=input, needs_labels=needs_labels, cls=cls)
 
@@ -43,6 +47,8 @@ for _name, _cls, _input, _labels, _reference in (
     ("l2_norm", L2NormDetector, "features", False, "s_l2, OECL eq. 9 / 14"),
     ("gaussian", ClassConditionalGaussianDetector, "features", True, "CLP eq. 2"),
     ("mahalanobis", MahalanobisDetector, "features", True, "Lee et al. 2018, shared covariance"),
+    ("patch_gaussian", PatchGaussianDetector, "patches", False, "worst-patch Mahalanobis, Lee et al. 2018 / "
+     "PaDiM (patch features)"),
     ("kde", KDEDetector, "features", False, "-KDE_gamma, FIRM app. C eq. 8"),
     ("ocsvm", LinearOCSVMDetector, "features", False, "linear OC-SVM, FIRM app. C eq. 9-11"),
     ("msp", MSPDetector, "logits", False, "Hendrycks & Gimpel 2017"),
