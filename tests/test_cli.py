@@ -8,7 +8,8 @@ from conformood.cli import app
 def test_demo_end_to_end_small(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
-        app, ["demo", "--out", str(out), "--epochs", "2", "--classes", "0,7", "--no-progress", "--device", "cpu"]
+        app, ["demo", "--data", "digits", "--out", str(out), "--epochs", "2", "--classes", "0,7", "--no-progress",
+              "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())

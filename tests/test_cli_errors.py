@@ -62,6 +62,8 @@ CASES = {
                                                  str(t / "good.npz"), "--delta", "1.5"], "--delta"),
     "monitor: unknown martingale": (lambda t: ["monitor", "--detector-file", str(t / "x"), "--inputs",
                                                str(t / "good.npz"), "--martingale", "jumper"], "--martingale"),
+    "demo: digits options with textile": (lambda t: ["demo", "--epochs", "3", "--out", str(t / "d")], "--epochs"),
+    "demo: unknown --data": (lambda t: ["demo", "--data", "mnist", "--out", str(t / "d")], "--data"),
     "a value of the wrong type": (lambda t: ["train", "--epochs", "abc"], "--epochs"),
     "an unknown option": (lambda t: ["train", "--epoch", "3"], "--epoch"),
     "alpha outside (0, 1)": (lambda t: _evaluate(t) + ["--alpha", "1.5"], "alpha"),

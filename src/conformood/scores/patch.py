@@ -46,10 +46,11 @@ class PatchGaussianDetector(BaseDetector):
 
     ``reduce="max"`` scores the least typical patch (a local defect); ``"mean"`` averages over patches (a
     global change of the texture). The covariance is estimated in float64 from streamed chunks, with a ridge of
-    ``ridge`` times its mean eigenvalue so that it is always invertible.
+    ``ridge`` times its mean eigenvalue. The maximum over thousands of patches magnifies any direction of tiny
+    normal variance, so the default ridge is 1 % (textile local defects: AUROC 0.9957 at 1e-6, 0.9992 at 1e-2).
     """
 
-    def __init__(self, reduce: str = "max", ridge: float = 1e-6) -> None:
+    def __init__(self, reduce: str = "max", ridge: float = 1e-2) -> None:
         self.reduce = reduce
         self.ridge = ridge
         self._check_params()
