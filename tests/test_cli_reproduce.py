@@ -20,7 +20,8 @@ def test_reproduce_coat_on_npz(tmp_path):
     np.savez(tmp_path / "seg.npz", x=data.images, y=masks.astype(np.uint8))
     out = tmp_path / "out"
     args = ["reproduce", "coat", "--data", str(tmp_path / "seg.npz"), "--alpha", "0.2", "--splits", "2",
-            "--out", str(out), "--unet-epochs", "2", "--at-epochs", "2", "--coat-epochs", "2", "--no-progress"]
+            "--out", str(out), "--unet-epochs", "2", "--at-epochs", "2", "--coat-epochs", "2", "--no-progress",
+            "--predictor", "small"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads((out / "coat.json").read_text())
@@ -50,6 +51,11 @@ def test_reproduce_coat_on_npz(tmp_path):
     result = runner.invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "coat.json").read_text())["base_model"]["loaded"] is True
+
+
+def test_reproduce_coat_rejects_an_unknown_predictor(tmp_path):
+    result = runner.invoke(app, ["reproduce", "coat", "--predictor", "resnet", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "predictor" in result.output
 
 
 def test_reproduce_coat_rejects_bad_alpha(tmp_path):

@@ -41,6 +41,9 @@ def reproduce_coat(
     unet_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the base U-Net (cached in OUT/models).")] = 25,
     at_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the AT threshold predictor.")] = 30,
     coat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the COAT threshold predictor.")] = 100,
+    predictor: Annotated[str, typer.Option(help="f_D of AT and COAT: 'mobilenet_v2' (ImageNet weights with a 4th "
+                                                "input channel, the paper's kind), 'small' (from scratch) or 'auto' "
+                                                "(mobilenet_v2 when make weights has run).")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[
         bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model is reused).")
@@ -57,7 +60,7 @@ def reproduce_coat(
         fail(f"--alpha values must be numbers, got {words} ({exc})")
     cfg = config(CoatConfig, data=data, class_name=class_name, data_dir=str(data_dir) if data_dir else None,
                      alphas=alphas, splits=splits, seed=seed, unet_epochs=unet_epochs, at_epochs=at_epochs,
-                     coat_epochs=coat_epochs)
+                     coat_epochs=coat_epochs, predictor=predictor)
     _run_reproduction(run_coat, out, cfg, progress, "coat", width=140, overwrite=overwrite)
 
 

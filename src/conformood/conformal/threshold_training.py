@@ -23,6 +23,7 @@ from .._validation import (
     check_probability_maps,
 )
 from ..losses.coverage import ATLoss, COATLoss
+from ..models.backbones import BackboneThresholdPredictor
 from ..models.segmentation import ThresholdPredictor
 from ..train import TrainConfig, Trainer
 from ..train.segmentation import random_hflip
@@ -55,11 +56,23 @@ class COATObjective:
         return self.loss(pb, yb, model(xb, pb))
 
 
+PREDICTORS = ("small", "mobilenet_v2")
+
+
+def threshold_predictor(name: str) -> nn.Module:
+    """A new f_D by name: ``"small"`` or ``"mobilenet_v2"`` (see :func:`train_threshold_predictor`)."""
+    if name == "small":
+        return ThresholdPredictor()
+    if name == "mobilenet_v2":
+        return BackboneThresholdPredictor()
+    raise ValueError(f"predictor must be one of {PREDICTORS}, got {name!r}")
+
+
 @dataclass
 class ThresholdTraining:
     """A trained threshold predictor and its per-epoch training loss."""
 
-    model: ThresholdPredictor
+    model: nn.Module
     method: str
     alpha: float
     losses: list[float] = field(default_factory=list)
@@ -91,6 +104,7 @@ def train_threshold_predictor(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     callbacks: Sequence[Callable] = (),
+    predictor: str = "small",
 ) -> ThresholdTraining:
     """Train f_D with L_AT (``method="at"``, eq. 8) or L_COAT (``method="coat"``, Algorithm 1).
 
@@ -103,6 +117,9 @@ def train_threshold_predictor(
     temperature : T of the soft mask σ((p̂ − τ̂)/T) (COAT only; paper: 0.05)
     checkpoint, resume : a resumable checkpoint file, and whether to continue it
     callbacks : called by the trainer after every epoch
+    predictor : ``"small"`` (:class:`~conformood.models.ThresholdPredictor`, from scratch) or ``"mobilenet_v2"``
+        (:class:`~conformood.models.BackboneThresholdPredictor`, ImageNet weights with a fourth input channel,
+        the paper's kind of f_D; needs ``make weights``)
     """
     alpha = check_alpha(alpha)
     if method not in METHODS:
@@ -115,7 +132,7 @@ def train_threshold_predictor(
     batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ThresholdPredictor()
+        model = threshold_predictor(predictor)
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     pm = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
     if method == "at":

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .._validation import check_alpha, check_positive_int
 from ..conformal.risk_control import adaptive_correction, crc_threshold
 from ..conformal.risk_sets import adaptive_sets, crc_sets
-from ..conformal.threshold_training import train_threshold_predictor
+from ..conformal.threshold_training import PREDICTORS, train_threshold_predictor
 from ..data.segmentation import (
     SegmentationData,
     camvid_path,
@@ -67,6 +67,9 @@ class CoatConfig:
     coat_epochs: int = 100
     predictor_lr: float = 2e-3
     temperature: float = 0.05
+    #: f_D of AT and COAT: "mobilenet_v2" (ImageNet weights, a fourth input channel for the map: the paper's kind),
+    #: "small" (a small CNN from scratch), or "auto": mobilenet_v2 when its weights are installed (make weights)
+    predictor: str = "auto"
 
     def __post_init__(self) -> None:
         self.alphas = tuple(check_alpha(a) for a in self.alphas)
@@ -76,6 +79,12 @@ class CoatConfig:
         check_positive_int(self.unet_epochs, "unet_epochs")
         check_positive_int(self.at_epochs, "at_epochs")
         check_positive_int(self.coat_epochs, "coat_epochs")
+        if self.predictor == "auto":
+            from ..models.backbones import weights_installed
+
+            self.predictor = "mobilenet_v2" if weights_installed("mobilenet_v2") else "small"
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be 'auto' or one of {PREDICTORS}, got {self.predictor!r}")
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must lie in (0, 1), got {self.train_fraction}")
 
@@ -212,6 +221,7 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
                     lr=cfg.predictor_lr,
                     temperature=cfg.temperature,
                     seed=cfg.seed + s,
+                    predictor=cfg.predictor,
                 )
                 t_cal = trained.predict(images[cal], probs[cal])
                 t_ev = trained.predict(images[ev], probs[ev])

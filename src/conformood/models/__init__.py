@@ -1,6 +1,15 @@
 """Encoders (small CNN, CIFAR ResNet-18, MLP), heads, segmentation models, and pretrained backbones."""
 
-from .backbones import BACKBONES, Backbone, backbone_from_module, get_backbone, packaged_weights, read_weights
+from .backbones import (
+    BACKBONES,
+    Backbone,
+    BackboneThresholdPredictor,
+    backbone_from_module,
+    get_backbone,
+    packaged_weights,
+    read_weights,
+    weights_installed,
+)
 from .contrastive import (
     ENCODERS,
     HEADS,
@@ -44,5 +53,7 @@ __all__ = [
     "SmallCNN",
     "SmallUNet",
     "ThresholdPredictor",
+    "BackboneThresholdPredictor",
+    "weights_installed",
     "small_contrastive_model",
 ]
