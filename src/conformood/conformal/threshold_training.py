@@ -23,8 +23,7 @@ from .._validation import (
     check_probability_maps,
 )
 from ..losses.coverage import ATLoss, COATLoss
-from ..models.backbones import BackboneThresholdPredictor
-from ..models.segmentation import ThresholdPredictor
+from ..models.segmentation import BackboneThresholdPredictor, ThresholdPredictor
 from ..train import TrainConfig, Trainer
 from ..train.segmentation import random_hflip
 from .risk_sets import oracle_thresholds

@@ -3,7 +3,6 @@
 from .backbones import (
     BACKBONES,
     Backbone,
-    BackboneThresholdPredictor,
     backbone_from_module,
     get_backbone,
     packaged_weights,
@@ -28,7 +27,7 @@ from .heads import (
 )
 from .mobilenet import MobileNetV2
 from .resnet import CifarResNet18, MLPEncoder
-from .segmentation import SmallUNet, ThresholdPredictor
+from .segmentation import BackboneThresholdPredictor, SmallUNet, ThresholdPredictor
 
 __all__ = [
     "BACKBONES",

@@ -8,9 +8,13 @@ training images we use a small CNN of the same input/output contract.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, mobilenet_v2
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -110,3 +114,46 @@ class ThresholdPredictor(nn.Module):
         z = self.features(x)
         pooled = torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1)
         return torch.sigmoid(self.head(pooled)).squeeze(1)
+
+
+class BackboneThresholdPredictor(nn.Module):
+    """f_D of the COAT paper (eq. 7/9) on a pretrained backbone: (image, probability map) → τ̂ ∈ (0, 1).
+
+    As in the paper's appendix code, the backbone's first convolution takes a fourth input channel, the
+    probability map, whose filter starts as the mean of the RGB filters; the RGB channels are normalised as the
+    backbone was trained, the map by the mean of those statistics. The first ``blocks`` blocks of MobileNetV2
+    (default 7: 32 channels at an eighth of the resolution; the images of segmentation data sets are small) are
+    followed, as in :class:`~conformood.models.ThresholdPredictor`, by global average and max pooling, a small
+    MLP and a sigmoid. Everything is trained (the paper fine-tunes its ResNet-50 whole).
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = "imagenet", blocks: int = 7, hidden: int = 32) -> None:
+        super().__init__()
+        net = mobilenet_v2(weights=weights).module.net
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or not 1 <= blocks < len(net.features):
+            raise ValueError(f"blocks must be an integer in [1, {len(net.features) - 1}], got {blocks!r}")
+        first = net.features[0][0]
+        conv = nn.Conv2d(4, first.out_channels, first.kernel_size, first.stride, first.padding, bias=False)
+        with torch.no_grad():
+            conv.weight[:, :3] = first.weight
+            conv.weight[:, 3:] = first.weight.mean(dim=1, keepdim=True)
+        net.features[0][0] = conv
+        self.features = net.features[:blocks]
+        with torch.no_grad():
+            channels = int(self.features(torch.zeros(1, 4, 32, 32)).shape[1])
+        self.head = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+        self.register_buffer("mean", torch.tensor([*IMAGENET_MEAN, sum(IMAGENET_MEAN) / 3])[:, None, None],
+                             persistent=False)
+        self.register_buffer("std", torch.tensor([*IMAGENET_STD, sum(IMAGENET_STD) / 3])[:, None, None],
+                             persistent=False)
+
+    def forward(self, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """τ̂ for a batch: images (n, 3, h, w) in [0, 1], probability maps (n, h, w); returns (n,)."""
+        if probs.ndim != 3 or images.ndim != 4 or images.shape[0] != probs.shape[0] or images.shape[1] != 3:
+            raise ValueError(
+                f"expected images (n, 3, h, w) and maps (n, h, w), got {tuple(images.shape)}, {tuple(probs.shape)}")
+        if images.shape[-2:] != probs.shape[-2:]:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} differs from map size {tuple(probs.shape[-2:])}")
+        x = (torch.cat([images, probs.unsqueeze(1)], dim=1) - self.mean) / self.std
+        z = self.features(x)
+        return torch.sigmoid(self.head(torch.cat([z.mean(dim=(2, 3)), z.amax(dim=(2, 3))], dim=1))).squeeze(1)
