@@ -28,7 +28,7 @@ import torch
 
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
-from conformood.io import write_json
+from conformood.io import write_json, write_text
 from conformood.metrics import auroc
 from conformood.models import backbone_from_module, extract_features, get_backbone
 from conformood.models.backbones import cache_dir
@@ -161,7 +161,7 @@ def render(result: dict, out: Path) -> None:
               "Goals: frozen ≥ 0.85 mean AUROC; fine-tuned ≥ 0.92, stretch 0.943 (CSI, ResNet-18 trained from scratch "
               "on GPUs). The FIRM paper's Table 4 reports only means over the ten classes: FIRM 0.934, NT-Xent 0.922 "
               "(ResNet-18, 2,000 epochs on GPUs).", "", "![per-class AUROC](finetune_cifar10.png)", ""]
-    (out / "finetune_cifar10.md").write_text("\n".join(lines))
+    write_text(out / "finetune_cifar10.md", "\n".join(lines))
     from conformood.report.plots import pyplot, save_figure
 
     plt = pyplot()

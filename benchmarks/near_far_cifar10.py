@@ -33,7 +33,7 @@ from conformood.conformal import ConformalDetector
 from conformood.data import conform_images, load_digits_dataset, load_fashion_mnist, load_image_folder
 from conformood.data.arrays import ImageArrays
 from conformood.data.named import default_data_dir
-from conformood.io import read_npz, write_json
+from conformood.io import read_npz, write_json, write_text
 from conformood.metrics import auroc, decision_metrics, fpr_at_95_tpr
 from conformood.metrics.clp import confusion_log_probability, ensemble_predict
 from conformood.models import extract_features, get_backbone
@@ -155,7 +155,7 @@ def main() -> None:
               "|---|---|---|---|---|",
               *[f"| cifar10 vs {k} | {v['clp']:.3f} | {v['clp_id_test']:.3f} | {v['id_accuracy']:.3f} | "
                 f"{v['ood_recognised']:.3f} |" for k, v in results["clp"].items()], ""]
-    (args.out / "near_far_cifar10.md").write_text("\n".join(lines))
+    write_text(args.out / "near_far_cifar10.md", "\n".join(lines))
     print("\n".join(lines))
 
 

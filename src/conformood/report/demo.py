@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..io import atomic_path
+from ..io import write_text
 from .plots import plot_curves, plot_roc_grid, plot_score_histograms
 from .provenance import provenance_markdown
 
@@ -105,6 +105,5 @@ def render_demo_report(out_dir: str | Path) -> Path:
         *provenance_markdown(metrics.get("provenance")),
     ]
     path = out / "report.md"
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path

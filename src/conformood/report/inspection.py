@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import write_text
 from .plots import plot_roc_grid, plot_score_histograms, pyplot, save_figure
 from .provenance import provenance_markdown
 
@@ -135,6 +135,5 @@ def render_inspection_report(out_dir: str | Path, images: np.ndarray, maps: np.n
         *provenance_markdown(metrics.get("provenance")),
     ]
     path = out / "report.md"
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
