@@ -61,8 +61,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from conformood.conformal import ConformalSetDetector
-    from conformood.conformal.set_families import SET_FAMILIES
-    from conformood.conformal.set_sampling import evaluate_set, pair_samples
+    from conformood.conformal.set_families import SET_FAMILIES, calibrate_labelled
+    from conformood.conformal.set_sampling import evaluate_set
     from conformood.conformal.set_training import train_conformal_set
     from conformood.data.image_folder import load_image_folder
     from conformood.experiments.ccs import ROWS
@@ -150,8 +150,7 @@ def main() -> None:
         cells = {"coverage": [], "exclusion": [], "log_volume": []}
         scores = {"neg": [], "neg-pos": []}
         for s, (cal, ev) in enumerate(halves):
-            a_cal, p_cal, _ = pair_samples(test.labels[cal], 1, seed=args.seed + 1 + s)
-            cset.calibrate(feat_test[cal][a_cal], feat_test[cal][p_cal])
+            calibrate_labelled(cset, feat_test[cal], test.labels[cal], seed=args.seed + 1 + s)
             r = evaluate_set(cset, feat_test[ev], test.labels[ev], pairs_per_anchor=20, seed=args.seed + 2 + s)
             for key in cells:
                 cells[key].append(r[key])

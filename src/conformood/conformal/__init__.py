@@ -14,6 +14,7 @@ from .set_families import (
     GeneralizedMultiNormSet,
     MahalanobisEllipsoid,
     SingleNormSet,
+    calibrate_labelled,
     load_conformal_set,
 )
 from .set_sampling import TripletSampler, evaluate_set, pair_samples
@@ -34,6 +35,7 @@ __all__ = [
     "ConformalSet",
     "GeneralizedMultiNormSet",
     "MahalanobisEllipsoid",
+    "calibrate_labelled",
     "SingleNormSet",
     "conformal_quantile",
     "load_conformal_set",

@@ -1,8 +1,8 @@
 """The families of contrastive conformal sets (``contrastive-conformal-sets.md`` §4.1).
 
 * :class:`ConformalBall` — ℓ2 distance, eq. 9; a d-ball.
-* :class:`MahalanobisEllipsoid` — eq. 10; Σ estimated on one half of the calibration pairs, q̂ on the
-  other half (§5), so the quantile is computed on data independent of Σ.
+* :class:`MahalanobisEllipsoid` — eq. 10; Σ from held-out data (``fit``), or from one half of the
+  calibration embeddings and q̂ from pairs in the other half (§5), so the quantile is independent of Σ.
 * :class:`SingleNormSet` — eq. 11, ‖M(Z − z)‖_p with M = AAᵀ and p = |p̃| learnable; volume eq. 12.
 * :class:`GeneralizedMultiNormSet` — eq. 13, Σ_j |m_j|^{p_j}|Z_j − z_j|^{p_j} with per-dimension |m_j|,
   |p_j|; volume eq. 14.
@@ -24,6 +24,7 @@ from torch import nn
 
 from .._validation import check_positive_int
 from ..registry import Registry
+from .set_sampling import pair_samples
 from .set_training import train_conformal_set
 from .sets import _EPS, ConformalSet, _as_tensor, _log_unit_ball_l2
 
@@ -59,9 +60,18 @@ class ConformalBall(ConformalSet):
 class MahalanobisEllipsoid(ConformalSet):
     """Ellipsoid, eq. 10: g = sqrt((Z − z)ᵀ Σ⁻¹ (Z − z)); Vol = V_d t^d sqrt(det Σ).
 
-    Σ is the covariance of the anchor − positive differences on the first half of the calibration pairs
-    (shuffled with ``seed``), with a ridge ``shrinkage · tr(Σ)/d · I`` for stability; q̂ comes from the other
-    half, so Lemma 1 holds with n = the second half's size (§5 of the paper).
+    Σ must come from data disjoint from the calibration set (§4.1, after eq. 10), with a ridge
+    ``shrinkage · tr(Σ)/d · I`` for stability. Two ways:
+
+    * ``fit(embeddings, labels)`` (or ``views=``) on held-out data: Σ is the covariance of the difference
+      between an anchor and a positive (same class, or one of its views); ``calibrate`` then uses every pair.
+    * ``calibrate`` alone (§5's protocol): the calibration *embeddings* are split at random (``seed``) into
+      two halves; Σ comes from the pairs inside the first, q̂ from the pairs inside the second, and pairs that
+      straddle the halves are left out (their numbers are kept in ``n_covariance_``, ``n_calibration_`` and
+      ``n_unused_``). Splitting the pairs instead is not enough when pairs share embeddings (one positive per
+      anchor drawn from the same set): in high dimension Σ then fits the very embeddings that set q̂, and
+      coverage fell to 0.79 at target 0.95 on 1,280-d features. Pairs that share no embedding are split as
+      pairs, so none is left out.
     """
 
     def __init__(self, dim: int, alpha: float = 0.05, shrinkage: float = 1e-6, seed: int = 0) -> None:
@@ -70,24 +80,101 @@ class MahalanobisEllipsoid(ConformalSet):
         self.seed = int(seed)
         self.register_buffer("precision_cholesky", torch.eye(dim, dtype=torch.float64))
         self.register_buffer("log_det_cov", torch.zeros((), dtype=torch.float64))
+        # 1 when Σ came from fit() on held-out data (calibrate keeps it and uses every pair).
+        self.register_buffer("covariance_fitted", torch.zeros((), dtype=torch.float64))
+        self.n_covariance_: int | None = None
+        self.n_unused_: int | None = None
 
     def _init_args(self) -> dict:
         return super()._init_args() | {"shrinkage": self.shrinkage, "seed": self.seed}
+
+    def fit(self, embeddings, labels=None, views=None, **train_kwargs) -> MahalanobisEllipsoid:
+        """Σ from held-out data (not the calibration set): E[(Z − Z⁺)(Z − Z⁺)ᵀ] for an anchor Z drawn uniformly
+        and a positive Z⁺ drawn uniformly from the other members of its class (``labels``), which is
+        Σ_c (2 n_c / n) Cov_c; or over the anchors' views (``views``, (n, v, d))."""
+        if train_kwargs:
+            raise TypeError(f"MahalanobisEllipsoid.fit takes no training options, got {sorted(train_kwargs)}")
+        z = _as_tensor(embeddings, "embeddings", self.dim)
+        if labels is not None:
+            y = np.asarray(labels)
+            if y.ndim != 1 or y.shape[0] != z.shape[0]:
+                raise ValueError(f"labels must be 1-d with one per embedding ({z.shape[0]}), got shape {y.shape}")
+            cov = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+            for c in np.unique(y):
+                members = z[torch.from_numpy(np.flatnonzero(y == c))]
+                if members.shape[0] < 2:
+                    raise ValueError(f"class {c!r} has fewer than two members: it has no positive pair")
+                centred = members - members.mean(0)
+                cov += 2.0 * centred.T @ centred / (members.shape[0] - 1) * (members.shape[0] / z.shape[0])
+        elif views is not None:
+            v = torch.as_tensor(np.asarray(views, dtype=np.float64))
+            if v.ndim != 3 or v.shape[0] != z.shape[0] or v.shape[2] != self.dim:
+                raise ValueError(f"views must have shape ({z.shape[0]}, v, {self.dim}), got {tuple(v.shape)}")
+            if not torch.isfinite(v).all():
+                raise ValueError("views contain NaN or inf")
+            diffs = (v - z[:, None, :]).reshape(-1, self.dim)
+            cov = diffs.T @ diffs / diffs.shape[0]
+        else:
+            raise ValueError("MahalanobisEllipsoid.fit needs labels or views to form positive pairs")
+        if z.shape[0] < self.dim + 1:
+            raise ValueError(f"need at least {self.dim + 1} embeddings for a {self.dim}-d covariance, got {z.shape[0]}")
+        self.set_covariance(cov)
+        self.covariance_fitted.fill_(1.0)
+        return self
+
+    @staticmethod
+    def _disjoint_halves(a: torch.Tensor | np.ndarray, p: torch.Tensor | np.ndarray,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of two sets of pairs that share no embedding: each distinct embedding goes to one half at
+        random (independently of the values, so each half's pairs stay exchangeable with new pairs); a pair
+        belongs to a half when both its embeddings do. When no embedding is in two pairs, the pairs
+        themselves are split in two."""
+        a, p = np.asarray(a), np.asarray(p)
+        n = a.shape[0]
+        _, ids = np.unique(np.concatenate([a, p]), axis=0, return_inverse=True)
+        ids = ids.reshape(-1)
+        ia, ip = ids[:n], ids[n:]
+        if np.bincount(ids).max() == 1:
+            order = rng.permutation(n)
+            return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
+        side = rng.integers(0, 2, ids.max() + 1)
+        first = np.flatnonzero((side[ia] == 0) & (side[ip] == 0))
+        second = np.flatnonzero((side[ia] == 1) & (side[ip] == 1))
+        return first, second
 
     def calibrate(self, anchors: ArrayLike, positives: ArrayLike) -> MahalanobisEllipsoid:
         a = _as_tensor(anchors, "anchors", self.dim)
         p = _as_tensor(positives, "positives", self.dim)
         if a.shape != p.shape:
             raise ValueError(f"anchors {tuple(a.shape)} and positives {tuple(p.shape)} must pair up row by row")
+        if bool(self.covariance_fitted):
+            super().calibrate(a, p)
+            self.n_covariance_, self.n_unused_ = 0, 0
+            return self
         n = a.shape[0]
         if n < 2 * (self.dim + 1):
             raise ValueError(
-                f"need at least {2 * (self.dim + 1)} calibration pairs for a {self.dim}-d covariance, got {n}"
+                f"need at least {2 * (self.dim + 1)} calibration pairs for a {self.dim}-d covariance, got {n} "
+                "(or fit the covariance on held-out data first: fit(embeddings, labels))"
             )
-        order = torch.from_numpy(np.random.default_rng(self.seed).permutation(n))
-        first, second = order[: n // 2], order[n // 2 :]
-        self.set_covariance(torch.cov((a[first] - p[first]).T).reshape(self.dim, self.dim))
-        return super().calibrate(a[second], p[second])
+        first, second = self._disjoint_halves(a.numpy(), p.numpy(), np.random.default_rng(self.seed))
+        if first.size < self.dim + 1 or second.size == 0:
+            raise ValueError(
+                f"the calibration pairs split into {first.size} pairs for the covariance and {second.size} for "
+                f"the quantile with no embedding in both; a {self.dim}-d covariance needs at least "
+                f"{self.dim + 1}: give more pairs, or fit the covariance on held-out data first"
+            )
+        f, s_ = torch.from_numpy(first), torch.from_numpy(second)
+        self.set_covariance(torch.cov((a[f] - p[f]).T).reshape(self.dim, self.dim))
+        super().calibrate(a[s_], p[s_])
+        self.n_covariance_, self.n_unused_ = int(first.size), int(n - first.size - second.size)
+        return self
+
+    def covariance(self) -> torch.Tensor:
+        """Σ as used (ridge included), rebuilt from the stored Cholesky factor of Σ⁻¹."""
+        inv_chol = self.precision_cholesky
+        chol = torch.linalg.solve_triangular(inv_chol, torch.eye(self.dim, dtype=inv_chol.dtype), upper=False)
+        return chol @ chol.T
 
     def set_covariance(self, cov: torch.Tensor) -> None:
         cov = cov.to(torch.float64)
@@ -225,6 +312,31 @@ class GeneralizedMultiNormSet(_LearnedSet):
         return super().state() | {"p": self.p.detach().tolist(), "m": self.m.detach().tolist()}
 
 
+def calibrate_labelled(cset: ConformalSet, embeddings: ArrayLike, labels: ArrayLike, seed: int = 0) -> ConformalSet:
+    """Calibrate ``cset`` on labelled calibration embeddings with one positive per anchor (the CCS protocol).
+
+    An ellipsoid whose Σ was not fitted on held-out data follows §5: the calibration *embeddings* are halved
+    at random, Σ is fitted on the first half and q̂ computed on pairs drawn within the second, so the two
+    share no embedding. Σ is marked as calibration-derived again afterwards, so a later recalibration on
+    other data estimates it anew.
+    """
+    z = np.asarray(embeddings, dtype=np.float64)
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.shape[0] != z.shape[0]:
+        raise ValueError(f"labels must be 1-d with one per embedding ({z.shape[0]}), got shape {y.shape}")
+    if isinstance(cset, MahalanobisEllipsoid) and not bool(cset.covariance_fitted):
+        order = np.random.default_rng(seed).permutation(z.shape[0])
+        first, second = order[: z.shape[0] // 2], order[z.shape[0] // 2 :]
+        cset.fit(z[first], y[first])
+        a, p, _ = pair_samples(y[second], 1, seed=seed)
+        cset.calibrate(z[second][a], z[second][p])
+        cset.covariance_fitted.fill_(0.0)
+        cset.n_covariance_, cset.n_unused_ = int(first.size), 0
+        return cset
+    a, p, _ = pair_samples(y, 1, seed=seed)
+    return cset.calibrate(z[a], z[p])
+
+
 def load_conformal_set(path: str | os.PathLike) -> ConformalSet:
     """Rebuild a set written by :meth:`ConformalSet.save`."""
     from ..io import load_state
@@ -269,7 +381,7 @@ SET_FAMILIES.register(
     "ellipsoid",
     MahalanobisEllipsoid,
     reference="CCS eq. 10, section 5",
-    description="Mahalanobis ellipsoid, covariance on half the calibration pairs (fixed)",
+    description="Mahalanobis ellipsoid, covariance from held-out data or half the calibration (fixed)",
     seeded=True,
 )
 SET_FAMILIES.register("single", SingleNormSet, reference="CCS eq. 11-12", description="learned single norm",

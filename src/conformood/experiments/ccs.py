@@ -84,8 +84,8 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) -> dict:
     """One (seed, method) cell of Table 1."""
-    from ..conformal.set_families import SET_FAMILIES
-    from ..conformal.set_sampling import evaluate_set, pair_samples
+    from ..conformal.set_families import SET_FAMILIES, calibrate_labelled
+    from ..conformal.set_sampling import evaluate_set
     from ..conformal.set_training import train_conformal_set
     from ..data.simulation import ccs_mixed_clusters
 
@@ -105,8 +105,7 @@ def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) ->
             detach_quantile=cfg.detach_quantile, seed=seed,
         )
         info = {"best_epoch": result.best_epoch, "train_exclusion": result.best_exclusion}
-    a, p, _ = pair_samples(y[ca], 1, seed + 1)
-    cset.calibrate(x[ca][a], x[ca][p])
+    calibrate_labelled(cset, x[ca], y[ca], seed + 1)
     out = evaluate_set(cset, x[te], y[te], cfg.eval_pairs, seed + 2)
     return out | info | {"seed": seed, "wall_time_s": time.perf_counter() - t0, "params": cset.state()}
 
