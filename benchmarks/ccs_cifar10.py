@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--set-train-images", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--set-epochs", type=int, default=30)
+    ap.add_argument("--rows", nargs="*", default=None, help="only these rows (labels as in the table)")
     ap.add_argument("--ood-images", type=int, default=5000)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--splits", type=int, default=5, help="random calibration/evaluation halves of the test split")
@@ -66,7 +67,7 @@ def main() -> None:
     from conformood.conformal.set_training import train_conformal_set
     from conformood.data.image_folder import load_image_folder
     from conformood.experiments.ccs import ROWS
-    from conformood.io import save_state
+    from conformood.io import save_state, write_json, write_text
     from conformood.metrics import auroc, fpr_at_95_tpr
     from conformood.scores import (
         KNNCosineDetector,
@@ -136,15 +137,27 @@ def main() -> None:
         a = np.asarray(values, dtype=np.float64)
         return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
+    # Resumable: every finished row goes to <stem>_partial.json (with the settings it was run under) and a
+    # rerun with the same settings skips it.
+    stem = "ccs_cifar10" if args.backbone is None else f"ccs_cifar10_{args.backbone}"
+    partial_path = out_dir / f"{stem}_partial.json"
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "data_dir")}
     table, ood = {}, {}
+    if partial_path.exists():
+        saved = json.loads(partial_path.read_text())
+        if saved.get("settings") == settings:
+            table, ood = saved["table"], saved["ood"]
+            print(f"resuming: {len(table)} rows done", flush=True)
     for label, family, objective in ROWS:
+        if label in table or (args.rows and label not in args.rows):
+            continue
         t = time.perf_counter()
         cset = SET_FAMILIES.create(family, dim=d, alpha=args.alpha)
         best = None
         if objective is not None:
             res = train_conformal_set(
                 cset, feat_train, y_train, objective=objective, pairs_per_anchor=20, epochs=args.set_epochs, lr=0.1, momentum=0.9,
-                weight_decay=5e-4, clip=1.0, lam=0.05, steepness=7.0, seed=args.seed,
+                weight_decay=5e-4, clip=1.0, lam=0.05, steepness=7.0, seed=args.seed, progress=True,
             )
             best = res.best_epoch
         cells = {"coverage": [], "exclusion": [], "log_volume": []}
@@ -162,6 +175,7 @@ def main() -> None:
         table[label] = {k: stat(v) for k, v in cells.items()} | {"best_epoch": best, "seconds": time.perf_counter() - t}
         for variant, vals in scores.items():
             ood[f"{label} [{variant}]"] = {"auroc": stat([v[0] for v in vals]), "fpr95": stat([v[1] for v in vals])}
+        write_json(partial_path, {"settings": settings, "table": table, "ood": ood})
         print(label, table[label], flush=True)
     for name, det in (("kNN cosine (k=5)", KNNCosineDetector(n_neighbors=5)), ("Mahalanobis (class-conditional)", MahalanobisDetector())):
         det.fit(feat_train, y_train)
@@ -184,8 +198,7 @@ def main() -> None:
         "seconds": time.perf_counter() - t0,
         "environment": {"python": platform.python_version(), "torch": torch.__version__},
     }
-    stem = "ccs_cifar10" if args.backbone is None else f"ccs_cifar10_{args.backbone}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_json(out_dir / f"{stem}.json", payload)
     lines = [
         "# Contrastive conformal sets on CIFAR-10 embeddings (Table 3 style) and OOD vs Tiny-ImageNet",
         "",
@@ -212,7 +225,8 @@ def main() -> None:
             f"| {100 * r['fpr95']['mean']:.1f} ± {100 * r['fpr95']['std']:.1f} |"
         )
     lines += ["", f"Wall time {payload['seconds']:.0f} s.", ""]
-    (out_dir / f"{stem}.md").write_text("\n".join(lines))
+    write_text(out_dir / f"{stem}.md", "\n".join(lines))
+    partial_path.unlink()
     print("\n".join(lines))
 
 

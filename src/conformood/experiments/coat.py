@@ -200,8 +200,21 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
     per_split: dict[str, dict[str, list]] = {f"{a:g}": {m: [] for m in METHODS} for a in cfg.alphas}
     coat_losses: dict[str, list[float]] = {}
     examples: dict = {}
-    bar = tqdm(total=cfg.splits * len(cfg.alphas), desc="splits x alphas", disable=not progress)
-    for s in range(cfg.splits):
+    # Resumable: each finished split is written to coat_partial.json (with the settings and the base model's
+    # digest); a rerun with the same ones continues after the last finished split.
+    partial_path = out / "coat_partial.json"
+    run_key = json.loads(json.dumps({"config": asdict(cfg), "probabilities": hashlib.sha256(probs.tobytes()).hexdigest()},
+                                    default=str))
+    done = 0
+    if partial_path.exists():
+        saved = json.loads(partial_path.read_text())
+        if saved.get("run") == run_key:
+            per_split, coat_losses, done = saved["per_split"], saved["coat_losses"], int(saved["done_splits"])
+            examples = {k: {"eval": np.asarray(v["eval"]), "crc_threshold": v["crc_threshold"],
+                            "coat": (np.asarray(v["coat"][0]), v["coat"][1])} for k, v in saved["examples"].items()}
+    bar = tqdm(total=cfg.splits * len(cfg.alphas), initial=done * len(cfg.alphas), desc="splits x alphas",
+               disable=not progress)
+    for s in range(done, cfg.splits):
         ev, fit, cal = split_indices(len(held), cfg.seed + 1000 + s)
         for alpha in cfg.alphas:
             key = f"{alpha:g}"
@@ -237,6 +250,8 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
             if s == 0:
                 examples[key] = {"eval": ev, "crc_threshold": tau, "coat": base["COAT"]}
             bar.update(1)
+        write_json(partial_path, {"run": run_key, "done_splits": s + 1, "per_split": per_split,
+                                  "coat_losses": coat_losses, "examples": examples})
     bar.close()
 
     results: dict = {}
@@ -270,6 +285,7 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
         "environment": environment(),
     }
     write_json(out / "coat.json", payload)
+    partial_path.unlink(missing_ok=True)
     render_coat(payload, out, {key: _overlay_examples(ex, held, probs) for key, ex in examples.items()})
     return payload
 
