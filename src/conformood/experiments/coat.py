@@ -200,11 +200,11 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
     per_split: dict[str, dict[str, list]] = {f"{a:g}": {m: [] for m in METHODS} for a in cfg.alphas}
     coat_losses: dict[str, list[float]] = {}
     examples: dict = {}
-    # Resumable: each finished split is written to coat_partial.json (with the settings and the base model's
-    # digest); a rerun with the same ones continues after the last finished split.
+    # Resumable: each finished split is written to coat_partial.json (with the settings and the base
+    # probabilities' digest); a rerun with the same ones continues after the last finished split.
     partial_path = out / "coat_partial.json"
-    run_key = json.loads(json.dumps({"config": asdict(cfg), "probabilities": hashlib.sha256(probs.tobytes()).hexdigest()},
-                                    default=str))
+    probs_digest = hashlib.sha256(probs.tobytes()).hexdigest()
+    run_key = json.loads(json.dumps({"config": asdict(cfg), "probabilities": probs_digest}, default=str))
     done = 0
     if partial_path.exists():
         saved = json.loads(partial_path.read_text())
