@@ -26,38 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _finetuned import head_features, trunk_features
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
 from conformood.io import write_json, write_text
 from conformood.metrics import auroc
-from conformood.models import backbone_from_module, extract_features, get_backbone
-from conformood.models.backbones import cache_dir
 from conformood.results import provenance
 from conformood.scores import KNNCosineDetector
 from conformood.train.recipes import find_recipe, load_train_config, train_contrastive_encoder
 
 RECIPE = "firm_mobilenet_v2"
-
-
-def trunk_features(images: np.ndarray, blocks: int, input_size: int) -> torch.Tensor:
-    """The frozen first ``blocks`` blocks' output maps of every image, flattened (cached)."""
-    pretrained = get_backbone("mobilenet_v2", input_size=input_size)
-    net = pretrained.module.net
-    trunk = backbone_from_module(lambda x: net.features[:blocks](x).flatten(1), input_size=input_size,
-                                 name=f"mobilenet_v2-first-{blocks}-blocks",
-                                 weights_digest=pretrained.weights_digest)
-    return torch.from_numpy(extract_features(trunk, images, cache=cache_dir() / "features"))
-
-
-def head_features(model, trunk: torch.Tensor, blocks: int, input_size: int, batch: int = 1000) -> np.ndarray:
-    """The fine-tuned encoder's pooled features from the frozen blocks' output."""
-    net = model.encoder.net.net
-    net.eval()
-    with torch.no_grad():
-        shape = net.features[:blocks](torch.zeros(1, 3, input_size, input_size)).shape[1:]
-        out = [net.features[blocks:](trunk[s : s + batch].view(-1, *shape)).mean(dim=(2, 3))
-               for s in range(0, trunk.shape[0], batch)]
-    return torch.cat(out).numpy()
 
 
 def main() -> None:

@@ -23,12 +23,14 @@ higher than far).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _finetuned import finetuned_features
 from conformood.conformal import ConformalDetector
 from conformood.data import conform_images, load_digits_dataset, load_fashion_mnist, load_image_folder
 from conformood.data.arrays import ImageArrays
@@ -41,6 +43,7 @@ from conformood.models.backbones import cache_dir
 from conformood.results import provenance
 from conformood.scores import get_detector
 from conformood.train import fit_clp_ensemble
+from conformood.train.recipes import load_trained_model
 
 
 def rgb32(data: ImageArrays) -> np.ndarray:
@@ -55,10 +58,18 @@ def main() -> None:
     ap.add_argument("--member-epochs", type=int, default=30)
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--encoder", type=Path, default=None,
+                    help="model.safetensors of a fine-tuned MobileNetV2 (conformood train --config clp_mobilenet_v2) "
+                         "instead of the frozen backbone; results go to near_far_cifar10_finetuned.*")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--render", action="store_true", help="only rewrite the Markdown and figure from the JSON")
     args = ap.parse_args()
+    if args.render:
+        stem = "near_far_cifar10" if args.encoder is None else "near_far_cifar10_finetuned"
+        print(render(json.loads((args.out / f"{stem}.json").read_text()), args.out, stem))
+        return
     t0, c0 = time.perf_counter(), time.process_time()
     rng = np.random.default_rng(args.seed)
     archive = args.data_dir / "cifar10-jpg.tar.gz"
@@ -71,11 +82,22 @@ def main() -> None:
     ood_sets = {"tinyimagenet (near)": tiny, "fashion-mnist (far)": rgb32(load_fashion_mnist("test")),
                 "digits (far)": rgb32(load_digits_dataset())}
 
-    backbone = get_backbone("mobilenet_v2", input_size=args.input_size)
-    cache = cache_dir() / "features"
+    if args.encoder is None:
+        backbone = get_backbone("mobilenet_v2", input_size=args.input_size)
+        cache = cache_dir() / "features"
+        features_name = f"frozen ImageNet mobilenet_v2, {args.input_size} px"
 
-    def feats(images: np.ndarray) -> np.ndarray:
-        return extract_features(backbone, np.ascontiguousarray(images), cache=cache)
+        def feats(images: np.ndarray) -> np.ndarray:
+            return extract_features(backbone, np.ascontiguousarray(images), cache=cache)
+    else:
+        model, model_config = load_trained_model(args.encoder)
+        features_name = (f"ImageNet mobilenet_v2 fine-tuned with the {model_config.get('objective')} objective "
+                         f"({args.encoder})")
+        train_info = args.encoder.with_name("train.json")
+        model_provenance = json.loads(train_info.read_text()) if train_info.is_file() else {}
+
+        def feats(images: np.ndarray) -> np.ndarray:
+            return finetuned_features(model, model_config, images)
 
     f_fit, y_fit = feats(train.images[fit_idx]), train.labels[fit_idx]
     f_cal, f_id = feats(test.images[cal_idx]), feats(test.images[id_idx])
@@ -112,31 +134,42 @@ def main() -> None:
             "id_accuracy": float((c_id.argmax(1) == test.labels[id_idx]).mean()),
             "ood_recognised": float((c_ood.argmax(1) == 10).mean()),
         }
+    stem = "near_far_cifar10" if args.encoder is None else "near_far_cifar10_finetuned"
     payload = {
-        "benchmark": "near_far_cifar10", "features": f"frozen ImageNet mobilenet_v2, {args.input_size} px",
+        "benchmark": stem, "features": features_name,
         "config": vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
         "sizes": {"fit": int(fit_idx.size), "calibration": int(cal_idx.size), "id_test": int(id_idx.size),
                   **{k: int(len(v)) for k, v in f_ood.items()}},
         "ood_halves_a_b": halves, **results, "clp_seconds": time.perf_counter() - t_clp,
         "extract_seconds": extract_s, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
         "threads": torch.get_num_threads(),
+        **({} if args.encoder is None else {"encoder_training": {k: model_provenance.get(k) for k in (
+            "config", "n_train", "wall_time_s", "history", "provenance") if k in model_provenance}}),
         "provenance": provenance(vars(args) | {"data_dir": str(args.data_dir), "out": str(args.out)},
                                  {"cifar10": archive, "tinyimagenet": args.data_dir / "tinyimagenet_oe_32.npz"}),
     }
-    write_json(args.out / "near_far_cifar10.json", payload)
-    a = args.alpha
+    write_json(args.out / f"{stem}.json", payload)
+    print(render(payload, args.out, stem))
+
+
+def render(payload: dict, out: Path, stem: str) -> str:
+    """``<stem>.md`` and ``<stem>.png`` from the benchmark's JSON; returns the Markdown."""
+    cfg = payload["config"]
+    a, encoder = cfg["alpha"], cfg.get("encoder")
+    results = {"scores": payload["scores"], "clp": payload["clp"]}
     lines = [
-        "# Near and far OOD, CIFAR-10 in-distribution, frozen pretrained MobileNetV2 features",
+        "# Near and far OOD, CIFAR-10 in-distribution, "
+        + ("frozen pretrained MobileNetV2 features" if encoder is None else "CLP-recipe fine-tuned MobileNetV2"),
         "",
         f"Detectors fitted on {payload['sizes']['fit']} labelled CIFAR-10 training images (1,000 per class); "
         f"threshold calibrated on {payload['sizes']['calibration']} CIFAR-10 test images at α = {a}, the other "
         f"{payload['sizes']['id_test']} are the ID test. Near: Tiny-ImageNet; far: Fashion-MNIST test and digits as "
         "32 × 32 RGB; each OOD set halved at random: half B is tested below, half A only trains that pair's CLP "
-        "ensemble. Features: frozen ImageNet "
-        f"MobileNetV2 at {args.input_size} × {args.input_size}. Reproduce: `python benchmarks/near_far_cifar10.py` "
+        f"ensemble. Features: {payload['features']}. Reproduce: `python benchmarks/near_far_cifar10.py"
+        f"{'' if encoder is None else ' --encoder ' + str(encoder)}` "
         f"(CPU {payload['cpu_s'] / 60:.0f} min on {payload['threads']} thread(s), of which feature extraction "
-        f"{extract_s / 60:.0f} min wall; features are cached, and a cold run extracts about 42,000 images at "
-        f"{args.input_size} × {args.input_size}, about 11 min on one thread).",
+        f"{payload['extract_seconds'] / 60:.0f} min wall; features are cached, and a cold run extracts about 42,000 "
+        f"images at {cfg['input_size']} × {cfg['input_size']}, about 11 min on one thread).",
         "",
         f"| score | OOD set | AUROC | FPR@95TPR | ID flagged at α (≤ {a}) | OOD flagged at α |",
         "|---|---|---|---|---|---|",
@@ -145,18 +178,47 @@ def main() -> None:
         for ood_name, r in per.items():
             lines.append(f"| {name} | {ood_name} | {r['auroc']:.4f} | {r['fpr95']:.4f} | "
                          f"{r['realised_fpr_at_alpha']:.4f} | {r['ood_flagged_at_alpha']:.4f} |")
-    lines += ["", "The class-conditional Gaussian ranks the digits as more typical than CIFAR-10 test images (AUROC "
-              "below 0.5): upsampled 8 × 8 digits are smooth, low-detail images whose ImageNet features fall near "
-              "the class means; the kNN score, which looks at the nearest training images instead, separates them.",
-              "", f"CLP (eq. 4) per pair: an ensemble of {args.members} MLPs on the features of D_in ∪ half A of the "
+    below = [(name, ood) for name, per in results["scores"].items() for ood, r in per.items() if r["auroc"] < 0.5]
+    if below:
+        lines += ["", "Below chance: " + "; ".join(f"{name} on {ood}" for name, ood in below) + " (the score ranks "
+                  "those OOD images as more typical than CIFAR-10 test images; upsampled 8 × 8 digits are smooth, "
+                  "low-detail images whose features can fall near the class means, where the kNN score, which looks "
+                  "at the nearest training images instead, still separates them)."]
+    lines += ["", f"![AUROC and CLP per pair]({stem}.png)", "",
+              f"CLP (eq. 4) per pair: an ensemble of {cfg['members']} MLPs on the features of D_in ∪ half A of the "
               "OOD set (11 classes), CLP of half B; higher = more confusable with the in-distribution (the CLP paper: "
               "near OOD has the higher CLP).", "",
               "| pair | CLP of the OOD half B | CLP of the ID test | ID accuracy | OOD half B put in the OOD class |",
               "|---|---|---|---|---|",
               *[f"| cifar10 vs {k} | {v['clp']:.3f} | {v['clp_id_test']:.3f} | {v['id_accuracy']:.3f} | "
                 f"{v['ood_recognised']:.3f} |" for k, v in results["clp"].items()], ""]
-    write_text(args.out / "near_far_cifar10.md", "\n".join(lines))
-    print("\n".join(lines))
+    text = "\n".join(lines)
+    write_text(out / f"{stem}.md", text)
+    plot(payload, out / f"{stem}.png")
+    return text
+
+
+def plot(payload: dict, path: Path) -> None:
+    """AUROC of each score per OOD set (near first) beside the CLP of each pair."""
+    from conformood.report.plots import pyplot, save_figure
+
+    plt = pyplot()
+    names = list(payload["clp"])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [3, 2]})
+    x = np.arange(len(names))
+    for i, (score, per) in enumerate(payload["scores"].items()):
+        ax.bar(x + (i - 0.5) * 0.38, [per[n]["auroc"] for n in names], 0.38, label=score)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AUROC (OOD half B vs ID test)")
+    ax.legend(fontsize=8, frameon=False)
+    bx.bar(x, [payload["clp"][n]["clp"] for n in names], 0.6, color="tab:green")
+    bx.set_xticks(x, names, fontsize=8, rotation=15)
+    bx.set_ylabel("CLP (higher = nearer)")
+    fig.suptitle(payload["features"][:90], fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
