@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--backbone", default=None, help="a registered pretrained backbone (mobilenet_v2), frozen, "
                                                      "instead of training an encoder: the CCS paper's own setting")
     ap.add_argument("--input-size", type=int, default=128, help="--backbone: its input size")
+    ap.add_argument("--encoder", type=Path, default=None,
+                    help="model.safetensors of a fine-tuned MobileNetV2 (conformood train --config clp_mobilenet_v2): "
+                         "its features instead of training an encoder; results go to ccs_cifar10_finetuned.*")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -105,6 +108,17 @@ def main() -> None:
         def features_of(images: np.ndarray) -> np.ndarray:
             f = torch.from_numpy(extract_features(backbone, images, cache=cache_dir() / "features"))
             return torch.nn.functional.normalize(f, dim=1).numpy().astype(np.float32)
+    elif args.encoder is not None:
+        from _finetuned import finetuned_features
+        from conformood.train.recipes import load_trained_model
+
+        tuned, tuned_config = load_trained_model(args.encoder)
+        encoder_info = {"fine_tuned": str(args.encoder), "objective": tuned_config.get("objective"),
+                        "encoder_options": tuned_config.get("encoder_options")}
+
+        def features_of(images: np.ndarray) -> np.ndarray:
+            f = torch.from_numpy(finetuned_features(tuned, tuned_config, images))
+            return torch.nn.functional.normalize(f, dim=1).numpy().astype(np.float32)
     elif args.checkpoint is not None:
         model, _ = load_trained_model(args.checkpoint)
         encoder_info["loaded"] = str(args.checkpoint)
@@ -120,7 +134,7 @@ def main() -> None:
         save_state(out_dir / "ccs_cifar10_encoder.safetensors", model.state_dict(),
                    {"in_channels": 3, "widths": list(cfg.widths), "projection_dim": cfg.projection_dim,
                     "image_size": 32, "seed": args.seed, "data": "cifar10"}, kind="ContrastiveModel")
-    if args.backbone is None:
+    if args.backbone is None and args.encoder is None:
         def features_of(images: np.ndarray) -> np.ndarray:
             return _features(model, images)
     set_idx = rng.permutation(len(train.labels))[: args.set_train_images]
@@ -139,7 +153,8 @@ def main() -> None:
 
     # Resumable: every finished row goes to <stem>_partial.json (with the settings it was run under) and a
     # rerun with the same settings skips it.
-    stem = "ccs_cifar10" if args.backbone is None else f"ccs_cifar10_{args.backbone}"
+    stem = ("ccs_cifar10" if args.backbone is None else f"ccs_cifar10_{args.backbone}") if args.encoder is None \
+        else "ccs_cifar10_finetuned"
     partial_path = out_dir / f"{stem}_partial.json"
     settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "data_dir")}
     table, ood = {}, {}
@@ -188,7 +203,7 @@ def main() -> None:
 
     payload = {
         "provenance": provenance(vars(args)),
-        "encoder": encoder_info | {"config": {k: v for k, v in vars(cfg).items()}},
+        "encoder": encoder_info | ({"config": dict(vars(cfg))} if args.backbone is None and args.encoder is None else {}),
         "feature_dim": d,
         "alpha": args.alpha,
         "sizes": {"set_training": len(y_train), "calibration": len(halves[0][0]), "evaluation": len(halves[0][1]),
@@ -203,11 +218,17 @@ def main() -> None:
         "# Contrastive conformal sets on CIFAR-10 embeddings (Table 3 style) and OOD vs Tiny-ImageNet",
         "",
         (f"Encoder: SmallCNN {tuple(args.widths)} trained with NT-Xent on {args.train_images} CIFAR-10 training images ({args.epochs} epochs, CPU); "
-         if args.backbone is None else f"Encoder: the frozen ImageNet {args.backbone} ({args.input_size} × {args.input_size} input, no training); ")
+         if args.backbone is None and args.encoder is None else
+         f"Encoder: the frozen ImageNet {args.backbone} ({args.input_size} × {args.input_size} input, no training); " if args.encoder is None else
+         f"Encoder: ImageNet MobileNetV2 fine-tuned with the {encoder_info['objective']} recipe ({args.encoder}); ")
         + f"{d}-d L2-normalised backbone features. Reproduce: `python benchmarks/ccs_cifar10.py"
-        f"{'' if args.backbone is None else f' --backbone {args.backbone} --input-size {args.input_size}'}`. Sets trained on {len(y_train)} labelled training features, calibrated on "
+        + ("" if args.backbone is None else f" --backbone {args.backbone} --input-size {args.input_size}")
+        + ("" if args.encoder is None else f" --encoder {args.encoder}")
+        + ("" if args.set_epochs == 30 else f" --set-epochs {args.set_epochs}")
+        + f"`. Sets trained on {len(y_train)} labelled training features ({args.set_epochs} epochs), calibrated on "
         f"{len(halves[0][0])} test images (one positive each), evaluated on the other {len(halves[0][1])} (20 positives and 20 "
-        f"negatives each); mean ± std over {args.splits} random halvings of the test split; α = {args.alpha}.",
+        f"negatives each); mean ± std over {args.splits} random halvings of the test split; α = {args.alpha}. The "
+        "ellipsoid follows the paper's §5: Σ from a random half of the calibration images, q̂ from pairs within the other half.",
         "",
         "| Method | Coverage | Exclusion ↑ | LogVol ↓ |",
         "|---|---|---|---|",
