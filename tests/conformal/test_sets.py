@@ -381,3 +381,26 @@ def test_ellipsoid_fitted_on_held_out_data_calibrates_on_every_pair_and_covers()
         back = load_conformal_set(os.path.join(tmp, "ell"))
     back.calibrate(zc[a], zc[p])
     assert back.n_calibration_ == len(a) and back.threshold_ == pytest.approx(e.threshold_)
+
+
+def test_calibrate_labelled_halves_the_points_for_the_ellipsoid_and_covers():
+    """§5 protocol: Σ from a random half of the calibration embeddings, q̂ from pairs within the other half;
+    recalibrating on new data estimates Σ anew (it is not kept as if it were held out)."""
+    from conformood.conformal import calibrate_labelled
+
+    d, rng = 150, np.random.default_rng(4)
+    covs, sigmas = [], []
+    e = MahalanobisEllipsoid(d, alpha=0.05)
+    for s in range(4):
+        zc, yc = _gaussian_classes(rng, 1400, d)
+        zt, yt = _gaussian_classes(rng, 2000, d)
+        calibrate_labelled(e, zc, yc, seed=s)
+        assert e.n_covariance_ == 700 and e.n_calibration_ == 700 and not bool(e.covariance_fitted)
+        sigmas.append(e.covariance().clone())
+        covs.append(evaluate_set(e, zt, yt, pairs_per_anchor=2, seed=s)["coverage"])
+    assert np.mean(covs) >= 0.95 - 0.015, covs
+    assert not torch.equal(sigmas[0], sigmas[1])
+    ball = calibrate_labelled(ConformalBall(d), zc, yc, seed=0)
+    assert ball.n_calibration_ == len(zc)
+    with pytest.raises(ValueError, match="labels"):
+        calibrate_labelled(ball, zc, yc[:-1])
