@@ -183,9 +183,10 @@ def main() -> None:
             for key in cells:
                 cells[key].append(r[key])
             is_in = np.r_[np.ones(len(ev), bool), np.zeros(len(feat_ood), bool)]
-            for variant in ("neg", "neg-pos"):
-                det = ConformalSetDetector(cset, n_samples=20, variant=variant, seed=args.seed + s).fit(feat_train, y_train)
-                sc = np.r_[det.score_samples(feat_test[ev]), det.score_samples(feat_ood)]
+            # Both variants come from the same two exclusion rates (eq. 23 and its §6 variant): computed once.
+            det = ConformalSetDetector(cset, n_samples=20, seed=args.seed + s).fit(feat_train, y_train)
+            (neg_id, pos_id), (neg_ood, pos_ood) = det.exclusion_rates(feat_test[ev]), det.exclusion_rates(feat_ood)
+            for variant, sc in (("neg", np.r_[neg_id, neg_ood]), ("neg-pos", np.r_[neg_id - pos_id, neg_ood - pos_ood])):
                 scores[variant].append((auroc(sc, is_in), fpr_at_95_tpr(sc, is_in)))
         table[label] = {k: stat(v) for k, v in cells.items()} | {"best_epoch": best, "seconds": time.perf_counter() - t}
         for variant, vals in scores.items():

@@ -99,10 +99,15 @@ class ConformalSetDetector(BaseDetector):
                 out[rows] = perm[(offsets + steps) % perm.size]
         refs = torch.from_numpy(self.references_)
         q = self.conformal_set.threshold_
-        with torch.no_grad():
-            g_pos = self.conformal_set.distance(refs[pos], z[:, None, :]).numpy()
-            g_neg = self.conformal_set.distance(refs[neg], z[:, None, :]).numpy()
-        return (g_neg > q).mean(axis=1), (g_pos > q).mean(axis=1)
+        neg_rate, pos_rate = np.empty(x.shape[0]), np.empty(x.shape[0])
+        step = max(1, int(self.chunk))
+        with torch.no_grad():  # in chunks: (chunk, n_samples, d) at a time instead of (n, n_samples, d)
+            for s in range(0, x.shape[0], step):
+                zc = z[s : s + step, None, :]
+                g_pos = self.conformal_set.distance(refs[pos[s : s + step]], zc).numpy()
+                g_neg = self.conformal_set.distance(refs[neg[s : s + step]], zc).numpy()
+                neg_rate[s : s + step], pos_rate[s : s + step] = (g_neg > q).mean(axis=1), (g_pos > q).mean(axis=1)
+        return neg_rate, pos_rate
 
     _learned = {"n_samples_": "int", "references_": ("n", "d"), "reference_labels_": ("n",), "classes_": ("c",),
                 "n_features_in_": "int"}
