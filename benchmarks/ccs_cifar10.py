@@ -156,7 +156,7 @@ def main() -> None:
     stem = ("ccs_cifar10" if args.backbone is None else f"ccs_cifar10_{args.backbone}") if args.encoder is None \
         else "ccs_cifar10_finetuned"
     partial_path = out_dir / f"{stem}_partial.json"
-    settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "data_dir")}
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "data_dir", "rows")}
     table, ood = {}, {}
     if partial_path.exists():
         saved = json.loads(partial_path.read_text())
@@ -246,7 +246,7 @@ def main() -> None:
             f"| {name} | {100 * r['auroc']['mean']:.1f} ± {100 * r['auroc']['std']:.1f} "
             f"| {100 * r['fpr95']['mean']:.1f} ± {100 * r['fpr95']['std']:.1f} |"
         )
-    lines += ["", f"Wall time {payload['seconds']:.0f} s.", ""]
+    lines += ["", f"Wall time of the last invocation {payload['seconds']:.0f} s (rows resumed from an earlier one keep their own `seconds` in the JSON).", ""]
     write_text(out_dir / f"{stem}.md", "\n".join(lines))
     partial_path.unlink()
     print("\n".join(lines))
