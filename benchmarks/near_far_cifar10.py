@@ -178,6 +178,22 @@ def render(payload: dict, out: Path, stem: str) -> str:
         for ood_name, r in per.items():
             lines.append(f"| {name} | {ood_name} | {r['auroc']:.4f} | {r['fpr95']:.4f} | "
                          f"{r['realised_fpr_at_alpha']:.4f} | {r['ood_flagged_at_alpha']:.4f} |")
+    if encoder is not None:
+        tr = payload.get("encoder_training", {})
+        tc = tr.get("config", {})
+        lines += ["", f"Fine-tuning: `conformood train --config clp_mobilenet_v2 --max-images {tc.get('max_images')} "
+                  f"--epochs {tc.get('epochs')} --out DIR` ({tr.get('n_train')} random CIFAR-10 training images, "
+                  f"{tc.get('epochs')} epochs, supervised weight {tc.get('ce_weight')}, label smoothing "
+                  f"{tc.get('label_smoothing')}, first {tc.get('freeze_blocks')} blocks and BatchNorm frozen; "
+                  f"{(tr.get('wall_time_s') or 0) / 60:.0f} min wall on the CPU).", ""]
+        frozen_path = out / "near_far_cifar10.json"
+        if frozen_path.is_file():
+            frozen = json.loads(frozen_path.read_text())["scores"]
+            lines += ["AUROC, frozen backbone → fine-tuned ([near_far_cifar10.md](near_far_cifar10.md)):", "",
+                      "| score | " + " | ".join(results["clp"]) + " |", "|---|" + "---|" * len(results["clp"])]
+            for name, per in results["scores"].items():
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{frozen[name][o]['auroc']:.3f} → {per[o]['auroc']:.3f}" for o in results["clp"]) + " |")
     below = [(name, ood) for name, per in results["scores"].items() for ood, r in per.items() if r["auroc"] < 0.5]
     if below:
         lines += ["", "Below chance: " + "; ".join(f"{name} on {ood}" for name, ood in below) + " (the score ranks "
@@ -216,7 +232,7 @@ def plot(payload: dict, path: Path) -> None:
     bx.bar(x, [payload["clp"][n]["clp"] for n in names], 0.6, color="tab:green")
     bx.set_xticks(x, names, fontsize=8, rotation=15)
     bx.set_ylabel("CLP (higher = nearer)")
-    fig.suptitle(payload["features"][:90], fontsize=9)
+    fig.suptitle(payload["features"].split(" (")[0], fontsize=9)
     fig.tight_layout()
     save_figure(fig, path)
 
