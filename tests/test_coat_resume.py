@@ -1,4 +1,5 @@
-"""``run_coat`` resumes after an interruption and ends with the same results as an uninterrupted run."""
+"""``run_coat`` resumes after an interruption, and extends to more splits, with the same results as an
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     monkeypatch.setattr(coat, "train_threshold_predictor", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_coat(CoatConfig(**cfg), tmp_path / "resumed", progress=False)
-    saved = json.loads((tmp_path / "resumed" / "coat_partial.json").read_text())
+    saved = json.loads((tmp_path / "resumed" / "coat_splits.json").read_text())
     assert saved["done_splits"] == 2
 
     counted = {"n": 0}
@@ -57,7 +58,6 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     resumed = run_coat(CoatConfig(**cfg), tmp_path / "resumed", progress=False)
     assert counted["n"] == 2  # only the last split's AT and COAT were trained again
     assert _metrics(resumed) == _metrics(whole)
-    assert not (tmp_path / "resumed" / "coat_partial.json").exists()
     # Other settings do not pick up a stale partial run.
     monkeypatch.setattr(coat, "train_threshold_predictor", interrupted)
     calls["n"] = 0
@@ -67,3 +67,25 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     monkeypatch.setattr(coat, "train_threshold_predictor", counting)
     run_coat(CoatConfig(**(cfg | {"seed": 1})), tmp_path / "other", progress=False)
     assert counted["n"] == 6
+
+
+def test_a_run_extends_to_more_splits_and_takes_the_first_of_fewer(tmp_path, monkeypatch):
+    data = _blobs(tmp_path / "blobs.npz")
+    cfg = dict(data=str(data), alphas=(0.2,), unet_epochs=1, unet_widths=(4, 8), at_epochs=1, coat_epochs=1,
+               predictor="small")
+    whole = run_coat(CoatConfig(**cfg, splits=3), tmp_path / "whole", progress=False)
+    first = run_coat(CoatConfig(**cfg, splits=1), tmp_path / "first", progress=False)
+    real, counted = coat.train_threshold_predictor, {"n": 0}
+
+    def counting(*args, **kwargs):
+        counted["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coat, "train_threshold_predictor", counting)
+    run = tmp_path / "grown"
+    run_coat(CoatConfig(**cfg, splits=2), run, progress=False)
+    assert counted["n"] == 4
+    grown = run_coat(CoatConfig(**cfg, splits=3), run, progress=False)
+    assert counted["n"] == 6 and _metrics(grown) == _metrics(whole)
+    fewer = run_coat(CoatConfig(**cfg, splits=1), run, progress=False)
+    assert counted["n"] == 6 and _metrics(fewer) == _metrics(first)

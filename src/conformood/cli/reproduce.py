@@ -46,7 +46,8 @@ def reproduce_coat(
                                                 "(mobilenet_v2 when make weights has run).")] = "auto",
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model is reused).")
+        bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model and the splits "
+                                "recorded in coat_splits.json with the same settings are reused).")
     ] = False,
 ) -> None:
     """CRC vs AT vs COAT (conformal FNR control in segmentation): marginal coverage and coverage gap."""
@@ -81,7 +82,8 @@ def reproduce_ccs_sim(
     n_per_class: Annotated[int, typer.Option(min=50, help="Points per class of the simulation.")] = 5000,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model is reused).")
+        bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model and the splits "
+                                "recorded in coat_splits.json with the same settings are reused).")
     ] = False,
 ) -> None:
     """Table 1 of the contrastive conformal sets paper: 8 set families on the 3-D mixed clusters."""

@@ -200,18 +200,23 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
     per_split: dict[str, dict[str, list]] = {f"{a:g}": {m: [] for m in METHODS} for a in cfg.alphas}
     coat_losses: dict[str, list[float]] = {}
     examples: dict = {}
-    # Resumable: each finished split is written to coat_partial.json (with the settings and the base
-    # probabilities' digest); a rerun with the same ones continues after the last finished split.
-    partial_path = out / "coat_partial.json"
+    # Resumable and extendable: every finished split is recorded in coat_splits.json with the settings (the
+    # number of splits aside: split s is the same in every run) and the base probabilities' digest. A rerun
+    # with the same ones continues after the last recorded split, or takes the first ``splits`` of them.
+    record_path = out / "coat_splits.json"
     probs_digest = hashlib.sha256(probs.tobytes()).hexdigest()
-    run_key = json.loads(json.dumps({"config": asdict(cfg), "probabilities": probs_digest}, default=str))
+    settings = {k: v for k, v in asdict(cfg).items() if k != "splits"}
+    run_key = json.loads(json.dumps({"config": settings, "probabilities": probs_digest}, default=str))
     done = 0
-    if partial_path.exists():
-        saved = json.loads(partial_path.read_text())
+    if record_path.exists():
+        saved = json.loads(record_path.read_text())
         if saved.get("run") == run_key:
-            per_split, coat_losses, done = saved["per_split"], saved["coat_losses"], int(saved["done_splits"])
+            done = min(int(saved["done_splits"]), cfg.splits)
+            per_split = {a: {m: runs[:done] for m, runs in by.items()} for a, by in saved["per_split"].items()}
+            coat_losses = saved["coat_losses"] if done else {}
             examples = {k: {"eval": np.asarray(v["eval"]), "crc_threshold": v["crc_threshold"],
-                            "coat": (np.asarray(v["coat"][0]), v["coat"][1])} for k, v in saved["examples"].items()}
+                            "coat": (np.asarray(v["coat"][0]), v["coat"][1])}
+                        for k, v in saved["examples"].items()} if done else {}
     bar = tqdm(total=cfg.splits * len(cfg.alphas), initial=done * len(cfg.alphas), desc="splits x alphas",
                disable=not progress)
     for s in range(done, cfg.splits):
@@ -250,7 +255,7 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
             if s == 0:
                 examples[key] = {"eval": ev, "crc_threshold": tau, "coat": base["COAT"]}
             bar.update(1)
-        write_json(partial_path, {"run": run_key, "done_splits": s + 1, "per_split": per_split,
+        write_json(record_path, {"run": run_key, "done_splits": s + 1, "per_split": per_split,
                                   "coat_losses": coat_losses, "examples": examples})
     bar.close()
 
@@ -285,7 +290,6 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
         "environment": environment(),
     }
     write_json(out / "coat.json", payload)
-    partial_path.unlink(missing_ok=True)
     render_coat(payload, out, {key: _overlay_examples(ex, held, probs) for key, ex in examples.items()})
     return payload
 
