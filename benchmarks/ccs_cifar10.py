@@ -61,7 +61,11 @@ def main() -> None:
                     help="model.safetensors of a fine-tuned MobileNetV2 (conformood train --config clp_mobilenet_v2): "
                          "its features instead of training an encoder; results go to ccs_cifar10_finetuned.*")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--plot", action="store_true", help="only redraw ccs_cifar10_features.png from the JSONs")
     args = ap.parse_args()
+    if args.plot:
+        plot_features(args.out)
+        return
     torch.set_num_threads(1)
 
     from conformood.conformal import ConformalSetDetector
@@ -249,7 +253,42 @@ def main() -> None:
     lines += ["", f"Wall time of the last invocation {payload['seconds']:.0f} s (rows resumed from an earlier one keep their own `seconds` in the JSON).", ""]
     write_text(out_dir / f"{stem}.md", "\n".join(lines))
     partial_path.unlink()
+    plot_features(out_dir)
     print("\n".join(lines))
+
+
+def plot_features(out: Path) -> None:
+    """ccs_cifar10_features.png: exclusion (at 95 % coverage) and the eq. 23 OOD AUROC of every set, for each
+    kind of features that has a JSON (from-scratch encoder, frozen backbone, fine-tuned backbone)."""
+    from conformood.experiments.ccs import ROWS
+    from conformood.report.plots import pyplot, save_figure
+
+    runs = {label: json.loads((out / f"{stem}.json").read_text()) for label, stem in (
+        ("small CNN, NT-Xent from scratch", "ccs_cifar10"), ("frozen ImageNet MobileNetV2", "ccs_cifar10_mobilenet_v2"),
+        ("MobileNetV2, CLP recipe fine-tuned", "ccs_cifar10_finetuned")) if (out / f"{stem}.json").is_file()}
+    if not runs:
+        return
+    rows = [label for label, _, _ in ROWS if any(label in r["table3"] for r in runs.values())]
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(runs)
+    x = np.arange(len(rows))
+    for i, (name, r) in enumerate(runs.items()):
+        excl = [100 * r["table3"][m]["exclusion"]["mean"] if m in r["table3"] else np.nan for m in rows]
+        ood = [100 * r["ood_vs_tinyimagenet"][f"{m} [neg-pos]"]["auroc"]["mean"]
+               if f"{m} [neg-pos]" in r["ood_vs_tinyimagenet"] else np.nan for m in rows]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, excl, width, label=name)
+        bx.bar(x + (i - (len(runs) - 1) / 2) * width, ood, width, label=name)
+    for a_, title in ((ax, "negatives excluded, % (coverage held at 95 %)"),
+                      (bx, "OOD AUROC vs Tiny-ImageNet, eq. 23 minus positive exclusion")):
+        a_.set_xticks(x, [m.replace("Conformal Ball", "Ball").replace("Mahalanobis Ellipsoid", "Ellipsoid")
+                          .replace(" (", "\n(") for m in rows], fontsize=7)
+        a_.set_title(title, fontsize=9)
+    bx.axhline(50, color="grey", ls=":", lw=1)
+    bx.set_ylim(0, 100)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    save_figure(fig, out / "ccs_cifar10_features.png")
 
 
 if __name__ == "__main__":
