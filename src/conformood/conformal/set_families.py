@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,8 @@ class MahalanobisEllipsoid(ConformalSet):
     def _init_args(self) -> dict:
         return super()._init_args() | {"shrinkage": self.shrinkage, "seed": self.seed}
 
-    def fit(self, embeddings, labels=None, views=None, **train_kwargs) -> MahalanobisEllipsoid:
+    def fit(self, embeddings: ArrayLike, labels: ArrayLike | None = None, views: ArrayLike | None = None,
+            **train_kwargs: Any) -> MahalanobisEllipsoid:
         """Σ from held-out data (not the calibration set): E[(Z − Z⁺)(Z − Z⁺)ᵀ] for an anchor Z drawn uniformly
         and a positive Z⁺ drawn uniformly from the other members of its class (``labels``), which is
         Σ_c (2 n_c / n) Cov_c; or over the anchors' views (``views``, (n, v, d))."""
