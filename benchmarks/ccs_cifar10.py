@@ -250,6 +250,7 @@ def main() -> None:
             f"| {name} | {100 * r['auroc']['mean']:.1f} ± {100 * r['auroc']['std']:.1f} "
             f"| {100 * r['fpr95']['mean']:.1f} ± {100 * r['fpr95']['std']:.1f} |"
         )
+    lines += ["", "Every kind of features side by side: ![exclusion and eq. 23 AUROC](ccs_cifar10_features.png)"]
     lines += ["", f"Wall time of the last invocation {payload['seconds']:.0f} s (rows resumed from an earlier one keep their own `seconds` in the JSON).", ""]
     write_text(out_dir / f"{stem}.md", "\n".join(lines))
     partial_path.unlink()
