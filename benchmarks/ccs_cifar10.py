@@ -156,17 +156,23 @@ def main() -> None:
         return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0}
 
     # Resumable: every finished row goes to <stem>_partial.json (with the settings it was run under) and a
-    # rerun with the same settings skips it.
+    # rerun with the same settings skips it; a finished <stem>.json is extended the same way (--rows).
     stem = ("ccs_cifar10" if args.backbone is None else f"ccs_cifar10_{args.backbone}") if args.encoder is None \
         else "ccs_cifar10_finetuned"
     partial_path = out_dir / f"{stem}_partial.json"
-    settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "data_dir", "rows")}
+    settings = {k: str(v) for k, v in vars(args).items() if k not in ("out", "data_dir", "rows", "plot")}
     table, ood = {}, {}
-    if partial_path.exists():
-        saved = json.loads(partial_path.read_text())
+    finished = out_dir / f"{stem}.json"
+    for source in (partial_path, finished):  # an interrupted run, or a finished one extended by --rows
+        if not source.exists():
+            continue
+        saved = json.loads(source.read_text())
+        saved.setdefault("table", saved.get("table3", {}))
+        saved.setdefault("ood", saved.get("ood_vs_tinyimagenet", {}))
         if saved.get("settings") == settings:
             table, ood = saved["table"], saved["ood"]
-            print(f"resuming: {len(table)} rows done", flush=True)
+            print(f"resuming: {len(table)} rows done ({source.name})", flush=True)
+            break
     for label, family, objective in ROWS:
         if label in table or (args.rows and label not in args.rows):
             continue
@@ -213,6 +219,7 @@ def main() -> None:
         "alpha": args.alpha,
         "sizes": {"set_training": len(y_train), "calibration": len(halves[0][0]), "evaluation": len(halves[0][1]),
                   "ood": len(feat_ood), "splits": args.splits},
+        "settings": settings,
         "table3": table,
         "ood_vs_tinyimagenet": ood,
         "seconds": time.perf_counter() - t0,
