@@ -67,12 +67,10 @@ class MahalanobisEllipsoid(ConformalSet):
     * ``fit(embeddings, labels)`` (or ``views=``) on held-out data: Σ is the covariance of the difference
       between an anchor and a positive (same class, or one of its views); ``calibrate`` then uses every pair.
     * ``calibrate`` alone (§5's protocol): the calibration *embeddings* are split at random (``seed``) into
-      two halves; Σ comes from the pairs inside the first, q̂ from the pairs inside the second, and pairs that
-      straddle the halves are left out (their numbers are kept in ``n_covariance_``, ``n_calibration_`` and
-      ``n_unused_``). Splitting the pairs instead is not enough when pairs share embeddings (one positive per
-      anchor drawn from the same set): in high dimension Σ then fits the very embeddings that set q̂, and
-      coverage fell to 0.79 at target 0.95 on 1,280-d features. Pairs that share no embedding are split as
-      pairs, so none is left out.
+      two halves; Σ from the pairs inside the first, q̂ from those inside the second; straddling pairs are
+      left out (counts in ``n_covariance_``, ``n_calibration_``, ``n_unused_``). Splitting the *pairs* fails
+      when they share embeddings: in high dimension Σ fits the embeddings that set q̂ (coverage 0.79 at
+      target 0.95, 1,280-d). Pairs that share no embedding are split as pairs.
     """
 
     def __init__(self, dim: int, alpha: float = 0.05, shrinkage: float = 1e-6, seed: int = 0) -> None:
@@ -98,16 +96,7 @@ class MahalanobisEllipsoid(ConformalSet):
             raise TypeError(f"MahalanobisEllipsoid.fit takes no training options, got {sorted(train_kwargs)}")
         z = _as_tensor(embeddings, "embeddings", self.dim)
         if labels is not None:
-            y = np.asarray(labels)
-            if y.ndim != 1 or y.shape[0] != z.shape[0]:
-                raise ValueError(f"labels must be 1-d with one per embedding ({z.shape[0]}), got shape {y.shape}")
-            cov = torch.zeros(self.dim, self.dim, dtype=torch.float64)
-            for c in np.unique(y):
-                members = z[torch.from_numpy(np.flatnonzero(y == c))]
-                if members.shape[0] < 2:
-                    raise ValueError(f"class {c!r} has fewer than two members: it has no positive pair")
-                centred = members - members.mean(0)
-                cov += 2.0 * centred.T @ centred / (members.shape[0] - 1) * (members.shape[0] / z.shape[0])
+            cov = self._labelled_covariance(z, labels)
         elif views is not None:
             v = torch.as_tensor(np.asarray(views, dtype=np.float64))
             if v.ndim != 3 or v.shape[0] != z.shape[0] or v.shape[2] != self.dim:
@@ -123,6 +112,20 @@ class MahalanobisEllipsoid(ConformalSet):
         self.set_covariance(cov)
         self.covariance_fitted.fill_(1.0)
         return self
+
+    def _labelled_covariance(self, z: torch.Tensor, labels: ArrayLike) -> torch.Tensor:
+        """Σ_c (2 n_c / n) Cov_c: the covariance of anchor − positive for same-class pairs."""
+        y = np.asarray(labels)
+        if y.ndim != 1 or y.shape[0] != z.shape[0]:
+            raise ValueError(f"labels must be 1-d with one per embedding ({z.shape[0]}), got shape {y.shape}")
+        cov = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        for c in np.unique(y):
+            members = z[torch.from_numpy(np.flatnonzero(y == c))]
+            if members.shape[0] < 2:
+                raise ValueError(f"class {c!r} has fewer than two members: it has no positive pair")
+            centred = members - members.mean(0)
+            cov += 2.0 * centred.T @ centred / (members.shape[0] - 1) * (members.shape[0] / z.shape[0])
+        return cov
 
     @staticmethod
     def _disjoint_halves(a: torch.Tensor | np.ndarray, p: torch.Tensor | np.ndarray,
@@ -167,9 +170,16 @@ class MahalanobisEllipsoid(ConformalSet):
                 f"{self.dim + 1}: give more pairs, or fit the covariance on held-out data first"
             )
         f, s_ = torch.from_numpy(first), torch.from_numpy(second)
-        self.set_covariance(torch.cov((a[f] - p[f]).T).reshape(self.dim, self.dim))
-        super().calibrate(a[s_], p[s_])
-        self.n_covariance_, self.n_unused_ = int(first.size), int(n - first.size - second.size)
+        cov = torch.cov((a[f] - p[f]).T).reshape(self.dim, self.dim)
+        return self._calibrate_with(cov, a[s_], p[s_], int(first.size), int(n - first.size - second.size))
+
+    def _calibrate_with(self, cov: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor,
+                        n_covariance: int, n_unused: int) -> MahalanobisEllipsoid:
+        """Σ from calibration data (so not kept as held out) and q̂ from pairs disjoint from it."""
+        self.set_covariance(cov)
+        self.covariance_fitted.fill_(0.0)
+        super().calibrate(anchors, positives)
+        self.n_covariance_, self.n_unused_ = n_covariance, n_unused
         return self
 
     def covariance(self) -> torch.Tensor:
@@ -319,8 +329,8 @@ def calibrate_labelled(cset: ConformalSet, embeddings: ArrayLike, labels: ArrayL
 
     An ellipsoid whose Σ was not fitted on held-out data follows §5: the calibration *embeddings* are halved
     at random, Σ is fitted on the first half and q̂ computed on pairs drawn within the second, so the two
-    share no embedding. Σ is marked as calibration-derived again afterwards, so a later recalibration on
-    other data estimates it anew.
+    share no embedding. Σ counts as calibration-derived, so a later recalibration on other data estimates
+    it anew.
     """
     z = np.asarray(embeddings, dtype=np.float64)
     y = np.asarray(labels)
@@ -329,12 +339,10 @@ def calibrate_labelled(cset: ConformalSet, embeddings: ArrayLike, labels: ArrayL
     if isinstance(cset, MahalanobisEllipsoid) and not bool(cset.covariance_fitted):
         order = np.random.default_rng(seed).permutation(z.shape[0])
         first, second = order[: z.shape[0] // 2], order[z.shape[0] // 2 :]
-        cset.fit(z[first], y[first])
+        cov = cset._labelled_covariance(_as_tensor(z[first], "embeddings", cset.dim), y[first])
         a, p, _ = pair_samples(y[second], 1, seed=seed)
-        cset.calibrate(z[second][a], z[second][p])
-        cset.covariance_fitted.fill_(0.0)
-        cset.n_covariance_, cset.n_unused_ = int(first.size), 0
-        return cset
+        zs = _as_tensor(z[second], "embeddings", cset.dim)
+        return cset._calibrate_with(cov, zs[a], zs[p], int(first.size), 0)
     a, p, _ = pair_samples(y, 1, seed=seed)
     return cset.calibrate(z[a], z[p])
 
