@@ -14,6 +14,10 @@ whole fine-tuned encoder on a sample of images every class. One JSON for all cla
 a rerun continues (and a class interrupted mid-training resumes from its checkpoint).
 
     python benchmarks/finetune_cifar10.py [--classes 0,1,...] [--train-images 2000] [--out benchmarks/results]
+
+``--train-images 5000`` is the full training split of each class; a run with any other count than the default
+is written under its own name (``finetune_cifar10_n5000.json``, its runs directory beside it), so the runs never
+mix.
 """
 
 from __future__ import annotations
@@ -46,9 +50,13 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    out_json = args.out / "finetune_cifar10.json"
-    runs = args.out / "finetune_cifar10_runs"
+    stem = "finetune_cifar10" if args.train_images == 2000 else f"finetune_cifar10_n{args.train_images}"
+    out_json = args.out / f"{stem}.json"
+    runs = args.out / f"{stem}_runs"
     result = json.loads(out_json.read_text()) if out_json.is_file() else {"classes": {}}
+    recorded = result.get("provenance", {}).get("config", {})
+    if recorded and (recorded.get("train_images"), recorded.get("seed")) != (args.train_images, args.seed):
+        raise SystemExit(f"{out_json} was run with {recorded}; move it away to start another configuration")
     cfg0 = load_train_config(find_recipe(RECIPE), seed=args.seed)
     blocks, size = cfg0.freeze_blocks, cfg0.backbone_input_size
     archive = args.data_dir / "cifar10-jpg.tar.gz"
@@ -90,10 +98,10 @@ def main() -> None:
                        "provenance": provenance({"train_images": args.train_images, "seed": args.seed},
                                                 {"cifar10": archive})})
         write_json(out_json, result)
-    render(result, args.out)
+    render(result, args.out, stem)
 
 
-def render(result: dict, out: Path) -> None:
+def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
     """The Markdown table of benchmark 5.1 (every row side by side: raw pixels, from-scratch FIRM, the frozen
     backbone's three scores, the fine-tuned backbone) and the bar plot."""
     def read(name: str) -> dict:
@@ -113,6 +121,7 @@ def render(result: dict, out: Path) -> None:
         "frozen s_center": [frozen.get(n, {}).get("mobilenet_v2 s_center", float("nan")) for n in names],
         "**FIRM fine-tuned s_con**": tuned,
     }
+    flag = "" if stem == "finetune_cifar10" else f" --train-images {result['classes'][names[0]]['train_images']}"
     cpu = sum(r["cpu_s"] for r in result["classes"].values()) / 60
     lines = [
         "# CIFAR-10 one-vs-rest: FIRM fine-tuning of the pretrained MobileNetV2, beside every other row",
@@ -124,7 +133,7 @@ def render(result: dict, out: Path) -> None:
         "same protocol without training ([backbone_cifar10.md](backbone_cifar10.md)); from scratch: the small CNN, "
         "5 epochs, s_con k = 5 ([cifar10.md](cifar10.md)).",
         "",
-        f"Reproduce: `python benchmarks/finetune_cifar10.py` (CPU {cpu:.0f} min for the fine-tuned classes below on "
+        f"Reproduce: `python benchmarks/finetune_cifar10.py{flag}` (CPU {cpu:.0f} min for the fine-tuned classes below on "
         f"{result['threads']} threads, plus {result['trunk_features_wall_s'] / 60:.0f} min wall once for the frozen "
         "blocks' features on a cold cache).",
         "",
@@ -138,8 +147,8 @@ def render(result: dict, out: Path) -> None:
               + f" | **{np.mean(tuned) - np.nanmean(base):+.4f}** | |", "",
               "Goals: frozen ≥ 0.85 mean AUROC; fine-tuned ≥ 0.92, stretch 0.943 (CSI, ResNet-18 trained from scratch "
               "on GPUs). The FIRM paper's Table 4 reports only means over the ten classes: FIRM 0.934, NT-Xent 0.922 "
-              "(ResNet-18, 2,000 epochs on GPUs).", "", "![per-class AUROC](finetune_cifar10.png)", ""]
-    write_text(out / "finetune_cifar10.md", "\n".join(lines))
+              "(ResNet-18, 2,000 epochs on GPUs).", "", f"![per-class AUROC]({stem}.png)", ""]
+    write_text(out / f"{stem}.md", "\n".join(lines))
     from conformood.report.plots import pyplot, save_figure
 
     plt = pyplot()
@@ -153,7 +162,7 @@ def render(result: dict, out: Path) -> None:
     ax.set_ylabel("AUROC")
     ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
-    save_figure(fig, out / "finetune_cifar10.png")
+    save_figure(fig, out / f"{stem}.png")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,16 @@ def test_version_and_the_entry_point_in_a_real_process(files):
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stdout == ""
 
 
+def test_help_into_a_closed_pipe_is_no_traceback():
+    # `conformood ... --help | head -1`: the reader closes its end before the help is written
+    proc = subprocess.Popen([sys.executable, "-m", "conformood", "reproduce", "coat", "--help"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) in (0, 1) and "Traceback" not in err, err
+
+
 def test_every_option_has_help():
     from typer.main import get_command
 

@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
 
     click = click_package()
     exceptions = importlib.import_module(f"{click.__name__}.exceptions")
+    # typer.Abort, and click's own Abort where the click in use has one (the copy newer Typer releases vendor
+    # raises typer's)
+    aborts = tuple({typer.Abort, getattr(exceptions, "Abort", typer.Abort)})
     command = get_command(app)
     try:
         code = command.main(args=argv, prog_name="conformood", standalone_mode=False)
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         path = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "conformood"
         typer.echo(f"Error: {' '.join(exc.format_message().split())} (see {path} --help)", err=True)
         code = exc.exit_code
-    except (exceptions.Abort, typer.Abort):
+    except aborts:
         typer.echo("Aborted.", err=True)
         code = 130
     sys.exit(code or 0)
