@@ -10,8 +10,9 @@ protocol of ``backbone_cifar10.py``, whose frozen s_con column is shown beside.
 Since the frozen blocks and their BatchNorm statistics are exactly the pretrained ones, the output of the first
 14 blocks for the (unaugmented) evaluation images is the same for every class: it is computed once through
 ``extract_features`` (cached) and only the fine-tuned blocks run per class. The script checks this against the
-whole fine-tuned encoder on a sample of images every class. One JSON for all classes, written after each class;
-a rerun continues (and a class interrupted mid-training resumes from its checkpoint).
+whole fine-tuned encoder on a sample of images every class (the training images' are cached per class). One JSON for all classes, written after each class;
+a rerun continues (and a class interrupted mid-training resumes from its checkpoint). Processes given disjoint
+``--classes`` may run side by side (each merges the others' finished classes when it writes).
 
     python benchmarks/finetune_cifar10.py [--classes 0,1,...] [--train-images 2000] [--out benchmarks/results]
 
@@ -62,7 +63,6 @@ def main() -> None:
     archive = args.data_dir / "cifar10-jpg.tar.gz"
     train, test = load_image_folder(archive, split="train"), load_image_folder(archive, split="test")
     t0 = time.perf_counter()
-    trunk_train = trunk_features(train.images, blocks, size)
     trunk_test = trunk_features(test.images, blocks, size)
     trunk_s = time.perf_counter() - t0
     for c in (int(x) for x in args.classes.split(",")):
@@ -79,7 +79,7 @@ def main() -> None:
             train.tensor(chosen), cfg, checkpoint, resume=checkpoint.is_file(), progress=True,
             description=f"FIRM fine-tune {name}")
         train_s = time.perf_counter() - w0
-        f_train = head_features(model, trunk_train[idx], blocks, size)
+        f_train = head_features(model, trunk_features(train.images[idx], blocks, size), blocks, size)
         f_test = head_features(model, trunk_test, blocks, size)
         sample = np.arange(0, len(test.images), 997)[:8]
         direct = model.features(test.tensor(sample)).numpy()
@@ -97,6 +97,9 @@ def main() -> None:
                        "trunk_features_wall_s": trunk_s, "threads": torch.get_num_threads(),
                        "provenance": provenance({"train_images": args.train_images, "seed": args.seed},
                                                 {"cifar10": archive})})
+        if out_json.is_file():  # another process may have finished other classes meanwhile (--classes split)
+            merged = json.loads(out_json.read_text())["classes"] | result["classes"]
+            result["classes"] = {n: merged[n] for n in train.class_names if n in merged}
         write_json(out_json, result)
     render(result, args.out, stem)
 
