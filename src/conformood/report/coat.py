@@ -112,9 +112,15 @@ def _overlay_figure(path: Path, alpha: float, ex: dict) -> None:
             sets = ex[name][col]
             fnr = 1.0 - np.count_nonzero(sets & truth) / np.count_nonzero(truth)
             axes[row, col].imshow(_overlay(image, sets, truth))
-            axes[row, col].set_title(f"{name} FNR={fnr:.3f}", fontsize=8)
+            # inside its own panel, so that no caption can be read as the neighbouring row's
+            axes[row, col].text(0.02, 0.97, f"{name} FNR {fnr:.3f}", transform=axes[row, col].transAxes,
+                                ha="left", va="top", fontsize=8, color="white",
+                                bbox={"facecolor": "black", "alpha": 0.65, "edgecolor": "none", "pad": 1.5})
         for row in range(3):
-            axes[row, col].axis("off")
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+    for row, name in enumerate(("image", "CRC", "COAT")):
+        axes[row, 0].set_ylabel(name, fontsize=10)
     fig.suptitle(f"CRC vs COAT at α = {alpha:g} (white TP, red FN, cyan FP)")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
