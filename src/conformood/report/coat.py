@@ -62,9 +62,25 @@ def render_coat_markdown(payload: dict) -> str:
             f"({'below' if gaps['COAT'] < gaps['CRC'] else 'NOT below'}); COAT coverage {cov:.3f} "
             f"({'inside' if lo <= cov <= hi else 'OUTSIDE'} [{lo:.2f}, {hi:.2f}])."
         )
+        paired = [_paired(payload["results"][a], first, second) for first, second in (("COAT", "AT"), ("AT", "CRC"))]
+        if all(paired):
+            lines.append(f"  Paired over the same splits (the paper's ordering is COAT < AT < CRC): {paired[0]}; "
+                         f"{paired[1]}.")
     lines += ["", "Figures: `coverage_gap_boxplot.png`, `coat_training_loss.png`, `overlays_alpha*.png`.", ""]
     lines += ["", *provenance_markdown(payload.get("provenance"))]
     return "\n".join(lines)
+
+
+def _paired(by_method: dict, first: str, second: str) -> str:
+    """``first`` − ``second`` coverage gap over the splits both ran: mean ± standard error, and in how many
+    splits ``first`` is the smaller (an empty string when the per-split gaps are not recorded)."""
+    a, b = (by_method[m].get("per_split_coverage_gap") for m in (first, second))
+    if not a or not b or len(a) != len(b):
+        return ""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else float("nan")
+    return (f"{first} − {second} = {diff.mean():+.4f} ± {se:.4f} (standard error), {first} smaller in "
+            f"{int((diff < 0).sum())} of {diff.size} splits")
 
 
 def _write_figures(out: Path, payload: dict, overlays: dict) -> None:
