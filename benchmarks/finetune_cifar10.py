@@ -17,8 +17,8 @@ a rerun continues (and a class interrupted mid-training resumes from its checkpo
     python benchmarks/finetune_cifar10.py [--classes 0,1,...] [--train-images 2000] [--out benchmarks/results]
 
 ``--train-images 5000`` is the full training split of each class; a run with any other count than the default
-is written under its own name (``finetune_cifar10_n5000.json``, its runs directory beside it), so the runs never
-mix.
+is written under its own name (``finetune_cifar10_n5000.json``, its runs directory beside it), and so is a run
+with ``--device cuda`` (``…_cuda.json``), so the runs never mix.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ def main() -> None:
     parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the fine-tuning runs (cpu, cuda); features as always")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     stem = "finetune_cifar10" if args.train_images == 2000 else f"finetune_cifar10_n{args.train_images}"
+    stem += "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
     out_json = args.out / f"{stem}.json"
     runs = args.out / f"{stem}_runs"
     result = json.loads(out_json.read_text()) if out_json.is_file() else {"classes": {}}
@@ -76,8 +78,9 @@ def main() -> None:
         checkpoint = runs / f"class_{c}" / "checkpoint.safetensors"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         model, history = train_contrastive_encoder(
-            train.tensor(chosen), cfg, checkpoint, resume=checkpoint.is_file(), progress=True,
+            train.tensor(chosen), cfg, checkpoint, resume=checkpoint.is_file(), progress=True, device=args.device,
             description=f"FIRM fine-tune {name}")
+        model = model.cpu()
         train_s = time.perf_counter() - w0
         f_train = head_features(model, trunk_features(train.images[idx], blocks, size), blocks, size)
         f_test = head_features(model, trunk_test, blocks, size)
@@ -90,7 +93,7 @@ def main() -> None:
         score = auroc(det.score_samples(f_test), test.labels == c)
         result["classes"][name] = {"auroc": float(score), "train_images": int(chosen.size),
                                    "final_loss": float(history.loss[-1]), "train_wall_s": train_s,
-                                   "wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0,
+                                   "wall_s": time.perf_counter() - w0, "device": args.device, "cpu_s": time.process_time() - c0,
                                    "max_relative_feature_difference_check": check}
         print(f"{name}: fine-tuned s_con AUROC {score:.4f} ({time.perf_counter() - w0:.0f} s)", flush=True)
         result.update({"benchmark": "finetune_cifar10", "recipe": RECIPE, "config": vars(cfg0) | {"seed": args.seed},
@@ -124,7 +127,9 @@ def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
         "frozen s_center": [frozen.get(n, {}).get("mobilenet_v2 s_center", float("nan")) for n in names],
         "**FIRM fine-tuned s_con**": tuned,
     }
-    flag = "" if stem == "finetune_cifar10" else f" --train-images {result['classes'][names[0]]['train_images']}"
+    first = result["classes"][names[0]]
+    flag = "" if first["train_images"] == 2000 else f" --train-images {first['train_images']}"
+    flag += "" if first.get("device", "cpu") == "cpu" else f" --device {first['device']}"
     cpu = sum(r["cpu_s"] for r in result["classes"].values()) / 60
     lines = [
         "# CIFAR-10 one-vs-rest: FIRM fine-tuning of the pretrained MobileNetV2, beside every other row",
