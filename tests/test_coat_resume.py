@@ -58,6 +58,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     resumed = run_coat(CoatConfig(**cfg), tmp_path / "resumed", progress=False)
     assert counted["n"] == 2  # only the last split's AT and COAT were trained again
     assert _metrics(resumed) == _metrics(whole)
+    # the splits' wall time adds up over both runs, not only the resuming one's
+    timed = resumed["split_wall_time_s"]
+    assert (timed["splits_timed"], timed["splits_untimed"]) == (3, 0)
+    assert timed["total"] == pytest.approx(sum(json.loads((tmp_path / "resumed" / "coat_splits.json")
+                                                          .read_text())["split_seconds"]))
     # Other settings do not pick up a stale partial run.
     monkeypatch.setattr(coat, "train_threshold_predictor", interrupted)
     calls["n"] = 0

@@ -208,10 +208,12 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
     settings = {k: v for k, v in asdict(cfg).items() if k != "splits"}
     run_key = json.loads(json.dumps({"config": settings, "probabilities": probs_digest}, default=str))
     done = 0
+    split_seconds: list[float | None] = []  # wall time of each split (None: recorded before times were kept)
     if record_path.exists():
         saved = json.loads(record_path.read_text())
         if saved.get("run") == run_key:
             done = min(int(saved["done_splits"]), cfg.splits)
+            split_seconds = (saved.get("split_seconds") or [None] * done)[:done]
             per_split = {a: {m: runs[:done] for m, runs in by.items()} for a, by in saved["per_split"].items()}
             coat_losses = saved["coat_losses"] if done else {}
             examples = {k: {"eval": np.asarray(v["eval"]), "crc_threshold": v["crc_threshold"],
@@ -220,6 +222,7 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
     bar = tqdm(total=cfg.splits * len(cfg.alphas), initial=done * len(cfg.alphas), desc="splits x alphas",
                disable=not progress)
     for s in range(done, cfg.splits):
+        split_start = time.perf_counter()
         ev, fit, cal = split_indices(len(held), cfg.seed + 1000 + s)
         for alpha in cfg.alphas:
             key = f"{alpha:g}"
@@ -255,7 +258,9 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
             if s == 0:
                 examples[key] = {"eval": ev, "crc_threshold": tau, "coat": base["COAT"]}
             bar.update(1)
+        split_seconds.append(time.perf_counter() - split_start)
         write_json(record_path, {"run": run_key, "done_splits": s + 1, "per_split": per_split,
+                                  "split_seconds": split_seconds,
                                   "coat_losses": coat_losses, "examples": examples})
     bar.close()
 
@@ -287,6 +292,11 @@ def run_coat(config: CoatConfig | None, out_dir: str | Path, progress: bool = Tr
         "coat_training_loss": coat_losses,
         "paper": PAPER_NOTE,
         "wall_time_s": time.perf_counter() - t_start,
+        # the splits' own wall time, summed over every run that recorded them (a resumed run's
+        # wall_time_s covers only its own splits)
+        "split_wall_time_s": {"total": float(sum(t for t in split_seconds if t is not None)),
+                              "splits_timed": sum(t is not None for t in split_seconds),
+                              "splits_untimed": sum(t is None for t in split_seconds)},
         "environment": environment(),
     }
     write_json(out / "coat.json", payload)

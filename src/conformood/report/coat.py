@@ -53,6 +53,12 @@ def render_coat_markdown(payload: dict) -> str:
             ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Mean (std) over splits. " + payload["paper"], ""]
+    timed = payload.get("split_wall_time_s")
+    if timed and timed["splits_timed"]:
+        untimed = f" ({timed['splits_untimed']} earlier splits were recorded without a time)" \
+            if timed["splits_untimed"] else ""
+        lines += [f"Wall time of the splits: {timed['total'] / 60:.1f} min over {timed['splits_timed']} "
+                  f"splits{untimed}.", ""]
     for a in alphas:
         gaps = {m: payload["results"][a][m]["coverage_gap"]["mean"] for m in METHODS}
         cov = payload["results"][a]["COAT"]["marginal_coverage"]["mean"]
