@@ -107,6 +107,10 @@ def main() -> None:
     render(result, args.out, stem)
 
 
+def _minutes(seconds: float | None) -> str:
+    return "not recorded" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
     """The Markdown table of benchmark 5.1 (every row side by side: raw pixels, from-scratch FIRM, the frozen
     backbone's three scores, the fine-tuned backbone) and the bar plot."""
@@ -130,7 +134,7 @@ def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
     first = result["classes"][names[0]]
     flag = "" if first["train_images"] == 2000 else f" --train-images {first['train_images']}"
     flag += "" if first.get("device", "cpu") == "cpu" else f" --device {first['device']}"
-    cpu = sum(r["cpu_s"] for r in result["classes"].values()) / 60
+    cpu = sum(r["cpu_s"] or 0.0 for r in result["classes"].values()) / 60  # None: trained by an earlier process
     lines = [
         "# CIFAR-10 one-vs-rest: FIRM fine-tuning of the pretrained MobileNetV2, beside every other row",
         "",
@@ -142,15 +146,15 @@ def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
         "5 epochs, s_con k = 5 ([cifar10.md](cifar10.md)).",
         "",
         f"Reproduce: `python benchmarks/finetune_cifar10.py{flag}` (CPU {cpu:.0f} min for the fine-tuned classes below on "
-        f"{result['threads']} threads, plus {result['trunk_features_wall_s'] / 60:.0f} min wall once for the frozen "
-        "blocks' features on a cold cache).",
+        f"{result['threads']} thread(s), plus the frozen blocks' features of the test images, computed once "
+        f"({result['trunk_features_wall_s'] / 60:.0f} min wall in the run that wrote this, 0 when cached)).",
         "",
         "| class | " + " | ".join(columns) + " | fine-tuned − frozen | CPU min |",
         "|---|" + "---|" * (len(columns) + 2),
     ]
     for i, n in enumerate(names):
         lines.append(f"| {n} | " + " | ".join(f"{v[i]:.4f}" for v in columns.values())
-                     + f" | {tuned[i] - base[i]:+.4f} | {result['classes'][n]['cpu_s'] / 60:.1f} |")
+                     + f" | {tuned[i] - base[i]:+.4f} | {_minutes(result['classes'][n]['cpu_s'])} |")
     lines += [f"| **mean ({len(names)} classes)** | " + " | ".join(f"**{np.nanmean(v):.4f}**" for v in columns.values())
               + f" | **{np.mean(tuned) - np.nanmean(base):+.4f}** | |", "",
               "Goals: frozen ≥ 0.85 mean AUROC; fine-tuned ≥ 0.92, stretch 0.943 (CSI, ResNet-18 trained from scratch "
