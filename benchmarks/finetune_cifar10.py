@@ -10,9 +10,10 @@ protocol of ``backbone_cifar10.py``, whose frozen s_con column is shown beside.
 Since the frozen blocks and their BatchNorm statistics are exactly the pretrained ones, the output of the first
 14 blocks for the (unaugmented) evaluation images is the same for every class: it is computed once through
 ``extract_features`` (cached) and only the fine-tuned blocks run per class. The script checks this against the
-whole fine-tuned encoder on a sample of images every class (the training images' are cached per class). One JSON for all classes, written after each class;
-a rerun continues (and a class interrupted mid-training resumes from its checkpoint). Processes given disjoint
-``--classes`` may run side by side (each merges the others' finished classes when it writes).
+whole fine-tuned encoder on a sample of images every class (the training images' are cached per class). One
+JSON for all classes, written after each class; a rerun continues (and a class interrupted mid-training resumes
+from its checkpoint). Processes given disjoint ``--classes`` may run side by side (each merges the others'
+finished classes when it writes).
 
     python benchmarks/finetune_cifar10.py [--classes 0,1,...] [--train-images 2000] [--out benchmarks/results]
 
@@ -93,7 +94,8 @@ def main() -> None:
         score = auroc(det.score_samples(f_test), test.labels == c)
         result["classes"][name] = {"auroc": float(score), "train_images": int(chosen.size),
                                    "final_loss": float(history.loss[-1]), "train_wall_s": train_s,
-                                   "wall_s": time.perf_counter() - w0, "device": args.device, "cpu_s": time.process_time() - c0,
+                                   "wall_s": time.perf_counter() - w0, "device": args.device,
+                                   "cpu_s": time.process_time() - c0,
                                    "max_relative_feature_difference_check": check}
         print(f"{name}: fine-tuned s_con AUROC {score:.4f} ({time.perf_counter() - w0:.0f} s)", flush=True)
         result.update({"benchmark": "finetune_cifar10", "recipe": RECIPE, "config": vars(cfg0) | {"seed": args.seed},

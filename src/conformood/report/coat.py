@@ -55,8 +55,8 @@ def render_coat_markdown(payload: dict) -> str:
     lines += ["", "Mean (std) over splits. " + payload["paper"], ""]
     timed = payload.get("split_wall_time_s")
     if timed and timed["splits_timed"]:
-        untimed = f" ({timed['splits_untimed']} earlier splits were recorded without a time)" \
-            if timed["splits_untimed"] else ""
+        untimed = (f" ({timed['splits_untimed']} earlier splits were recorded without a time)"
+                   if timed["splits_untimed"] else "")
         lines += [f"Wall time of the splits: {timed['total'] / 60:.1f} min over {timed['splits_timed']} "
                   f"splits{untimed}.", ""]
     for a in alphas:
