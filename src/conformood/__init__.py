@@ -56,6 +56,8 @@ _EXPORTS = {
     "run_demo": "experiments",
     # the registry type
     "Registry": "registry",
+    # process settings (the command applies it; a CPU training script may call it at its start)
+    "keep_freed_memory": "allocator",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -33,6 +33,7 @@ from typing import Any
 
 from ._digest import file_digest
 from ._version import __version__
+from .allocator import allocator_state
 
 SCHEMA = "conformood.result/1"
 
@@ -95,9 +96,10 @@ def _git_state() -> dict[str, Any] | None:
 
 
 def environment(**extra: Any) -> dict[str, Any]:
-    """Python, torch and numpy versions and the torch thread count, plus ``extra`` (e.g. the device)."""
+    """Python, torch and numpy versions, the torch thread count and the memory allocator (both change CPU
+    times), plus ``extra`` (e.g. the device)."""
     import numpy as np
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "threads": torch.get_num_threads(), **extra}
+            "threads": torch.get_num_threads(), "allocator": allocator_state(), **extra}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from .. import allocator
 from . import commands, deploy, evaluate, reproduce  # noqa: F401  (registers the commands)
 from .app import app
 
@@ -16,11 +17,22 @@ __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the command line; parser errors (an unknown option, a value of the wrong type) are one line too."""
+    """Run the command line; parser errors (an unknown option, a value of the wrong type) are one line too.
+
+    The process keeps freed memory for reuse (:func:`conformood.allocator.keep_freed_memory`: CPU training
+    steps run about twice as fast on glibc) unless ``CONFORMOOD_KEEP_FREED_MEMORY=0``.
+    """
     import importlib
 
     import typer
     from typer.main import get_command
+
+    try:
+        if allocator.wanted():
+            allocator.keep_freed_memory()
+    except ValueError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 
     from ._boundary import click_package
 
