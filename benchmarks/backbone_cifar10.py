@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conformood.allocator import keep_freed_memory
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
 from conformood.io import write_json
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    keep_freed_memory()  # as the conformood command does (see benchmarks/allocator.py)
     out_json = args.out / "backbone_cifar10.json"
     result = json.loads(out_json.read_text()) if out_json.is_file() else {"classes": {}}
     archive = args.data_dir / "cifar10-jpg.tar.gz"

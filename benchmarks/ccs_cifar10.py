@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conformood.allocator import keep_freed_memory
 from conformood.results import provenance
 
 
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--plot", action="store_true", help="only redraw ccs_cifar10_features.png from the JSONs")
     args = ap.parse_args()
+    keep_freed_memory()  # as the conformood command does (see benchmarks/allocator.py)
     if args.plot:
         plot_features(args.out)
         return

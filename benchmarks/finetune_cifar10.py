@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from _finetuned import head_features, trunk_features
+from conformood.allocator import allocator_state, keep_freed_memory
 from conformood.data import load_image_folder
 from conformood.data.named import default_data_dir
 from conformood.io import write_json, write_text
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    keep_freed_memory()  # as the conformood command does (see benchmarks/allocator.py)
     stem = "finetune_cifar10" if args.train_images == 2000 else f"finetune_cifar10_n{args.train_images}"
     stem += "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
     out_json = args.out / f"{stem}.json"
@@ -95,7 +97,7 @@ def main() -> None:
         result["classes"][name] = {"auroc": float(score), "train_images": int(chosen.size),
                                    "final_loss": float(history.loss[-1]), "train_wall_s": train_s,
                                    "wall_s": time.perf_counter() - w0, "device": args.device,
-                                   "cpu_s": time.process_time() - c0,
+                                   "cpu_s": time.process_time() - c0, "allocator": allocator_state(),
                                    "max_relative_feature_difference_check": check}
         print(f"{name}: fine-tuned s_con AUROC {score:.4f} ({time.perf_counter() - w0:.0f} s)", flush=True)
         result.update({"benchmark": "finetune_cifar10", "recipe": RECIPE, "config": vars(cfg0) | {"seed": args.seed},
@@ -111,6 +113,25 @@ def main() -> None:
 
 def _minutes(seconds: float | None) -> str:
     return "not recorded" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def _allocator_line(classes: dict) -> str:
+    """Which memory allocator each class trained under (it changes the CPU time, never the result)."""
+    def describe(state: dict | None) -> str:
+        if not state:
+            return "not recorded"
+        if state.get("ld_preload"):
+            conf = state.get("malloc_conf")
+            return f"{state['ld_preload']}" + (f" (MALLOC_CONF={conf})" if conf else "")
+        if state.get("keep_freed_memory"):
+            return "glibc, freed memory kept"
+        return "glibc's default (each large block mapped afresh every step: about twice the CPU time)"
+
+    groups: dict[str, list[str]] = {}
+    for name, record in classes.items():
+        groups.setdefault(describe(record.get("allocator")), []).append(name)
+    return "Memory allocator (CPU time only; `benchmarks/allocator.py`): " + "; ".join(
+        f"{', '.join(names)}: {what}" for what, names in groups.items()) + "."
 
 
 def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
@@ -150,6 +171,8 @@ def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
         f"Reproduce: `python benchmarks/finetune_cifar10.py{flag}` (CPU {cpu:.0f} min for the fine-tuned classes below on "
         f"{result['threads']} thread(s), plus the frozen blocks' features of the test images, computed once "
         f"({result['trunk_features_wall_s'] / 60:.0f} min wall in the run that wrote this, 0 when cached)).",
+        "",
+        _allocator_line(result["classes"]),
         "",
         "| class | " + " | ".join(columns) + " | fine-tuned − frozen | CPU min |",
         "|---|" + "---|" * (len(columns) + 2),

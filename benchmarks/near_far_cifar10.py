@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from _finetuned import finetuned_features
+from conformood.allocator import keep_freed_memory
 from conformood.conformal import ConformalDetector
 from conformood.data import conform_images, load_digits_dataset, load_fashion_mnist, load_image_folder
 from conformood.data.arrays import ImageArrays
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--render", action="store_true", help="only rewrite the Markdown and figure from the JSON")
     args = ap.parse_args()
+    keep_freed_memory()  # as the conformood command does (see benchmarks/allocator.py)
     if args.render:
         stem = "near_far_cifar10" if args.encoder is None else "near_far_cifar10_finetuned"
         print(render(json.loads((args.out / f"{stem}.json").read_text()), args.out, stem))
