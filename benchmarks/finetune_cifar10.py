@@ -125,7 +125,7 @@ def _allocator_line(classes: dict) -> str:
             return f"{state['ld_preload']}" + (f" (MALLOC_CONF={conf})" if conf else "")
         if state.get("keep_freed_memory"):
             return "glibc, freed memory kept"
-        return "glibc's default (each large block mapped afresh every step: about twice the CPU time)"
+        return "glibc's default (each large block mapped afresh every step, which costs CPU time)"
 
     groups: dict[str, list[str]] = {}
     for name, record in classes.items():
