@@ -4,15 +4,16 @@ On CPU, a training step allocates and frees many activation tensors of tens to h
 serves every block above its mmap threshold (at most 32 MB) with a fresh ``mmap`` and returns it with
 ``munmap`` when freed, so the next step touches every page of it again: one page fault and one zeroed page per
 4 KiB. Measured on MobileNetV2 at 128 × 128, one thread, that kernel work was more than half of the time: a
-fine-tuning step (batch 64) took 6.95 s and 2.62 s without it, extraction 2.49 s and 1.01 s per batch of 128
-(``benchmarks/allocator.py``). :func:`keep_freed_memory` turns it off with two ``mallopt`` calls — serve
-large blocks from the heap (``M_MMAP_MAX = 0``) and never trim it (``M_TRIM_THRESHOLD = -1``) — so freed blocks
-are reused, as PyTorch's CUDA caching allocator does on a GPU. The price is that the process keeps its peak
-memory until it exits (1.24–1.36× the peak resident memory in that benchmark).
+fine-tuning step (batch 64) took 6.95 s with glibc's default and 2.62 s with freed memory kept, extraction
+2.49 s and 1.01 s per batch of 128 (``benchmarks/allocator.py``). :func:`keep_freed_memory` turns it off with
+two ``mallopt`` calls — serve large blocks from the heap (``M_MMAP_MAX = 0``) and never trim it
+(``M_TRIM_THRESHOLD = -1``) — so freed blocks are reused, as PyTorch's CUDA caching allocator does on a GPU.
+The price is that the process keeps its peak memory until it exits (1.24–1.36× the peak resident memory in that
+benchmark).
 
 The ``conformood`` command applies it at start (``CONFORMOOD_KEEP_FREED_MEMORY=0`` turns that off); a Python
 program that trains on CPU can call it once at its own start. It changes the whole process, which is why the
-library never calls it on import. Elsewhere (macOS, Windows, musl) it does nothing and says so.
+library never calls it on import. Elsewhere (macOS, Windows, musl) it does nothing and returns False.
 """
 
 from __future__ import annotations
