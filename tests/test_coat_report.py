@@ -28,6 +28,8 @@ def test_paired_differences_over_the_same_splits():
     assert "AT − CRC = -0.0100" in text and "AT smaller in 3 of 4 splits" in text
     payload["split_wall_time_s"] = {"total": 600.0, "splits_timed": 3, "splits_untimed": 1}
     assert "10.0 min over 3 splits (1 earlier splits were recorded without a time)" in render_coat_markdown(payload)
+    payload["environment"] = {"threads": 2}
+    assert "10.0 min over 3 splits on 2 CPU thread(s) (1 earlier" in render_coat_markdown(payload)
     # a payload without per-split gaps (older runs) renders without the comparison
     for by in payload["results"]["0.1"].values():
         del by["per_split_coverage_gap"]

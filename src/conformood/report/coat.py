@@ -57,8 +57,10 @@ def render_coat_markdown(payload: dict) -> str:
     if timed and timed["splits_timed"]:
         untimed = (f" ({timed['splits_untimed']} earlier splits were recorded without a time)"
                    if timed["splits_untimed"] else "")
+        env = payload.get("environment") or {}
+        where = f" on {env['threads']} CPU thread(s)" if env.get("threads") else ""  # COAT runs on the CPU
         lines += [f"Wall time of the splits: {timed['total'] / 60:.1f} min over {timed['splits_timed']} "
-                  f"splits{untimed}.", ""]
+                  f"splits{where}{untimed}.", ""]
     for a in alphas:
         gaps = {m: payload["results"][a][m]["coverage_gap"]["mean"] for m in METHODS}
         cov = payload["results"][a]["COAT"]["marginal_coverage"]["mean"]
