@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from conformood import allocator
@@ -19,18 +20,18 @@ from conformood.results import environment
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                            reason="mallopt is glibc's")
 
-# allocate, touch and free a 64 MB block 40 times; print the minor page faults that cost
+# allocate, touch and free a 64 MB block 30 times (after 3 warm-ups); print the minor page faults of each
 _FAULTS = textwrap.dedent("""
     import json, resource, sys
     from conformood import allocator
     applied = allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
     import torch
-    torch.ones(16 << 20).sum()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(40):
+    faults = []
+    for _ in range(33):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(16 << 20).sum()
-    print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before,
-                      "state": allocator.allocator_state()}))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"applied": applied, "faults": faults[3:], "state": allocator.allocator_state()}))
 """)
 
 
@@ -43,10 +44,13 @@ def _faults(mode: str) -> dict:
 @glibc
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     default, kept = _faults("default"), _faults("keep")
-    pages = 40 * (64 << 20) // 4096
+    pages = (64 << 20) // 4096
     assert default["applied"] is False and kept["applied"] is True
-    assert default["faults"] > 0.9 * pages          # glibc maps and unmaps each 64 MB block: every page faults
-    assert kept["faults"] < 0.1 * pages             # reused from the heap (after the first blocks)
+    # glibc maps and unmaps each 64 MB block: every page of every block faults
+    assert np.median(default["faults"]) > 0.9 * pages
+    # reused from the heap: most blocks fault nothing (the heap still grows now and then, when a block does not
+    # fit the freed space; that is why the median and not every block)
+    assert np.median(kept["faults"]) < 0.1 * pages and sum(kept["faults"]) < 0.5 * sum(default["faults"])
     assert kept["state"]["keep_freed_memory"] is True and default["state"]["keep_freed_memory"] is False
     assert kept["state"]["libc"].startswith("glibc")
 
