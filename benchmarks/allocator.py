@@ -4,7 +4,8 @@ Each cell runs in a fresh child process, the two settings alternating, ``--repea
 
 * ``fine-tune``: the shipped recipe ``firm_mobilenet_v2`` (the CIFAR-10 fine-tuning benchmark's: FIRM with
   rotations, first 14 blocks and BatchNorm frozen, 32 × 32 views at 128 × 128, batch 64) through
-  ``train_contrastive_encoder`` for ``--steps`` steps after one warm-up step;
+  ``train_contrastive_encoder`` for ``--steps`` steps after one warm-up step (the timed call also builds the
+  model, in both settings alike);
 * ``extract``: ``extract_features`` of the ImageNet MobileNetV2 on ``--images`` CIFAR-10 test images at 128 px.
 
 Per cell: seconds per step (images/s for extraction), the minor page faults per step (each a 4 KiB page the
