@@ -168,9 +168,9 @@ def test_evaluate_from_a_trained_checkpoint(tmp_path):
     trained = json.loads((run / "train.json").read_text())
     assert r["n_train"] == trained["n_train"]  # the same class-5 training images the encoder saw
     assert 0.5 < r["auroc"] <= 1.0
-    model = r["config"]["model"]
-    assert model["data"] == "digits" and model["protocol"] == "one-vs-rest:5"
-    assert model["trained_on"]["normal_class"] == "5" and model["sha256"].startswith("sha256:")
+    model = r["feature_source"]
+    assert model["kind"] == "model" and model["data"] == "digits" and model["protocol"] == "one-vs-rest:5"
+    assert model["trained_on"]["normal_class"] == "5" and model["model_sha256"].startswith("sha256:")
     # contradictory options are refused: feature files beside --checkpoint, another class than the model's
     for extra in (["--train", str(out / "features_train.npz")], ["--protocol", "one-vs-rest:3"]):
         result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"),

@@ -27,7 +27,8 @@ def test_extract_then_evaluate(tmp_path, capsys):
     assert train["features"].shape == (120, 1280) and set(train["labels"].tolist()) == {0}
     assert test["is_inlier"].sum() == (test["labels"] == 0).sum() > 0
     record = json.loads(str(train["provenance"]))
-    assert record["config"]["backbone"] == "mobilenet_v2" and record["config"]["preprocessing"]["input_size"] == [32, 32]
+    assert record["config"]["backbone"] == "mobilenet_v2" and record["config"]["feature_source"]["input_size"] == [32, 32]
+    assert json.loads(str(train["feature_source"]))["input_size"] == [32, 32]
     code, out, err = _run(["evaluate", "--train", str(tmp_path / "train.npz"), "--calibration",
                            str(tmp_path / "cal.npz"), "--test", str(tmp_path / "test.npz"), "--out",
                            str(tmp_path / "ev")], capsys)
@@ -38,7 +39,7 @@ def test_extract_then_evaluate(tmp_path, capsys):
 @pytest.mark.parametrize("extra, needle", [
     (["--take", "5"], "START:STOP"),
     (["--split", "train"], "named data set"),
-    (["--class", "42"], "classes [42]"),
+    (["--class", "42"], "'42'"),
     (["--backbone", "resnet9000"], "resnet9000"),
     (["--weights", "missing.safetensors"], "missing.safetensors"),
     (["--take", "10:10"], "no images"),
@@ -56,7 +57,7 @@ def test_evaluate_straight_from_images_with_a_backbone(tmp_path, capsys):
     assert code == 0, err
     assert "one-vs-rest:3 on digits" in stdout
     r = json.loads((out / "evaluation.json").read_text())
-    assert r["config"]["backbone"]["backbone"] == "mobilenet_v2" and r["config"]["backbone"]["weights"] is None
+    assert r["feature_source"]["backbone"] == "mobilenet_v2" and r["feature_source"]["weights"] is None
     assert np.load(out / "features_train.npz")["features"].shape[1] == 1280
     assert "frozen backbone" in (out / "evaluation.md").read_text()
     for extra, needle in ((["--protocol", "one-vs-rest:3"], "--data"),

@@ -38,6 +38,7 @@ _EXPORTS = {
     "conformal_threshold": "conformal",
     "load_conformal_set": "conformal",
     "load_detector": "conformal",
+    "load": "conformal",
     "train_conformal_set": "conformal",
     "crc_threshold": "conformal",
     "adaptive_correction": "conformal",

@@ -2,10 +2,17 @@
 
 Detectors, objectives, encoders, heads, set families, data sets, protocols, optimisers and schedules are each
 one :class:`Registry`. The command line takes its choices and help text from them, never from copied strings.
+
+An entry is either registered with its factory, or *declared* by the dotted path of a factory that lives in a
+higher layer (``"conformood.conformal.set_detector:ConformalSetDetector"``): the name, its facts and its help
+are known at once, and the module is imported the first time the factory itself is asked for. So a registry
+lists the same names whatever has been imported, and no module registers anything into another as a side effect
+of being imported.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,10 +24,11 @@ class Entry:
     """One registered name: its factory, where it comes from, what it is, and family-specific facts."""
 
     name: str
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | None
     reference: str = ""
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    target: str = ""  # "package.module:attribute" of a declared entry whose factory is imported on first use
 
     def __getattr__(self, key: str) -> Any:  # e.g. ``entry.needs_labels`` for a detector
         try:
@@ -48,6 +56,16 @@ class Registry:
 
         return add(factory) if factory is not None else add
 
+    def declare(self, name: str, target: str, *, reference: str = "", description: str = "", **extra: Any) -> None:
+        """Declare ``name`` by the dotted path ``"package.module:attribute"`` of its factory; the module is
+        imported the first time the factory is asked for (:meth:`get`), never by listing the names."""
+        module, sep, attribute = target.partition(":")
+        if not sep or not module or not attribute:
+            raise ValueError(f"{self.kind} {name!r}: target must be 'package.module:attribute', got {target!r}")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = Entry(name, None, reference, description, dict(extra), target)
+
     def info(self, name: str) -> Entry:
         """The entry of ``name``; a clear error listing the known names otherwise."""
         if not isinstance(name, str) or name not in self._entries:
@@ -55,8 +73,14 @@ class Registry:
         return self._entries[name]
 
     def get(self, name: str) -> Callable[..., Any]:
-        """The factory registered as ``name``."""
-        return self.info(name).factory
+        """The factory registered as ``name`` (a declared one is imported now, once)."""
+        entry = self.info(name)
+        if entry.factory is None:
+            module, _, attribute = entry.target.partition(":")
+            factory = getattr(importlib.import_module(module), attribute)
+            entry = Entry(entry.name, factory, entry.reference, entry.description, entry.extra, entry.target)
+            self._entries[name] = entry
+        return entry.factory  # type: ignore[return-value]
 
     def create(self, name: str, **options: Any) -> Any:
         """Call the factory of ``name`` with ``options``, refusing options its signature does not accept."""

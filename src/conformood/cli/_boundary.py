@@ -136,3 +136,37 @@ def parse_options(items: list[str] | None) -> dict:
         except json.JSONDecodeError:
             options[key] = raw
     return options
+
+
+#: the release after which the former spellings of options stop working
+FORMER_SPELLINGS_UNTIL = "0.5.0"
+
+
+def former_spelling(value: Any, former: Any, new: str, old: str, default: Any = None) -> Any:
+    """Merge an option given by its former name ``old`` into its one name ``new``: the former spelling works,
+    with one deprecation line on stderr, until :data:`FORMER_SPELLINGS_UNTIL`; both spellings with different
+    values are refused."""
+    if former is None:
+        return value
+    typer.echo(f"Warning: {old} is deprecated; use {new} (the old spelling works until conformood "
+               f"{FORMER_SPELLINGS_UNTIL})", err=True)
+    if value is not None and value != default and value != former:
+        fail(f"give {new} only ({old} is its former name)")
+    return former
+
+
+def echo_warnings(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """:func:`user_errors`, with every warning the library raises printed once as one line on stderr
+    (``Warning: …``), never as Python's two-line warning with a source line."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = user_errors(function, *args, **kwargs)
+    seen = set()
+    for w in caught:
+        text = " ".join(str(w.message).split())
+        if text not in seen:
+            seen.add(text)
+            typer.echo(f"Warning: {text}", err=True)
+    return result

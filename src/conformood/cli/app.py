@@ -5,10 +5,28 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
+
+
+def _flags_without_placeholders(command: Any, ctx: Any) -> None:
+    """A flag is shown as ``--x / --no-x`` (or ``--x``) without a value placeholder such as ``<bool>``."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+
+
+class Group(TyperGroup):
+    """The ``conformood`` command and its groups (``reproduce``)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_without_placeholders(self, ctx)
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
     name="conformood",
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Contrastive OOD and anomaly detection with conformal guarantees.",
     no_args_is_help=True,
     add_completion=False,
@@ -16,7 +34,15 @@ app = typer.Typer(
 )
 
 
-class RegistryHelp(TyperCommand):
+class Command(TyperCommand):
+    """Every conformood command: a flag is shown as ``--x / --no-x`` without a value placeholder."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_without_placeholders(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class RegistryHelp(Command):
     """Fills the option help's registry placeholders ({datasets}, {objectives}, {protocols}, {recipes}) from
     the registries when help is shown, so that the choices come from the registries while starting a command
     imports no torch."""

@@ -11,6 +11,7 @@ from ._boundary import (
     WEIGHTS_HELP,
     config,
     fail,
+    former_spelling,
     given_on_command_line,
     prepare_output,
     resolve_device,
@@ -18,16 +19,16 @@ from ._boundary import (
     set_data_root,
     user_errors,
 )
-from .app import RegistryHelp, app
+from .app import Command, RegistryHelp, app
+from .reproduce import OVERWRITE_HELP
 
-OVERWRITE_HELP = "Replace the results of an earlier run in OUT (otherwise such a folder is refused)."
 DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."
 
 
 DEMO_DATA = ("textile", "digits")
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and the figures.")] = Path(
@@ -111,7 +112,11 @@ def train(
     batch_size: Annotated[int, typer.Option(min=2, help="Global batch size (split over torchrun processes).")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.1,
     temperature: Annotated[float, typer.Option(help="Temperature of the contrastive loss.")] = 0.2,
-    image_size: Annotated[int, typer.Option(min=4, help="Images are resized to this square size.")] = 16,
+    input_size: Annotated[int | None, typer.Option(min=4, help="The size the encoder sees: images are resized to "
+                                                   "this square size (with --backbone, the views; default 16, or "
+                                                   "128 with --backbone).")] = None,
+    image_size: Annotated[int | None, typer.Option(min=4, hidden=True, help="Former name of --input-size for the "
+                                                   "stored image size.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and the augmentations.")] = 0,
     max_images: Annotated[
         int | None, typer.Option(min=2, help="Train on at most this many images (a seeded subset), for quick runs.")
@@ -120,7 +125,8 @@ def train(
         str | None, typer.Option(help="Fine-tune this pretrained backbone (e.g. mobilenet_v2) as the encoder.")
     ] = None,
     weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
-    backbone_input_size: Annotated[int, typer.Option(help="With --backbone: views are resized to this.")] = 128,
+    backbone_input_size: Annotated[int | None, typer.Option(hidden=True, help="Former name of --input-size with "
+                                                            "--backbone.")] = None,
     freeze_blocks: Annotated[int, typer.Option(min=0, help="With --backbone: keep the first N blocks fixed.")] = 0,
     freeze_bn: Annotated[bool, typer.Option(help="With --backbone: keep BatchNorm statistics pretrained.")] = False,
     backbone_lr: Annotated[
@@ -141,6 +147,22 @@ def train(
 
     set_data_root(data_root)
     device = resolve_device(device)
+    # one option for the size the encoder sees: the stored image size of a network trained from scratch, the
+    # views' size of a backbone (whose stored image size stays the recipe's)
+    uses_backbone = backbone is not None or (config_name is not None and "backbone_input_size" in _recipe_fields(
+        config_name))
+    if backbone_input_size is not None:
+        input_size = former_spelling(input_size, backbone_input_size, "--input-size", "--backbone-input-size")
+        uses_backbone = True
+    if image_size is not None and not uses_backbone:
+        input_size = former_spelling(input_size, image_size, "--input-size", "--image-size")
+    elif image_size is not None:
+        former_spelling(None, image_size, "--input-size", "--image-size")
+    explicit_size = {("backbone_input_size" if uses_backbone else "image_size"): input_size} if input_size else {}
+    if uses_backbone and image_size is not None:
+        explicit_size["image_size"] = image_size
+    image_size = explicit_size.get("image_size", 16)
+    backbone_input_size = explicit_size.get("backbone_input_size", 128)
     values = {"data": data, "split": split, "normal_class": normal_class, "objective": objective, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "temperature": temperature, "image_size": image_size,
               "seed": seed, "max_images": max_images, "weights": weights, "backbone_input_size": backbone_input_size,
@@ -149,7 +171,8 @@ def train(
         values["encoder"] = backbone
     if config_name is not None:
         explicit = {k: v for k, v in values.items()
-                    if given_on_command_line(ctx, "backbone" if k == "encoder" else k)}
+                    if k not in ("image_size", "backbone_input_size")
+                    and given_on_command_line(ctx, "backbone" if k == "encoder" else k)} | explicit_size
         cfg = config(load_train_config, path=config_name, device=device, **explicit)
     else:
         cfg = config(TrainRunConfig, device=device, **values)
@@ -172,7 +195,20 @@ def train(
         raise typer.Exit(130) from None
 
 
-@app.command()
+def _recipe_fields(name: str) -> set[str]:
+    """The fields a recipe sets (empty when it cannot be read: loading it reports that error)."""
+    try:
+        import yaml
+
+        from ..train.recipes import find_recipe
+
+        fields = yaml.safe_load(find_recipe(name).read_text())
+        return set(fields) if isinstance(fields, dict) else set()
+    except Exception:  # noqa: BLE001 - any unreadable recipe: load_train_config reports it as one line
+        return set()
+
+
+@app.command(cls=Command)
 def recipes() -> None:
     """List the training recipes shipped with conformood (use one with `conformood train --config NAME`)."""
     from rich.console import Console
@@ -188,7 +224,7 @@ def recipes() -> None:
     Console(width=120).print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def detectors() -> None:
     """List the registered detectors: name, input, labels needed, and the paper and equation."""
     from rich.console import Console

@@ -10,6 +10,7 @@ import typer
 from ._boundary import (
     WEIGHTS_HELP,
     config,
+    echo_warnings,
     fail,
     parse_options,
     prepare_output,
@@ -18,7 +19,7 @@ from ._boundary import (
     user_errors,
     weights_option,
 )
-from .app import RegistryHelp, app
+from .app import Command, RegistryHelp, app
 
 EVALUATE_OUTPUTS = ("evaluation.json", "evaluation.md", "report.html", "*.png", "features_*.npz", "test_scores.npz",
                     "detector.safetensors")
@@ -29,7 +30,8 @@ def evaluate(
     train: Annotated[Path | None, typer.Option(help="npz with 'features' (n, d), optional 'labels', 'logits'.")] = None,
     calibration: Annotated[Path | None, typer.Option(help="npz of held-out in-distribution data, same arrays.")] = None,
     test: Annotated[
-        Path | None, typer.Option(help="npz with the same arrays plus 'is_inlier' (n,) bool, True = in-distribution.")
+        Path | None, typer.Option(help="npz with the same arrays plus 'is_inlier' (n,) bool, True = in-distribution. "
+                                  "Without it the detector is fitted and calibrated only.")
     ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="model.safetensors from `conformood train` (instead of the three files).")
@@ -39,15 +41,19 @@ def evaluate(
                                  "--protocol (instead of the three files).")
     ] = None,
     weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
-    input_size: Annotated[int, typer.Option(help="With --backbone: the input size images are resized to.")] = 224,
+    input_size: Annotated[int | None, typer.Option(help="With --backbone: the input size images are resized to "
+                                                   "(default 224).")] = None,
     data: Annotated[
         str | None, typer.Option(help="With --checkpoint or --backbone: {datasets}, or an image folder / tar; "
-                                 "default: the data "
-                                 "set the model was trained on.")
+                                 "default: the data set the model was trained on.")
     ] = None,
     protocol: Annotated[
         str | None, typer.Option(help="With --checkpoint or --backbone: {protocols}; default: one-vs-rest on the "
                                  "model's class.")
+    ] = None,
+    normal_class: Annotated[
+        str | None, typer.Option(help="With --checkpoint or --backbone: the in-distribution class, by name or index "
+                                 "(the protocol one-vs-rest:CLASS).")
     ] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="Folder of the named data sets (default $CONFORMOOD_DATA, else "
@@ -57,7 +63,8 @@ def evaluate(
     option: Annotated[
         list[str] | None, typer.Option("--option", help="Detector option key=value (repeatable).")
     ] = None,
-    alpha: Annotated[float, typer.Option(help="Level of the false-alarm and FDR guarantees, in (0, 1).")] = 0.1,
+    alpha: Annotated[float, typer.Option(help="Level of the false-alarm and FDR guarantees, in (0, 1); stored in "
+                                         "the detector, where `score` takes it from.")] = 0.1,
     mondrian: Annotated[
         bool, typer.Option(help="Calibrate per class ('labels' in calibration and test files).")
     ] = False,
@@ -71,15 +78,11 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option(help="Replace the results of an earlier run in OUT (otherwise such a folder is refused).")
     ] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Fit a detector, calibrate it conformally, and measure OOD metrics and the guarantees."""
     from .._validation import check_alpha
-    from ..experiments.evaluate import (
-        EvaluateConfig,
-        feature_files_from_backbone,
-        feature_files_from_checkpoint,
-        run_evaluation,
-    )
+    from ..experiments.evaluate import EvaluateConfig, run_evaluation
     from ..scores import detector_info
 
     set_data_root(data_root)
@@ -87,48 +90,31 @@ def evaluate(
     if delta is not None:
         user_errors(check_alpha, delta, "--delta")
     user_errors(detector_info, detector)
-    if protocol is not None:
-        from ..data import parse_protocol
-
-        user_errors(parse_protocol, protocol)
-    options = parse_options(option)
-    files = {"--train": train, "--calibration": calibration, "--test": test}
-    model = backbone_record = None
+    if normal_class is not None:
+        if protocol is not None:
+            fail("give one of --normal-class and --protocol (--normal-class C is --protocol one-vs-rest:C)")
+        protocol = f"one-vs-rest:{normal_class}"
     if backbone is not None:
-        given = [name for name, value in {**files, "--checkpoint": checkpoint}.items() if value is not None]
-        if given:
-            fail(f"--backbone extracts its own features from --data; drop {', '.join(given)}")
-        if data is None or protocol is None:
-            fail("--backbone needs --data (a named data set or an image folder) and --protocol (e.g. one-vs-rest:0)")
         from ..models import BACKBONES
 
         user_errors(BACKBONES.info, backbone)
-        prepare_output(out, overwrite, EVALUATE_OUTPUTS)
-        (train, calibration, test), backbone_record = user_errors(
-            feature_files_from_backbone, backbone, data, protocol, out, weights=weights_option(weights),
-            input_size=input_size)
-    elif checkpoint is not None:
-        given = [name for name, value in files.items() if value is not None]
-        if given:
-            fail(f"--checkpoint encodes its own train, calibration and test images; drop {', '.join(given)} (or "
-                 "drop --checkpoint to evaluate those feature files)")
-        prepare_output(out, overwrite, EVALUATE_OUTPUTS)
-        (train, calibration, test), model = user_errors(feature_files_from_checkpoint, checkpoint, data, protocol,
-                                                        out)
-    else:
-        if data is not None or protocol is not None:
-            fail("--data and --protocol choose the images of --checkpoint; with feature files they do not apply")
-        missing = [name for name, value in files.items() if value is None]
-        if missing:
-            fail(f"give {', '.join(missing)} (feature files), or --checkpoint with a trained model")
-        prepare_output(out, overwrite, EVALUATE_OUTPUTS)
     cfg = config(EvaluateConfig, train=train, calibration=calibration, test=test, detector=detector,
-                 options=options, alpha=alpha, mondrian=mondrian, delta=delta, model=model,
-                 backbone=backbone_record)
+                 options=parse_options(option), alpha=alpha, mondrian=mondrian, delta=delta, checkpoint=checkpoint,
+                 backbone=backbone, weights=weights_option(weights), input_size=input_size, data=data,
+                 protocol=protocol)
+    from ..experiments.sources import check_evaluation_sources
+
+    # which sources go together, before the output folder is touched
+    user_errors(check_evaluation_sources, train, calibration, test, checkpoint, backbone, data, protocol)
+    prepare_output(out, overwrite, EVALUATE_OUTPUTS)
 
     def show(r: dict) -> None:
-        record = model or backbone_record
-        covers = f" ({record['protocol']} on {record['data']})" if record else ""
+        record = r.get("feature_source") or {}
+        covers = f" ({record['protocol']} on {record['data']})" if "protocol" in record else ""
+        if "auroc" not in r:
+            typer.echo(f"{detector}{covers}: fitted on {r['n_train']}, calibrated on {r['n_calibration']} inputs at "
+                       f"α={alpha} (no --test file: no metrics) -> {out / 'detector.safetensors'}")
+            return
         typer.echo(
             f"{detector}{covers}: AUROC {r['auroc']:.4f}, FPR@95TPR {r['fpr95']:.4f}, realised FPR at α={alpha}: "
             f"{r['realised_fpr_at_alpha']:.4f}, BH discoveries {r['bh_discoveries']} (FDP {r['bh_fdp']:.3f}, "
@@ -139,28 +125,32 @@ def evaluate(
             typer.echo(f"  δ={delta}: PAC rule realised FPR {pac['realised_fpr']:.4f}, OOD flagged "
                        f"{pac['ood_flagged']:.4f}; marginal rule {marg['realised_fpr']:.4f}, {marg['ood_flagged']:.4f}")
 
-    run_experiment(run_evaluation, cfg, out, show)
+    run_experiment(lambda c, o, **kw: echo_warnings(run_evaluation, c, o, **kw), cfg, out, show, progress=progress)
 
 
-@app.command()
+@app.command(cls=Command)
 def score(
     detector_file: Annotated[Path, typer.Option(help="detector.safetensors written by `conformood evaluate`.")],
     inputs: Annotated[
         Path | None, typer.Option(help="npz with 'features' (or 'logits'), and 'labels' if Mondrian.")
     ] = None,
     images: Annotated[
-        Path | None, typer.Option(help="New images instead of --inputs: an npz with 'images' (and 'labels'), or an "
-                                  "image folder; encoded by --model or --backbone.")
+        Path | None, typer.Option(help="New images instead of --inputs: an image folder or archive, or an npz with "
+                                  "'images' (and 'labels'); encoded by the backbone the detector records, or by "
+                                  "--model / --backbone.")
     ] = None,
     model: Annotated[
         Path | None, typer.Option(help="With --images: model.safetensors from `conformood train`.")
     ] = None,
-    backbone: Annotated[str | None, typer.Option(help="With --images: a registered backbone (frozen).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="With --images: a registered backbone (frozen); default: the "
+                                                 "detector's.")] = None,
     weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
-    input_size: Annotated[int, typer.Option(help="With --backbone: the input size.")] = 224,
-    alpha: Annotated[float, typer.Option(help="Level of the decisions, in (0, 1).")] = 0.1,
+    input_size: Annotated[int | None, typer.Option(help="With --backbone: the input size (default: the detector's, "
+                                                   "else 224).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Level of the decisions, in (0, 1); default: the α the "
+                                                "detector was calibrated for, else 0.1.")] = None,
     logits: Annotated[bool, typer.Option(help="Score the 'logits' array instead of 'features'.")] = False,
-    out: Annotated[Path, typer.Option(help="JSON file for the per-input scores, p-values and decisions.")] = Path(
+    out: Annotated[Path, typer.Option(help="A folder (scores.json and scores.csv in it) or a .json file.")] = Path(
         "scores.json"
     ),
     csv: Annotated[
@@ -168,11 +158,18 @@ def score(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing OUT and CSV files.")] = False,
 ) -> None:
-    """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection."""
-    from ..experiments.evaluate import score_file
+    """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection, one row per input
+    (named by its image file, or its row in the features file, in that order)."""
+    from ..experiments.deploy import score_file
 
+    if alpha is not None:
+        from .._validation import check_alpha
+
+        user_errors(check_alpha, alpha, "--alpha")
     if out.suffix.lower() == ".csv":
         fail(f"--out {out} names the JSON result; give the CSV with --csv")
+    if out.is_dir() or not out.suffix:
+        out = out / "scores.json"
     csv = csv if csv is not None else out.with_suffix(".csv")
     if csv.resolve() == out.resolve():
         fail("--out and --csv must be different files")
@@ -182,11 +179,13 @@ def score(
         if path.exists() and not overwrite:
             fail(f"{option} {path} exists; pass --overwrite to replace it")
     if (inputs is None) == (images is None):
-        fail("give one of --inputs (a features file) or --images (with --model or --backbone)")
-    if images is not None and (model is None) == (backbone is None):
-        fail("--images needs one of --model (a trained model) or --backbone (a registered backbone)")
-    r = user_errors(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
-                    model=model, backbone=backbone, weights=weights_option(weights),
-                    input_size=input_size)
-    typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={alpha}, {r['n_bh_selected']} selected by BH -> "
-               f"{out}, {csv}")
+        fail("give one of --inputs (a features file) or --images (an image folder, archive or npz)")
+    if images is None and (model is not None or backbone is not None):
+        fail("--model and --backbone encode --images; a features file is scored as it is")
+    if model is not None and backbone is not None:
+        fail("--images needs one of --model (a trained model) or --backbone (a registered backbone), not both")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = echo_warnings(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
+                      model=model, backbone=backbone, weights=weights_option(weights), input_size=input_size)
+    typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={r['alpha']} ({r['alpha_source']}), "
+               f"{r['n_bh_selected']} selected by BH -> {out}, {csv}")

@@ -7,15 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from ._boundary import config, fail, prepare_output, run_experiment
-from .app import app
+from ._boundary import config, fail, former_spelling, prepare_output, run_experiment
+from .app import Command, Group, app
+
+PROGRESS_HELP = "Show progress bars."
+OVERWRITE_HELP = "Replace the results of an earlier run in OUT (otherwise such a folder is refused)."
 
 reproduce_app = typer.Typer(help="Reproduce a paper's experiment and write JSON + Markdown + figures.",
-                            no_args_is_help=True)
+                            no_args_is_help=True, cls=Group)
 app.add_typer(reproduce_app, name="reproduce")
 
 
-@reproduce_app.command("coat", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@reproduce_app.command("coat", cls=Command,
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def reproduce_coat(
     ctx: typer.Context,
     data: Annotated[
@@ -36,7 +40,9 @@ def reproduce_coat(
     out: Annotated[Path, typer.Option(help="Folder for coat.json, coat.md, figures and the cached base model.")] = Path(
         "coat-output"
     ),
-    data_dir: Annotated[Path | None, typer.Option(help="Folder holding camvid_120x90.npz.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder holding camvid_120x90.npz (default "
+                                                        "$CONFORMOOD_DATA, else ../shared/data).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(hidden=True, help="Former name of --data-root.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the base model and of the splits.")] = 0,
     unet_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the base U-Net (cached in OUT/models).")] = 25,
     at_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the AT threshold predictor.")] = 30,
@@ -44,11 +50,9 @@ def reproduce_coat(
     predictor: Annotated[str, typer.Option(help="f_D of AT and COAT: 'mobilenet_v2' (ImageNet weights with a 4th "
                                                 "input channel, the paper's kind), 'small' (from scratch) or 'auto' "
                                                 "(mobilenet_v2 when make weights has run).")] = "auto",
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model and the splits "
-                                "recorded in coat_splits.json with the same settings are reused).")
-    ] = False,
+    progress: Annotated[bool, typer.Option(help=PROGRESS_HELP)] = True,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP + " A cached base model and the splits recorded in "
+                                            "coat_splits.json with the same settings are reused.")] = False,
 ) -> None:
     """CRC vs AT vs COAT (conformal FNR control in segmentation): marginal coverage and coverage gap."""
     from ..experiments.coat import CoatConfig, run_coat
@@ -59,13 +63,14 @@ def reproduce_coat(
         alphas = tuple(float(w) for w in words) if words else (0.1, 0.2)
     except ValueError as exc:
         fail(f"--alpha values must be numbers, got {words} ({exc})")
-    cfg = config(CoatConfig, data=data, class_name=class_name, data_dir=str(data_dir) if data_dir else None,
+    data_root = former_spelling(data_root, data_dir, "--data-root", "--data-dir")
+    cfg = config(CoatConfig, data=data, class_name=class_name, data_dir=str(data_root) if data_root else None,
                      alphas=alphas, splits=splits, seed=seed, unet_epochs=unet_epochs, at_epochs=at_epochs,
                      coat_epochs=coat_epochs, predictor=predictor)
     _run_reproduction(run_coat, out, cfg, progress, "coat", width=140, overwrite=overwrite)
 
 
-@reproduce_app.command("ccs-sim")
+@reproduce_app.command("ccs-sim", cls=Command)
 def reproduce_ccs_sim(
     seeds: Annotated[int, typer.Option(min=1, help="Number of random seeds (the paper uses 40).")] = 40,
     seed_offset: Annotated[int, typer.Option(help="First seed.")] = 0,
@@ -80,11 +85,8 @@ def reproduce_ccs_sim(
                           help="Positives and negatives sampled per training anchor.")
     ] = 200,
     n_per_class: Annotated[int, typer.Option(min=50, help="Points per class of the simulation.")] = 5000,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace the results of an earlier run in OUT (a cached base model and the splits "
-                                "recorded in coat_splits.json with the same settings are reused).")
-    ] = False,
+    progress: Annotated[bool, typer.Option(help=PROGRESS_HELP)] = True,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Table 1 of the contrastive conformal sets paper: 8 set families on the 3-D mixed clusters."""
     from ..experiments.ccs import CCSSimConfig, run_ccs_sim

@@ -1,9 +1,9 @@
 """Conformal calibration: p-values, thresholds, guaranteed decisions, sets and risk control."""
 
-from ..scores import load_detector
 from .bh import benjamini_hochberg, benjamini_hochberg_exact
 from .detector import ConformalDetector
 from .ensemble import ConformalEnsemble, combine_p_values, compare_with_members
+from .loading import load, load_detector
 from .pac import conditional_bounds, conditional_p_values, pac_failure_probability, pac_min_calibration, pac_rank
 from .risk_control import adaptive_correction, crc_threshold, nonempty_masks
 from .risk_sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
@@ -30,6 +30,7 @@ from .threshold_training import ThresholdTraining, train_threshold_predictor
 
 __all__ = [
     "ConformalSetDetector",
+    "load",
     "load_detector",
     "ConformalBall",
     "ConformalSet",

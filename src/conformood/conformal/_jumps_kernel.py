@@ -1,6 +1,6 @@
 """Compiled selection of the calibration jump (fast path of :mod:`conformood.conformal.risk_control`).
 
-Both calibrations (CRC eq. 5, Algorithm 1's t') pick the smallest jump point e at which the cumulative jump
+Both calibrations (CRC COAT eq. 5, COAT Algorithm 1's t') pick the smallest jump point e at which the cumulative jump
 height Σ 1/|Y_i| reaches a level, where image i's positive pixel j jumps at e = τ_i − p̂_j (τ_i = 0 for
 CRC). The numpy path materialises every positive pixel through masking, gathers and float64 temporaries;
 here the maps are read once:

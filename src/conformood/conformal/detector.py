@@ -47,18 +47,41 @@ class ConformalDetector(BaseEstimator):
     set, :meth:`select` runs Benjamini–Hochberg on the calibration-conditional p-values (generalized Simes), so
     its FDR bound holds given the calibration set with probability ≥ 1 − δ; :meth:`p_values` gives them with
     ``conditional="simes"`` or ``"dkwm"``.
+
+    **What it remembers.** ``alpha``, when given, is the level that :meth:`predict`, :meth:`select` and
+    :meth:`threshold` use when called without one (``conformood score`` decides at it). ``feature_source`` is
+    the record of how the features were made (backbone or model digest, input size, resizing, normalisation;
+    :mod:`conformood.experiments.sources`); both are saved with the detector, and scoring through a source
+    compares the record and refuses features made another way.
     """
 
-    def __init__(self, detector: Any, mondrian: bool = False, min_calibration: int = 1) -> None:
+    def __init__(self, detector: Any, mondrian: bool = False, min_calibration: int = 1, alpha: float | None = None,
+                 feature_source: dict | None = None) -> None:
         self.detector = detector
         self.mondrian = mondrian
         self.min_calibration = min_calibration
+        self.alpha = alpha
+        self.feature_source = feature_source
         self._check_params()
 
     def _check_params(self) -> None:
         if not isinstance(self.mondrian, (bool, np.bool_)):
             raise ValueError(f"mondrian must be True or False, got {self.mondrian!r}")
         check_positive_int(self.min_calibration, "min_calibration")
+        if self.alpha is not None:
+            check_alpha(self.alpha)
+        if self.feature_source is not None and not (
+                isinstance(self.feature_source, dict) and isinstance(self.feature_source.get("kind"), str)):
+            raise ValueError("feature_source must be a feature-source record (a dict with a 'kind'), got "
+                             f"{type(self.feature_source).__name__}")
+
+    def _alpha(self, alpha: float | None) -> float:
+        """``alpha``, else the level the detector was built with; one of the two must be given."""
+        if alpha is None:
+            if self.alpha is None:
+                raise ValueError("give alpha, the level of the decisions (this detector stores none)")
+            alpha = self.alpha
+        return check_alpha(alpha)
 
     # -- training and calibration ------------------------------------------------------------------
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ConformalDetector:
@@ -165,7 +188,7 @@ class ConformalDetector(BaseEstimator):
         delta = getattr(self, "delta_", None)
         return conformal_rank(alpha, n) if delta is None else pac_rank(check_alpha(alpha), delta, int(n))
 
-    def threshold(self, alpha: float, label: int | None = None) -> float:
+    def threshold(self, alpha: float | None = None, label: int | None = None) -> float:
         """The score below which inputs are flagged at level α (of ``label``'s group when Mondrian): the
         k-th smallest calibration score with k = :meth:`flag_rank`; −inf when nothing can be flagged."""
         self._check_calibrated()
@@ -173,11 +196,12 @@ class ConformalDetector(BaseEstimator):
         if group not in self.calibration_:
             raise ValueError(f"no calibration group {label!r}")
         cal = self.calibration_[group]
-        k = self.flag_rank(alpha, cal.size)
+        k = self.flag_rank(self._alpha(alpha), cal.size)
         return float(cal[k - 1]) if k else float("-inf")
 
     def predict(
-        self, features: ArrayLike, alpha: float, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+        self, features: ArrayLike, alpha: float | None = None, labels: ArrayLike | None = None, *,
+        classes: ArrayLike | None = None,
     ) -> np.ndarray:
         """Flags: True for inputs declared out-of-distribution at level alpha, so that
         P(an in-distribution input is flagged) <= alpha."""
@@ -185,11 +209,12 @@ class ConformalDetector(BaseEstimator):
         self._check_calibrated()
         return self.flags_from_scores(self.detector.score_samples(features), alpha, labels)
 
-    def flags_from_scores(self, scores: ArrayLike, alpha: float, labels: ArrayLike | None = None) -> np.ndarray:
+    def flags_from_scores(self, scores: ArrayLike, alpha: float | None = None, labels: ArrayLike | None = None
+                          ) -> np.ndarray:
         """:meth:`predict` on precomputed scores. The rule p(x) <= alpha is decided exactly: with
         p = k / (n + 1), an input is flagged when k <= floor(alpha (n + 1)), the rank of
         :func:`conformal_threshold`, so the p-value rule and the threshold rule never disagree."""
-        alpha = check_alpha(alpha)
+        alpha = self._alpha(alpha)
         self._check_calibrated()
         k, n = self._ranks(scores, labels)
         limit = np.zeros_like(n)
@@ -198,10 +223,11 @@ class ConformalDetector(BaseEstimator):
         self._warn_unreachable(alpha)
         return k <= limit
 
-    def select_from_scores(self, scores: ArrayLike, alpha: float, labels: ArrayLike | None = None) -> np.ndarray:
+    def select_from_scores(self, scores: ArrayLike, alpha: float | None = None, labels: ArrayLike | None = None
+                           ) -> np.ndarray:
         """:meth:`select` on precomputed scores: Benjamini–Hochberg decided exactly on p = k / (n + 1), or, when
         calibrated with ``delta``, on the calibration-conditional (generalized Simes) p-values."""
-        alpha = check_alpha(alpha)
+        alpha = self._alpha(alpha)
         self._check_calibrated()
         if getattr(self, "delta_", None) is not None:
             return benjamini_hochberg(self.p_values_from_scores(scores, labels, conditional="simes"), alpha)
@@ -229,7 +255,8 @@ class ConformalDetector(BaseEstimator):
         return k, n
 
     def select(
-        self, features: ArrayLike, alpha: float, labels: ArrayLike | None = None, *, classes: ArrayLike | None = None
+        self, features: ArrayLike, alpha: float | None = None, labels: ArrayLike | None = None, *,
+        classes: ArrayLike | None = None,
     ) -> np.ndarray:
         """Flags by Benjamini–Hochberg over the batch: True for inputs declared out-of-distribution, with
         FDR <= alpha among them."""
@@ -264,11 +291,16 @@ class ConformalDetector(BaseEstimator):
         from ..io import save_state
 
         self._check_calibrated()
+        if not hasattr(self.detector, "state"):
+            raise ValueError(f"only conformood detectors can be saved; this one wraps a {type(self.detector).__name__}"
+                             " (a scikit-learn Pipeline or another estimator has no safe file format here: keep its "
+                             "steps outside and wrap the conformood detector, or save it with its own tools)")
         det_tensors, det_config = self.detector.state()
         tensors = {f"calibration.{k}": v for k, v in self.calibration_.items()}
         tensors |= {f"detector.{k}": v for k, v in det_tensors.items()}
         config = {"mondrian": self.mondrian, "min_calibration": self.min_calibration,
-                  "delta": getattr(self, "delta_", None),
+                  "delta": getattr(self, "delta_", None), "alpha": self.alpha,
+                  "feature_source": self.feature_source,
                   "detector": {"kind": type(self.detector).__name__, "config": det_config}}
         save_state(path, tensors, config, kind=KIND)
 
@@ -284,7 +316,7 @@ class ConformalDetector(BaseEstimator):
         if "detector_file" in config:
             raise ValueError(f"{source} is a calibrated detector in the two-file layout of conformood 0.2, which "
                              "is not read (it followed a path stored in the file); calibrate and save it again")
-        unknown = sorted(set(config) - {"mondrian", "min_calibration", "detector", "delta"})
+        unknown = sorted(set(config) - {"mondrian", "min_calibration", "detector", "delta", "alpha", "feature_source"})
         if unknown:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         inner = config.get("detector")
@@ -293,7 +325,8 @@ class ConformalDetector(BaseEstimator):
         det_tensors = {k[len("detector."):]: v for k, v in tensors.items() if k.startswith("detector.")}
         detector = detector_from_state(inner.get("kind"), det_tensors, inner["config"], source)
         try:
-            obj = cls(detector, mondrian=config.get("mondrian"), min_calibration=config.get("min_calibration"))
+            obj = cls(detector, mondrian=config.get("mondrian"), min_calibration=config.get("min_calibration"),
+                      alpha=config.get("alpha"), feature_source=config.get("feature_source"))
         except ValueError as exc:
             raise ValueError(f"{source}: stored settings are refused: {exc}") from None
         calibration = {}

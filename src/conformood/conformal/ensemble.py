@@ -20,6 +20,7 @@ not as a test, so its usual independence assumption is not needed either.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from numpy.typing import ArrayLike
 
 from .._validation import check_alpha, check_positive_int, check_scores
 from .detector import ConformalDetector
-from .split import conformal_p_values
+from .split import ConformalWarning, conformal_p_values
 
 RULES = ("min_p", "mean_rank", "fisher")
 
@@ -155,12 +156,30 @@ class ConformalEnsemble:
         """Exactly conformal p-values of the combination."""
         return self._check_calibrated().p_values_from_scores(self.score_samples(features), conditional=conditional)
 
+    def min_p_value(self) -> float:
+        """The smallest p-value the ensemble can give: T is lowest when every member's p-value is 1/(|R| + 1), and
+        the calibration statistics tied with that lowest T count against it, so this can lie well above 1/(n + 1)
+        (the single detector's floor)."""
+        cd = self._check_calibrated()
+        floor = combine_p_values(np.full((1, len(self.detectors)), 1.0 / (self.n_reference_ + 1)), self.rule)
+        return float(cd.p_values_from_scores(floor)[0])
+
+    def _warn_unreachable(self, alpha: float) -> None:
+        smallest = self.min_p_value()
+        if check_alpha(alpha) < smallest:
+            warnings.warn(f"alpha = {alpha} is below the smallest p-value this ensemble can give ({smallest:.4g}, with "
+                          f"{self.n_reference_} reference and {self.n_calibration_} calibration inputs): nothing can "
+                          "be flagged at this level", ConformalWarning, stacklevel=3)
+
     def predict(self, features: Any, alpha: float) -> np.ndarray:
-        """True = flagged as OOD at level α (P(flag | in-distribution) ≤ α)."""
+        """True = flagged as OOD at level α (P(flag | in-distribution) ≤ α); warns when α is below
+        :meth:`min_p_value`, where nothing can be flagged."""
+        self._warn_unreachable(alpha)
         return self._check_calibrated().flags_from_scores(self.score_samples(features), alpha)
 
     def select(self, features: Any, alpha: float) -> np.ndarray:
         """Benjamini–Hochberg selection at FDR level α on the combination's p-values."""
+        self._warn_unreachable(alpha)
         return self._check_calibrated().select_from_scores(self.score_samples(features), alpha)
 
 

@@ -4,11 +4,11 @@ Paper: ``coat-adaptive-threshold-segmentation.md`` (CRC, AT and COAT). Notation:
 map p̂(X) ∈ [0, 1]^N and a ground-truth mask Y with |Y| > 0; the per-image TPR of a set Ĉ is |Ĉ ∩ Y| / |Y| and
 the FNR is 1 − TPR.
 
-* :func:`crc_threshold` — eq. 5: the largest τ with (1/(n+1))·Σ FNR_i(τ) + B/(n+1) ≤ α for the global sets
-  Ĉ(X, τ) = {j : p̂_j ≥ τ} (eq. 4). Σ_i TPR_i(τ) is a step function of τ whose jumps sit at the positive
+* :func:`crc_threshold` — COAT eq. 5: the largest τ with (1/(n+1))·Σ FNR_i(τ) + B/(n+1) ≤ α for the global sets
+  Ĉ(X, τ) = {j : p̂_j ≥ τ} (COAT eq. 4). Σ_i TPR_i(τ) is a step function of τ whose jumps sit at the positive
   pixels' probabilities, each jump of height 1/|Y_i|: the answer is an order statistic of the pooled positive
   probabilities found with one sort, no grid and no root finding.
-* :func:`adaptive_correction` — Algorithm 1 lines 15–21 (and eq. 14): t' = inf{t : R(t) ≥ (n+1)(1−α)/n} for
+* :func:`adaptive_correction` — COAT Algorithm 1 lines 15–21 (and COAT eq. 14): t' = inf{t : R(t) ≥ (n+1)(1−α)/n} for
   per-image thresholds clip(τ̂_i − t, 0, 1). Pixel j of image i enters the set exactly when t ≥ τ̂_i − p̂_j
   (or always when p̂_j = 1), so R is again a step function with known jumps: one sort.
 * The prediction sets of both, and the oracle thresholds that AT trains on, are in
@@ -243,7 +243,7 @@ def _fraction(value: float) -> Fraction:
 
 
 def crc_threshold(probs: ArrayLike, masks: ArrayLike, alpha: float, loss_bound: float = 1.0) -> float:
-    """CRC threshold τ' of eq. 5 for the sets {j : p̂_j ≥ τ} (eq. 4), computed exactly.
+    """CRC threshold τ' of COAT eq. 5 for the sets {j : p̂_j ≥ τ} (COAT eq. 4), computed exactly.
 
     τ' = sup{τ : (1/(n+1)) Σ_i FNR_i(τ) + B/(n+1) ≤ α}. With S(τ) = Σ_i TPR_i(τ) the condition reads
     S(τ) ≥ n + B − (n+1)α. S is non-increasing and jumps by 1/|Y_i| at each positive pixel's probability,
@@ -303,7 +303,7 @@ def crc_threshold(probs: ArrayLike, masks: ArrayLike, alpha: float, loss_bound: 
 
 
 def adaptive_correction(probs: ArrayLike, masks: ArrayLike, base_thresholds: ArrayLike, alpha: float) -> float:
-    """Global correction t' of Algorithm 1 (lines 15–17; eq. 14), computed exactly from the sorted jumps.
+    """Global correction t' of COAT Algorithm 1 (lines 15–17; COAT eq. 14), computed exactly from the sorted jumps.
 
     R(t) = (1/n) Σ_i |{p̂(X_i) ≥ clip(τ̂_i − t, 0, 1)} ∩ Y_i| / |Y_i| and t' = inf{t : R(t) ≥ (n+1)(1−α)/n}.
     Pixel j of image i is in the set iff p̂_j = 1 or t ≥ e_j := τ̂_i − p̂_j, so R jumps by 1/(n|Y_i|) at

@@ -1,8 +1,8 @@
 """Prediction sets of conformal risk control (``coat-adaptive-threshold-segmentation.md``), and the oracle
 thresholds AT regresses onto.
 
-* :func:`crc_sets` — eq. 4/6, the global sets {p̂_j ≥ τ};
-* :func:`adaptive_sets` — Algorithm 1 line 20, per-image thresholds clip(τ̂_i − t', 0, 1);
+* :func:`crc_sets` — COAT eq. 4/6, the global sets {p̂_j ≥ τ};
+* :func:`adaptive_sets` — COAT Algorithm 1 line 20, per-image thresholds clip(τ̂_i − t', 0, 1);
 * :func:`oracle_thresholds` — §3.1.2: per image, the largest τ whose hard mask has TPR ≥ 1 − α (the
   training target τ*(X, Y) of AT), the ⌈(1−α)|Y|⌉-th largest positive probability.
 """
@@ -19,7 +19,7 @@ from .risk_control import _check_pair, _check_thresholds, _fraction
 
 
 def crc_sets(probs: ArrayLike, threshold: float) -> np.ndarray:
-    """Prediction sets of eq. 4/6: the boolean maps {p̂_j ≥ τ}."""
+    """Prediction sets of COAT eq. 4/6: the boolean maps {p̂_j ≥ τ}."""
     p = check_probability_maps(probs)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) or np.isnan(
         threshold
@@ -29,7 +29,7 @@ def crc_sets(probs: ArrayLike, threshold: float) -> np.ndarray:
 
 
 def adaptive_sets(probs: ArrayLike, base_thresholds: ArrayLike, correction: float) -> np.ndarray:
-    """Prediction sets of Algorithm 1 line 20: {p̂ ≥ clip(τ̂_i − t', 0, 1)}, as boolean maps (n, h, w).
+    """Prediction sets of COAT Algorithm 1 line 20: {p̂ ≥ clip(τ̂_i − t', 0, 1)}, as boolean maps (n, h, w).
 
     Written as ``p̂ = 1 or τ̂_i − p̂ ≤ t'`` — the same set for probabilities in [0, 1] — so the inclusion
     rule uses the very arithmetic of :func:`adaptive_correction` and a calibration pixel on the boundary is
@@ -41,7 +41,7 @@ def adaptive_sets(probs: ArrayLike, base_thresholds: ArrayLike, correction: floa
 
 
 def per_image_thresholds(base_thresholds: ArrayLike, correction: float) -> np.ndarray:
-    """The adjusted thresholds clip(τ̂_i − t', 0, 1) of Algorithm 1 line 19 (for reporting)."""
+    """The adjusted thresholds clip(τ̂_i − t', 0, 1) of COAT Algorithm 1 line 19 (for reporting)."""
     tau = as_numpy(base_thresholds).astype(np.float64).reshape(-1)
     return np.clip(tau - correction, 0.0, 1.0)
 

@@ -4,7 +4,7 @@ For a test embedding z, build the calibrated covering set N(z) = {u : g(u, z) �
 set, take the class c of z's nearest in-distribution reference point (ℓ2 in the set's transformed space),
 and sample ``n_samples`` reference points of class c (positives) and as many of the other classes (negatives).
 The paper's OOD score is
-1 − (negative exclusion rate) (eq. 23); §6 reports that also subtracting the positive exclusion rate works
+1 − (negative exclusion rate) (CCS eq. 23); §6 reports that also subtracting the positive exclusion rate works
 slightly better. In our convention (higher = more in-distribution) the scores are
 
 * ``variant="neg"``: s(z) = negative exclusion rate;
@@ -23,12 +23,12 @@ import torch
 from numpy.typing import ArrayLike
 
 from .._validation import check_features, check_positive_int, renamed
-from ..scores import BaseDetector, register_detector
+from ..scores import BaseDetector
 from ..scores.base import set_learned_state
 
 
 class ConformalSetDetector(BaseDetector):
-    """Eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID references."""
+    """CCS eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID references."""
 
     def __init__(self, conformal_set: Any = None, n_samples: int = 20, variant: str = "neg-pos", seed: int = 0,
                  chunk: int = 256, k: int | None = None) -> None:
@@ -161,7 +161,3 @@ class ConformalSetDetector(BaseDetector):
     def score_samples(self, features: ArrayLike) -> np.ndarray:
         neg_excl, pos_excl = self.exclusion_rates(features)
         return neg_excl - pos_excl if self.variant == "neg-pos" else neg_excl
-
-
-register_detector("conformal_set", ConformalSetDetector, "features", True,
-                  "CCS eq. 23 and section 6 (needs conformal_set=, a calibrated ConformalSet)")

@@ -1,11 +1,11 @@
 """The families of contrastive conformal sets (``contrastive-conformal-sets.md`` §4.1).
 
-* :class:`ConformalBall` — ℓ2 distance, eq. 9; a d-ball.
-* :class:`MahalanobisEllipsoid` — eq. 10; Σ from held-out data (``fit``), or from one half of the
+* :class:`ConformalBall` — ℓ2 distance, CCS eq. 9; a d-ball.
+* :class:`MahalanobisEllipsoid` — CCS eq. 10; Σ from held-out data (``fit``), or from one half of the
   calibration embeddings and q̂ from pairs in the other half (§5), so the quantile is independent of Σ.
-* :class:`SingleNormSet` — eq. 11, ‖M(Z − z)‖_p with M = AAᵀ and p = |p̃| learnable; volume eq. 12.
-* :class:`GeneralizedMultiNormSet` — eq. 13, Σ_j |m_j|^{p_j}|Z_j − z_j|^{p_j} with per-dimension |m_j|,
-  |p_j|; volume eq. 14.
+* :class:`SingleNormSet` — CCS eq. 11, ‖M(Z − z)‖_p with M = AAᵀ and p = |p̃| learnable; volume CCS eq. 12.
+* :class:`GeneralizedMultiNormSet` — CCS eq. 13, Σ_j |m_j|^{p_j}|Z_j − z_j|^{p_j} with per-dimension |m_j|,
+  |p_j|; volume CCS eq. 14.
 
 Learned families are trained by :func:`conformood.conformal.set_training.train_conformal_set`, which their
 ``fit`` calls. ``SET_FAMILIES`` is the registry of the four, by short name.
@@ -48,7 +48,7 @@ class _LearnedSet(ConformalSet):
 
 
 class ConformalBall(ConformalSet):
-    """ℓ2 ball, eq. 9: g(z, Z) = ‖Z − z‖₂; Vol = V_d t^d with V_d = π^{d/2} / Γ(d/2 + 1)."""
+    """ℓ2 ball, CCS eq. 9: g(z, Z) = ‖Z − z‖₂; Vol = V_d t^d with V_d = π^{d/2} / Γ(d/2 + 1)."""
 
     def transformed_distance(self, points: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(anchors - points, dim=-1)
@@ -59,9 +59,9 @@ class ConformalBall(ConformalSet):
 
 
 class MahalanobisEllipsoid(ConformalSet):
-    """Ellipsoid, eq. 10: g = sqrt((Z − z)ᵀ Σ⁻¹ (Z − z)); Vol = V_d t^d sqrt(det Σ).
+    """Ellipsoid, CCS eq. 10: g = sqrt((Z − z)ᵀ Σ⁻¹ (Z − z)); Vol = V_d t^d sqrt(det Σ).
 
-    Σ must come from data disjoint from the calibration set (§4.1, after eq. 10), with a ridge
+    Σ must come from data disjoint from the calibration set (§4.1, after CCS eq. 10), with a ridge
     ``shrinkage · tr(Σ)/d · I`` for stability. Two ways:
 
     * ``fit(embeddings, labels)`` (or ``views=``) on held-out data: Σ is the covariance of the difference
@@ -219,9 +219,9 @@ def _bounded_exponent(raw: torch.Tensor) -> torch.Tensor:
 
 
 class SingleNormSet(_LearnedSet):
-    """Single-norm set, eq. 11: ‖M(Z − z)‖_p ≤ t with M = AAᵀ (positive semi-definite) and p = |p̃|.
+    """Single-norm set, CCS eq. 11: ‖M(Z − z)‖_p ≤ t with M = AAᵀ (positive semi-definite) and p = |p̃|.
 
-    Volume (eq. 12): λ(B_p(t)) · det(M)⁻¹ with λ(B_p(t)) = (2t)^d Γ(1 + 1/p)^d / Γ(1 + d/p), log det M by
+    Volume (CCS eq. 12): λ(B_p(t)) · det(M)⁻¹ with λ(B_p(t)) = (2t)^d Γ(1 + 1/p)^d / Γ(1 + d/p), log det M by
     ``slogdet``. Initialised at A = I, p = 2 (the ℓ2 ball).
 
     Two choices keep training well posed while describing exactly the same family of sets (the threshold
@@ -259,7 +259,7 @@ class SingleNormSet(_LearnedSet):
         return torch.exp((torch.logsumexp(p * log_x, dim=-1) - math.log(self.dim)) / p)
 
     def log_volume_at(self, threshold: float | torch.Tensor) -> torch.Tensor:
-        # {power mean ≤ t} = {‖Mx‖_p ≤ t d^{1/p}}: eq. 12 at radius t d^{1/p}.
+        # {power mean ≤ t} = {‖Mx‖_p ≤ t d^{1/p}}: CCS eq. 12 at radius t d^{1/p}.
         d = self.dim
         p = self.p.to(torch.float64)
         t = torch.as_tensor(threshold, dtype=torch.float64)
@@ -276,9 +276,9 @@ class SingleNormSet(_LearnedSet):
 
 
 class GeneralizedMultiNormSet(_LearnedSet):
-    """Generalized multi-norm set, eq. 13: Σ_j |m_j|^{p_j} |Z_j − z_j|^{p_j} ≤ t (per-dimension |m_j|, |p_j|).
+    """Generalized multi-norm set, CCS eq. 13: Σ_j |m_j|^{p_j} |Z_j − z_j|^{p_j} ≤ t (per-dimension |m_j|, |p_j|).
 
-    Volume (eq. 14): t^{Σ 1/p_j} / Π m_j · 2^d Π Γ(1 + 1/p_j) / Γ(1 + Σ 1/p_j). Initialised at m = 1, p = 2.
+    Volume (CCS eq. 14): t^{Σ 1/p_j} / Π m_j · 2^d Π Γ(1 + 1/p_j) / Γ(1 + Σ 1/p_j). Initialised at m = 1, p = 2.
     As for :class:`SingleNormSet`, m is normalised to unit geometric mean (the overall scale only moves t)
     and every p_j is kept in ``P_RANGE``.
     """

@@ -2,10 +2,10 @@
 
 Objectives (maximised quantities written as losses to minimise):
 
-* J_neg (eq. 16): mean σ_T(g(Z_neg, Z) − q̂) — the soft negative-exclusion rate;
-* J_vol (eq. 19): log Vol(N_q̂) — minimised;
-* J_neg+vol (eq. 20): (1 − λ)·J_neg − λ·log Vol;
-* eq. 22: J − λ_InfoNCE·L_InfoNCE when an encoder (e.g. the penultimate layer) is trained jointly, the
+* J_neg (CCS eq. 16): mean σ_T(g(Z_neg, Z) − q̂) — the soft negative-exclusion rate;
+* J_vol (CCS eq. 19): log Vol(N_q̂) — minimised;
+* J_neg+vol (CCS eq. 20): (1 − λ)·J_neg − λ·log Vol;
+* CCS eq. 22: J − λ_InfoNCE·L_InfoNCE when an encoder (e.g. the penultimate layer) is trained jointly, the
   set parameters and the encoder being updated in alternate epochs (app. B).
 
 q̂ is the ⌈(1 − α)(n + 1)⌉-th smallest positive distance of the current batch, recomputed every step.
@@ -73,7 +73,7 @@ def set_objective(
     transformed: bool = False,
     detach_quantile: bool = False,
 ) -> tuple[torch.Tensor, dict]:
-    """Loss to minimise for one batch: −J_neg, J_vol or −J_neg+vol (eq. 16, 19, 20), and diagnostics."""
+    """Loss to minimise for one batch: −J_neg, J_vol or −J_neg+vol (CCS eq. 16, 19, 20), and diagnostics."""
     dist = cset.transformed_distance if transformed else cset.distance
     if detach_quantile:
         # q̂ is detached (§4.2), so the positive distances need no graph: they only pick the quantile.
@@ -104,7 +104,7 @@ def set_objective(
 
 
 class SetModel(nn.Module):
-    """The set being learned and, for eq. 22, the encoder trained with it (one module for the trainer)."""
+    """The set being learned and, for CCS eq. 22, the encoder trained with it (one module for the trainer)."""
 
     def __init__(self, cset: ConformalSet, encoder: nn.Module | None = None) -> None:
         super().__init__()
@@ -117,8 +117,8 @@ class SetModel(nn.Module):
 
 class ConformalSetObjective:
     """One step of set training on a batch of anchor indices into the training table ``x``: sample k positives
-    and k negatives per anchor, then −J_neg, J_vol or −J_neg+vol (eq. 16, 19, 20), plus
-    ``infonce_weight``·InfoNCE (eq. 21–22) in the epochs that train the encoder (every second one)."""
+    and k negatives per anchor, then −J_neg, J_vol or −J_neg+vol (CCS eq. 16, 19, 20), plus
+    ``infonce_weight``·InfoNCE (CCS eq. 21–22) in the epochs that train the encoder (every second one)."""
 
     expects_images = False
 
@@ -219,7 +219,7 @@ def train_conformal_set(
     """Learn the set's metric on training data; leaves the best epoch's parameters in ``cset`` (and ``encoder``).
 
     ``embeddings`` (n, d) are the training points; with ``encoder`` they are the encoder's *inputs* (e.g.
-    backbone features) and the set lives in the encoder's output space, trained jointly by eq. 22 with the
+    backbone features) and the set lives in the encoder's output space, trained jointly by CCS eq. 22 with the
     set and encoder updated in alternate epochs. ``labels`` (n,) give supervised positives/negatives;
     otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised).
     ``pairs_per_anchor`` positives and as many negatives are sampled per anchor (``k=`` is its former name). With

@@ -2,8 +2,8 @@
 
 A covering set around an anchor embedding Z is N(Z) = {z : g(z, Z) ≤ q̂}. Calibrated on n pairs
 (Z^j, Z^j_pos) of anchors and positives, with q̂ the ⌈(1 − α)(n + 1)⌉-th smallest positive distance, it
-contains a new anchor's positive with probability ≥ 1 − α (Lemma 1, eq. 8), whatever g is — so g can be
-learned to exclude negatives (eq. 16) or to shrink the set's volume (eq. 19, Proposition 1).
+contains a new anchor's positive with probability ≥ 1 − α (Lemma 1, CCS eq. 8), whatever g is — so g can be
+learned to exclude negatives (CCS eq. 16) or to shrink the set's volume (CCS eq. 19, Proposition 1).
 
 This module holds the interface every family shares (``fit`` on training triplets, ``calibrate`` on
 calibration pairs, ``distance``, ``contains``, ``log_volume``, ``nonconformity``) and the conformal quantile; the

@@ -1,6 +1,6 @@
 """Training of the AT and COAT threshold predictors f_D (``coat-adaptive-threshold-segmentation.md``).
 
-f_D is trained on D_2 with L_AT (eq. 8, regression onto the oracle thresholds τ*(X, Y) of §3.1.2, see
+f_D is trained on D_2 with L_AT (COAT eq. 8, regression onto the oracle thresholds τ*(X, Y) of §3.1.2, see
 :func:`~conformood.conformal.risk_control.oracle_thresholds`) or with L_COAT (Algorithm 1 lines 5–14), by the
 one :class:`~conformood.train.Trainer`: AdamW, cosine schedule, random horizontal flips, checkpoints and exact
 resume. Everything is seeded by ``seed``; nothing touches the global random state.
@@ -32,7 +32,7 @@ METHODS = ("at", "coat")
 
 
 class ATObjective:
-    """L_AT (eq. 8): the predicted τ̂ regressed onto the oracle τ* of each (flipped) image."""
+    """L_AT (COAT eq. 8): the predicted τ̂ regressed onto the oracle τ* of each (flipped) image."""
 
     def __init__(self) -> None:
         self.loss = ATLoss()
@@ -105,7 +105,7 @@ def train_threshold_predictor(
     callbacks: Sequence[Callable] = (),
     predictor: str = "small",
 ) -> ThresholdTraining:
-    """Train f_D with L_AT (``method="at"``, eq. 8) or L_COAT (``method="coat"``, Algorithm 1).
+    """Train f_D with L_AT (``method="at"``, COAT eq. 8) or L_COAT (``method="coat"``, Algorithm 1).
 
     Parameters
     ----------

@@ -64,6 +64,8 @@ class ImageArrays:
     images: np.ndarray
     labels: np.ndarray
     class_names: list[str] = field(default_factory=list)
+    #: the file of each image (``class/file`` for an image folder), empty when the images came from arrays
+    names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = np.asarray(self.images)
@@ -77,6 +79,8 @@ class ImageArrays:
         if not np.issubdtype(self.labels.dtype, np.integer):
             raise ValueError(f"labels must be integers, got dtype {self.labels.dtype}")
         self.labels = self.labels.astype(np.int64, copy=False)
+        if self.names and len(self.names) != self.images.shape[0]:
+            raise ValueError(f"names has {len(self.names)} entries for {self.images.shape[0]} images")
         if not self.class_names:
             self.class_names = [str(c) for c in range(int(self.labels.max(initial=-1)) + 1)]
 
@@ -110,7 +114,8 @@ class ImageArrays:
 
     def subset(self, indices: ArrayLike) -> ImageArrays:
         idx = np.asarray(indices, dtype=np.int64)
-        return ImageArrays(self.images[idx], self.labels[idx], list(self.class_names))
+        names = [self.names[i] for i in idx] if self.names else []
+        return ImageArrays(self.images[idx], self.labels[idx], list(self.class_names), names)
 
     def tensor(self, indices: ArrayLike | None = None) -> torch.Tensor:
         """Float32 tensor (n, c, h, w) in [0, 1] of all images or of ``indices``."""

@@ -19,7 +19,7 @@ from ..io import atomic_path
 from .arrays import ImageArrays
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: file names, and class indices shared by every split
 
 
 def default_cache_dir() -> Path:
@@ -43,22 +43,27 @@ def _select(parts: tuple[str, ...], split: str | None) -> str | None:
     return parts[-2]
 
 
-def _iter_directory(root: Path, split: str | None) -> Iterator[tuple[str, str, bytes]]:
+def _iter_directory(root: Path, split: str | None, classes: set[str]) -> Iterator[tuple[str, str, bytes]]:
     base = root / split if split is not None else root
     if not base.is_dir():
         raise ValueError(f"no folder {base}: expected images under {root}/{split or ''}<class>/*.jpg")
+    if split is not None:  # every split's class folders, so that a class has one index in all of them
+        classes.update(c.name for s in root.iterdir() if s.is_dir() for c in s.iterdir() if c.is_dir())
     for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         for f in sorted(class_dir.iterdir()):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
                 yield class_dir.name, f.name, f.read_bytes()
 
 
-def _iter_archive(path: Path, split: str | None) -> Iterator[tuple[str, str, bytes]]:
+def _iter_archive(path: Path, split: str | None, classes: set[str]) -> Iterator[tuple[str, str, bytes]]:
     with tarfile.open(path, mode="r:*") as tar:
         for member in tar:
             if not member.isfile():
                 continue
-            cls = _select(tuple(Path(member.name).parts), split)
+            parts = tuple(Path(member.name).parts)
+            if split is not None and _select(parts, parts[-3] if len(parts) >= 3 else None) is not None:
+                classes.add(parts[-2])  # the classes of every split
+            cls = _select(parts, split)
             if cls is None:
                 continue
             fh = tar.extractfile(member)
@@ -108,7 +113,9 @@ def load_image_folder(
 
     Returns
     -------
-    :class:`ImageArrays` with uint8 images (n, c, h, w); labels index the sorted class-folder names.
+    :class:`ImageArrays` with uint8 images (n, c, h, w), sorted by class folder, then file name; labels index
+    the sorted class-folder names of *every* split (a class has the same index in ``train/`` and ``test/``, also
+    when one split lacks it), and ``names`` gives each image's ``class/file``.
     """
     if mode not in ("RGB", "L"):
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
@@ -124,9 +131,11 @@ def load_image_folder(
         cache_file = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_cache_key(src, split, mode, size)}.npz"
         if cache_file.is_file():
             with np.load(cache_file, allow_pickle=False) as z:
-                return ImageArrays(z["images"], z["labels"], [str(c) for c in z["class_names"]])
+                return ImageArrays(z["images"], z["labels"], [str(c) for c in z["class_names"]],
+                                   [str(c) for c in z["names"]])
 
-    items = _iter_archive(src, split) if _is_archive(src) else _iter_directory(src, split)
+    all_classes: set[str] = set()
+    items = _iter_archive(src, split, all_classes) if _is_archive(src) else _iter_directory(src, split, all_classes)
     if progress:
         from tqdm.auto import tqdm
 
@@ -141,14 +150,15 @@ def load_image_folder(
     shapes = {r[2].shape for r in records}
     if len(shapes) > 1:
         raise ValueError(f"images have different sizes {sorted(shapes)[:4]}...; pass image_size=(h, w) to resize")
-    class_names = sorted({r[0] for r in records})
+    class_names = sorted(all_classes | {r[0] for r in records})
     lookup = {c: i for i, c in enumerate(class_names)}
     images = np.stack([r[2] for r in records])
     labels = np.array([lookup[r[0]] for r in records], dtype=np.int64)
-    result = ImageArrays(images, labels, class_names)
+    names = [f"{r[0]}/{r[1]}" for r in records]
+    result = ImageArrays(images, labels, class_names, names)
 
     if cache_file is not None:
         with atomic_path(cache_file) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, images=images, labels=labels, class_names=np.array(class_names))
+                np.savez(fh, images=images, labels=labels, class_names=np.array(class_names), names=np.array(names))
     return result

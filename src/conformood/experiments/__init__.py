@@ -4,8 +4,11 @@ writes the result as JSON (:mod:`conformood.results`) and then renders its repor
 from .ccs import CCSSimConfig, run_ccs_sim
 from .coat import CoatConfig, run_coat
 from .demo import DemoConfig, run_demo
-from .evaluate import EvaluateConfig, feature_files_from_checkpoint, run_evaluation, score_file
+from .deploy import export_files, monitor_files, score_file
+from .evaluate import EvaluateConfig, run_evaluation
+from .extract import ExtractConfig, extract_file
 from .inspection import InspectionConfig, run_inspection_demo
+from .sources import Encoder, Features, get_encoder, load_features, read_features
 from .train import run_training
 
 __all__ = [
@@ -13,7 +16,15 @@ __all__ = [
     "CoatConfig",
     "DemoConfig",
     "EvaluateConfig",
-    "feature_files_from_checkpoint",
+    "Encoder",
+    "ExtractConfig",
+    "Features",
+    "extract_file",
+    "export_files",
+    "get_encoder",
+    "load_features",
+    "monitor_files",
+    "read_features",
     "run_ccs_sim",
     "run_coat",
     "run_demo",

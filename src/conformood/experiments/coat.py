@@ -2,9 +2,9 @@
 
 Pipeline (app. A.3): a base U-Net is trained on the training images (D_1); the held-out images with a
 non-empty mask are, for every random split, cut in half — one half for evaluation, the other half split
-equally into threshold-training (D_2) and calibration (D_cal). On each split and each α, CRC (eq. 5), AT
-(eq. 8) and COAT (Algorithm 1) are calibrated and evaluated by marginal coverage (eq. 2), coverage gap
-(eq. 3), FNR, set size and FPR. Results are written as JSON first, then rendered to Markdown and figures.
+equally into threshold-training (D_2) and calibration (D_cal). On each split and each α, CRC (COAT eq. 5), AT
+(COAT eq. 8) and COAT (Algorithm 1) are calibrated and evaluated by marginal coverage (eq. 2), coverage gap
+(COAT eq. 3), FNR, set size and FPR. Results are written as JSON first, then rendered to Markdown and figures.
 """
 
 from __future__ import annotations

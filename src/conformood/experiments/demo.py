@@ -1,7 +1,7 @@
 """The demo: one-vs-rest anomaly detection on scikit-learn's digits with FIRM and conformal calibration.
 
 For each class c: train FIRM (eq. 2) on class-c training images with rotations as synthetic outliers,
-score the test split with s_con (eq. 3) on the encoder's features, calibrate the split-conformal threshold
+score the test split with s_con (FIRM eq. 3) on the encoder's features, calibrate the split-conformal threshold
 on held-out class-c images at level alpha, and measure AUROC, AUPR-In/Out, FPR@95TPR, detection accuracy
 and the realised false-alarm rate on test inliers. The same is done with raw pixels as features, so the
 report shows what training bought.

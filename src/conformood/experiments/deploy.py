@@ -1,4 +1,8 @@
-"""``conformood monitor`` and ``conformood export``: a saved calibrated detector after deployment.
+"""``conformood score``, ``monitor`` and ``export``: a saved calibrated detector after deployment.
+
+**score.** :func:`score_file` gives new inputs (a feature file, or images through the detector's own backbone or a
+model) p-values, flags at the detector's stored α (unless another is given) and the Benjamini–Hochberg
+selection; every row is named by its input (the image's ``class/file``, or its row in the feature file).
 
 **monitor.** Each batch is scored by the detector, given online conformal p-values and fed, in order, to a
 conformal test martingale (:class:`conformood.monitor.ConformalMonitor`). The result JSON holds the p-values,
@@ -17,13 +21,78 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_alpha
 from ..conformal import ConformalDetector
 from ..export import export_scorer
-from ..io import write_json
+from ..io import write_json, write_text
 from ..monitor import ConformalMonitor
 from ..report.monitor import plot_martingale
 from ..results import provenance, result_header
-from .evaluate import load_feature_file
+from .sources import check_feature_source, get_encoder, load_features
+
+DEFAULT_ALPHA = 0.1  # the level of decisions when neither the call nor the detector gives one
+
+
+def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | None = None,
+               alpha: float | None = None, out: str | os.PathLike = "scores.json", use_logits: bool = False,
+               csv: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
+               model: str | os.PathLike | None = None, backbone: str | None = None, weights: str | None = "imagenet",
+               input_size: int | None = None) -> dict:
+    """Apply a saved calibrated detector to new inputs (a features file, or ``images`` through ``model`` or
+    ``backbone``, by default the backbone the detector records); write per-input p-values and decisions as JSON
+    (``out``) and CSV (``csv``, default ``out`` with the suffix ``.csv``). ``alpha`` defaults to the level stored
+    in the detector (else 0.1). Features made otherwise than the detector's are refused."""
+    out = Path(out)
+    csv_path = Path(csv) if csv is not None else out.with_suffix(".csv")
+    if csv_path.resolve() == out.resolve():
+        raise ValueError(f"the CSV {csv_path} would overwrite the JSON result {out}; give another name")
+    cd = ConformalDetector.load(detector_file)
+    alpha_source = "given" if alpha is not None else "stored in the detector" if cd.alpha is not None else "default"
+    alpha = check_alpha(alpha if alpha is not None else cd.alpha if cd.alpha is not None else DEFAULT_ALPHA)
+    feats = load_features(inputs, images, model, backbone, weights, input_size, fitted_source=cd.feature_source,
+                          use_logits=use_logits)
+    x = feats.logits if use_logits else feats.inputs()
+    classes = feats.labels if cd.mondrian else None
+    scores = cd.detector.score_samples(x)
+    p = cd.p_values_from_scores(scores, classes)
+    flagged = cd.flags_from_scores(scores, alpha, classes)
+    selected = cd.select_from_scores(scores, alpha, classes)
+    names = feats.names if feats.names is not None else [str(i) for i in range(p.size)]
+    result = {
+        **result_header("score", {"detector_file": str(detector_file),
+                                  "inputs": None if inputs is None else str(inputs),
+                                  "images": None if images is None else str(images), "alpha": alpha,
+                                  "alpha_source": alpha_source, "csv": str(csv_path), "use_logits": use_logits,
+                                  "model": None if model is None else str(model), "backbone": backbone,
+                                  "weights": weights if backbone else None, "input_size": input_size},
+                       inputs={"detector_file": detector_file, "inputs": inputs,
+                               "images": images if images is not None and Path(images).is_file() else None,
+                               "model": model}),
+        "alpha": alpha,
+        "alpha_source": alpha_source,
+        "feature_source": feats.source,
+        "n": int(p.size),
+        "n_flagged": int(flagged.sum()),
+        "n_bh_selected": int(selected.sum()),
+        "input": names,
+        "score": scores.tolist(),
+        "p_value": p.tolist(),
+        "flagged": flagged.tolist(),
+        "bh_selected": selected.tolist(),
+    }
+    write_json(out, result)
+    column = "image" if feats.names is not None else "index"
+    rows = [f"{column},score,p_value,flagged,bh_selected"] + [
+        f"{_csv_field(name)},{s:.10g},{q:.10g},{int(f)},{int(b)}"
+        for name, s, q, f, b in zip(names, scores, p, flagged, selected)
+    ]
+    write_text(csv_path, "\n".join(rows) + "\n")
+    return result
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field, quoted when it holds a comma, a quote or a line break."""
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n\r') else text
 
 MONITOR_OUTPUTS = ("monitor.json", "monitor.png")
 
@@ -40,10 +109,8 @@ def monitor_files(detector_file: str | os.PathLike, inputs: Sequence[str | os.Pa
     starts, names = [], []
     result = monitor.result()
     for path in inputs:
-        split = load_feature_file(path)
-        x = split.logits if use_logits else split.features
-        if x is None:
-            raise ValueError(f"{path} has no '{'logits' if use_logits else 'features'}' array")
+        batch = load_features(inputs=path, fitted_source=cd.feature_source, use_logits=use_logits)
+        x = batch.logits if use_logits else batch.inputs()
         starts.append(int(result.p_values.size))
         names.append(str(path))
         result = monitor.update(x)
@@ -75,20 +142,22 @@ def monitor_files(detector_file: str | os.PathLike, inputs: Sequence[str | os.Pa
     return record
 
 
-def export_files(detector_file: str | os.PathLike, out: str | os.PathLike, alpha: float,
+def export_files(detector_file: str | os.PathLike, out: str | os.PathLike, alpha: float | None = None,
                  model: str | os.PathLike | None = None) -> dict:
-    """Export the calibrated detector in ``detector_file`` at level α, behind the encoder of ``model`` when
-    given, as one program at ``out``; returns its metadata."""
+    """Export the calibrated detector in ``detector_file`` at level α (default: the level it stores), behind the
+    encoder of ``model`` when given (checked against the model the detector records), as one program at ``out``;
+    returns its metadata."""
     import torch
 
     cd = ConformalDetector.load(detector_file)
+    alpha = check_alpha(alpha if alpha is not None else cd.alpha if cd.alpha is not None else DEFAULT_ALPHA)
     encoder, example = None, None
     config = {"detector_file": str(detector_file), "model": None if model is None else str(model), "alpha": alpha,
               "out": str(out)}
     if model is not None:
-        from ..train.recipes import load_trained_model
-
-        net, model_cfg = load_trained_model(model)
+        source = get_encoder(model=model)
+        check_feature_source(cd.feature_source, source.record, str(model))
+        net, model_cfg = source.net, source.model_config
         takes_logits = type(cd.detector).__name__ in ("MSPDetector", "EnergyDetector", "MaxLogitDetector")
         if takes_logits:
             if net.aux_head is None:

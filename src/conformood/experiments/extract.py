@@ -1,10 +1,12 @@
-"""``conformood extract``: a backbone's features of a data set, as the ``.npz`` that ``conformood evaluate`` reads.
+"""``conformood extract``: a backbone's or a trained model's features of a data set, as the ``.npz`` that
+``conformood evaluate`` reads.
 
 The images come from a named data set (``cifar10``, ``fashion-mnist``, …, train and test parts together) or an
-image folder / tar archive (``--split train`` picks ``train/``). ``classes`` keeps some classes, ``take``
-(``START:STOP``) a range of the remaining images in their stored order, so that training and calibration files
-can come from disjoint parts of one split; ``inlier_classes`` adds ``is_inlier`` for a test file. The file holds
-``features``, ``labels`` and the provenance of the extraction (backbone, weights digest, preprocessing).
+image folder / tar archive (``--split train`` picks ``train/``). ``classes`` keeps some classes (by name or
+index), ``take`` (``START:STOP``) a range of the remaining images in their stored order, so that training and
+calibration files can come from disjoint parts of one split; ``inlier_classes`` adds ``is_inlier`` for a test
+file. The file holds ``features``, ``labels``, the image ``names`` of a folder, the ``feature_source`` record
+(:mod:`conformood.experiments.sources`: what evaluate and score compare) and the provenance of the extraction.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .._validation import check_positive_int
-from ..io import write_npz
 from ..results import provenance
+from .sources import Features, get_encoder, write_features
 
 
 @dataclass
@@ -26,21 +28,26 @@ class ExtractConfig:
     """What to extract: backbone and weights, data and the part of it, and how to batch."""
 
     data: str
-    backbone: str = "mobilenet_v2"
+    backbone: str | None = "mobilenet_v2"
     weights: str | None = "imagenet"
-    input_size: int = 224
+    input_size: int | None = None  # default: 224 for a backbone, the training size for a model
     split: str | None = None
-    classes: list[int] | None = None
+    classes: list[int | str] | None = None
     take: str | None = None
-    inlier_classes: list[int] | None = None
+    inlier_classes: list[int | str] | None = None
     batch_size: int = 128
     device: str | None = None
+    model: str | None = None  # a model from `conformood train`, instead of the backbone
 
     def __post_init__(self) -> None:
         from ..models import BACKBONES
 
-        BACKBONES.info(self.backbone)
-        check_positive_int(self.input_size, "input_size", minimum=8)
+        if self.model is not None:
+            self.model, self.backbone = str(self.model), None
+        if self.backbone is not None:
+            BACKBONES.info(self.backbone)
+        if self.input_size is not None:
+            check_positive_int(self.input_size, "input_size", minimum=8)
         check_positive_int(self.batch_size, "batch_size")
         _parse_take(self.take)
 
@@ -57,11 +64,23 @@ def _parse_take(take: str | None) -> slice:
         raise ValueError(f"take must be START:STOP (e.g. 0:4000), got {take!r}") from None
 
 
+def _class_indices(requested: list[int | str], class_names: list[str], data: str) -> list[int]:
+    """Classes by name or index (a digit string is an index unless it is a class name)."""
+    out = []
+    for c in requested:
+        if isinstance(c, str) and c in class_names:
+            out.append(class_names.index(c))
+        elif str(c).isdigit() and int(c) < len(class_names):
+            out.append(int(c))
+        else:
+            raise ValueError(f"class {c!r} is not in {data} (classes 0..{len(class_names) - 1}: "
+                             f"{', '.join(class_names)})")
+    return out
+
+
 def extract_file(cfg: ExtractConfig, out: str | os.PathLike, progress: bool = True) -> dict:
     """Extract the features ``cfg`` asks for and write them to ``out`` (an ``.npz``); returns a summary."""
     from ..data import DATASETS, load_image_folder, load_named
-    from ..models import extract_features, get_backbone
-    from ..models.backbones import cache_dir
 
     if cfg.data in DATASETS:
         if cfg.split not in (None, "all"):
@@ -72,26 +91,20 @@ def extract_file(cfg: ExtractConfig, out: str | os.PathLike, progress: bool = Tr
         data = load_image_folder(cfg.data, split=cfg.split)
     index = np.arange(len(data.labels))
     if cfg.classes is not None:
-        unknown = sorted(set(cfg.classes) - set(np.unique(data.labels).tolist()))
-        if unknown:
-            raise ValueError(f"classes {unknown} are not in {cfg.data} (classes 0..{len(data.class_names) - 1})")
-        index = index[np.isin(data.labels, cfg.classes)]
+        index = index[np.isin(data.labels, _class_indices(cfg.classes, data.class_names, cfg.data))]
     index = index[_parse_take(cfg.take)]
     if index.size == 0:
         raise ValueError("no images left after --classes and --take")
-    backbone = get_backbone(cfg.backbone, weights=cfg.weights, input_size=cfg.input_size)
-    images = data.images[index]
-    features = extract_features(backbone, images, batch_size=cfg.batch_size, device=cfg.device, progress=progress,
-                                cache=cache_dir() / "features" if backbone.weights_digest else None)
+    encoder = get_encoder(cfg.model, cfg.backbone, cfg.weights, cfg.input_size)
+    features = encoder.encode(data.images[index], batch_size=cfg.batch_size, device=cfg.device, progress=progress)
     labels = data.labels[index]
-    arrays = {"features": features, "labels": labels}
+    feats = Features(features, labels, names=[data.names[i] for i in index] if data.names else None,
+                     source=dict(encoder.record))
     if cfg.inlier_classes is not None:
-        arrays["is_inlier"] = np.isin(labels, cfg.inlier_classes)
-    record = provenance({**asdict(cfg), "weights_digest": backbone.weights_digest,
-                         "preprocessing": backbone.preprocessing()},
-                        None if cfg.data in DATASETS else {"data": cfg.data})
-    arrays["provenance"] = np.array(json.dumps(record))
-    write_npz(Path(out), **arrays)
+        feats.is_inlier = np.isin(labels, _class_indices(cfg.inlier_classes, data.class_names, cfg.data))
+    inputs = ({"data": cfg.data} if cfg.data not in DATASETS else {}) | ({"model": cfg.model} if cfg.model else {})
+    record = provenance({**asdict(cfg), "feature_source": encoder.record}, inputs or None)
+    write_features(Path(out), feats, provenance=np.array(json.dumps(record)))
     return {"n": int(features.shape[0]), "dim": int(features.shape[1]), "out": str(out),
             "classes": sorted(np.unique(labels).tolist()),
-            "n_inliers": int(arrays["is_inlier"].sum()) if "is_inlier" in arrays else None}
+            "n_inliers": int(feats.is_inlier.sum()) if feats.is_inlier is not None else None}

@@ -1,9 +1,9 @@
 """Differentiable coverage objectives for image-adaptive thresholds (``coat-adaptive-threshold-segmentation.md``).
 
 * :func:`soft_tpr` — the differentiable TPR of §3.2.2: |M_soft · Y| / (|Y| + ε) with the soft mask
-  M_soft = σ((p̂ − τ̂) / T) (Algorithm 1 lines 9–10).
+  M_soft = σ((p̂ − τ̂) / T) (COAT Algorithm 1 lines 9–10).
 * :class:`COATLoss` — L_COAT = mean over images of (TPR' − (1 − α))² (Algorithm 1 line 11).
-* :class:`ATLoss` — L_AT of eq. 8, the mean squared error to the oracle thresholds τ*(X, Y).
+* :class:`ATLoss` — L_AT of COAT eq. 8, the mean squared error to the oracle thresholds τ*(X, Y).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class COATLoss(nn.Module):
 
 
 class ATLoss(nn.Module):
-    """L_AT of eq. 8: mean (τ̂(X) − τ*(X, Y))²."""
+    """L_AT of COAT eq. 8: mean (τ̂(X) − τ*(X, Y))²."""
 
     def forward(self, thresholds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         _tensor(thresholds, "thresholds", "ATLoss")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,9 +27,10 @@ class JointContrastiveCELoss(nn.Module):
         gather_distributed: bool = False,
     ) -> None:
         super().__init__()
-        if weight < 0:
-            raise ValueError(f"weight must be >= 0, got {weight}")
-        if not 0.0 <= label_smoothing < 1.0:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) or not (
+                0.0 <= label_smoothing < 1.0):
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
         self.contrastive = NTXentLoss(temperature, gather_distributed=gather_distributed)
         self.weight = float(weight)

@@ -41,7 +41,7 @@ def ensemble_probabilities(member_probabilities: Sequence) -> np.ndarray:
 def confusion_log_probability(c: ArrayLike, in_classes: Sequence[int]) -> float:
     """CLP = log( 1/|D_test| sum_x sum_{k in C_in} c_k(x) ) (CLP paper eq. 4).
 
-    ``c`` (n, K): ensemble probabilities of the test samples (eq. 3); ``in_classes``: the column indices of the
+    ``c`` (n, K): ensemble probabilities of the test samples (CLP eq. 3); ``in_classes``: the column indices of the
     in-distribution classes. Pass the samples of one class for the class-wise CLP, or a whole dataset.
     """
     c = check_features(c, "c").astype(np.float64)
@@ -97,7 +97,7 @@ def confusion_dendrogram(distances: ArrayLike) -> np.ndarray:
 
 
 def ensemble_predict(members: Sequence, features: ArrayLike, n_classes: int) -> np.ndarray:
-    """Eq. 3 for fitted members (``classes_`` and ``predict_proba``: :func:`conformood.train.fit_clp_ensemble`'s,
+    """CLP eq. 3 for fitted members (``classes_`` and ``predict_proba``: :func:`conformood.train.fit_clp_ensemble`'s,
     or scikit-learn classifiers), with columns aligned to class indices 0..n_classes-1."""
     x = check_features(features, "features")
     probs = []

@@ -1,5 +1,5 @@
 """Segmentation risk metrics of ``coat-adaptive-threshold-segmentation.md``: per-image TPR/FNR, FPR, set size,
-marginal coverage (eq. 2) and coverage gap (eq. 3)."""
+marginal coverage (eq. 2) and coverage gap (COAT eq. 3)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def segmentation_risk(sets: ArrayLike, masks: ArrayLike) -> SegmentationRisk:
 
 
 def marginal_coverage(tpr: ArrayLike) -> float:
-    """Eq. 2: the mean per-image TPR."""
+    """COAT eq. 2: the mean per-image TPR."""
     t = np.asarray(tpr, dtype=np.float64)
     if t.ndim != 1 or t.size == 0:
         raise ValueError(f"tpr must be a non-empty 1-D array, got shape {t.shape}")
@@ -53,7 +53,7 @@ def marginal_coverage(tpr: ArrayLike) -> float:
 
 
 def coverage_gap(tpr: ArrayLike, alpha: float) -> float:
-    """Eq. 3: the mean |TPR_i − (1 − α)| over images."""
+    """COAT eq. 3: the mean |TPR_i − (1 − α)| over images."""
     alpha = check_alpha(alpha)
     t = np.asarray(tpr, dtype=np.float64)
     if t.ndim != 1 or t.size == 0:

@@ -221,8 +221,13 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
     padding, so their statistics differ from the interior's (on the textile images, worst-patch AUROC of local
     defects 0.70 with every position, 0.995 without the outer two rings). ``patches_after=3`` (24 channels at a
     quarter of the input resolution) is the setting of the inspection demo.
+
+    ``weights=None`` is one fixed random network (initialised from seed 0, the caller's random state untouched),
+    so that features extracted at different times with random weights come from the same network.
     """
-    net = MobileNetV2()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = MobileNetV2()
     digest = None
     if weights is not None:
         path = packaged_weights("mobilenet_v2") if weights == "imagenet" else Path(weights)

@@ -1,8 +1,8 @@
 """Segmentation models for risk control: a small U-Net and the threshold predictor f_D.
 
 Paper: ``coat-adaptive-threshold-segmentation.md``. The base model outputs per-pixel probabilities p̂(X)
-(§2.2); f_D maps the 4-channel input (RGB image ‖ probability map, eq. 7/9) to one threshold in (0, 1)
-through a sigmoid, as in the paper's Algorithm 2. The paper uses ResNet-50 for f_D; on CPU and a few dozen
+(§2.2); f_D maps the 4-channel input (RGB image ‖ probability map, COAT eq. 7/9) to one threshold in (0, 1)
+through a sigmoid, as in the paper's COAT Algorithm 2. The paper uses ResNet-50 for f_D; on CPU and a few dozen
 training images we use a small CNN of the same input/output contract.
 """
 
@@ -78,10 +78,10 @@ class SmallUNet(nn.Module):
 
 
 class ThresholdPredictor(nn.Module):
-    """f_D of eq. 7/9: (image, probability map) → τ̂ ∈ (0, 1).
+    """f_D of COAT eq. 7/9: (image, probability map) → τ̂ ∈ (0, 1).
 
     Strided conv-BN-ReLU stages on the 4-channel input, then global average and global max pooling, a
-    small MLP and a sigmoid (Algorithm 2). Max pooling lets the network see the peak confidence of the
+    small MLP and a sigmoid (COAT Algorithm 2). Max pooling lets the network see the peak confidence of the
     probability map, which is what moves a good per-image threshold most.
     """
 

@@ -49,14 +49,14 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     params = r.get("detector_params", r["options"])
-    model = (r.get("config") or {}).get("model")
-    covers = (f" Features of the model `{model['checkpoint']}` on `{model['data']}`, protocol `{model['protocol']}`."
-              if model else "")
-    backbone = (r.get("config") or {}).get("backbone")
-    if backbone:
-        covers = (f" Features of the frozen backbone `{backbone['backbone']}` (weights `{backbone['weights']}`, "
-                  f"{backbone['preprocessing']['input_size'][0]} px input) on `{backbone['data']}`, protocol "
-                  f"`{backbone['protocol']}`.")
+    source = r.get("feature_source") or {}
+    covers = ""
+    if source.get("kind") == "model" and "protocol" in source:
+        covers = f" Features of the model `{source['model']}` on `{source['data']}`, protocol `{source['protocol']}`."
+    elif source.get("kind") == "backbone":
+        covers = (f" Features of the frozen backbone `{source['backbone']}` (weights `{source.get('weights')}`, "
+                  f"{source['input_size'][0]} px input)"
+                  + (f" on `{source['data']}`, protocol `{source['protocol']}`." if "protocol" in source else "."))
     setup = (
         f"Detector `{r['detector']}` ({r['reference']}) with parameters "
         f"{', '.join(f'`{k}={v}`' for k, v in params.items()) or 'none'}; {r['n_train']} training, "

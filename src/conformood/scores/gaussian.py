@@ -98,7 +98,7 @@ class ClassConditionalGaussianDetector(BaseDetector):
         return self
 
     def class_scores(self, features: ArrayLike) -> np.ndarray:
-        """Per-class terms of eq. 2, shape (m, n_classes)."""
+        """Per-class terms of CLP eq. 2, shape (m, n_classes)."""
         self._check_fitted()
         x = check_features(features, "features", n_features=self.n_features_in_).astype(np.float64)
         if self.scale_ != 1.0:  # fitted on x / scale: log det Sigma gains 2 d log(scale), the quadratic form is equal

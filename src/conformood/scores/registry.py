@@ -21,8 +21,9 @@ from .patch import PatchGaussianDetector
 from .simple import CenterDetector, L2NormDetector
 
 #: Every detector: name -> class, with its input kind ("features", "logits" or "images"), whether ``fit``
-#: needs class labels, and the paper it comes from. Higher layers register theirs here too (the conformal
-#: set detector of :mod:`conformood.conformal`).
+#: needs class labels, and the paper it comes from. Detectors of higher layers (the conformal-set detector of
+#: :mod:`conformood.conformal`) are declared here by dotted path and imported on first use, so the list is the
+#: same whatever was imported; nothing registers itself on import.
 DETECTORS: Registry = Registry("detector")
 
 INPUT_KINDS = ("features", "patches", "logits", "images")
@@ -36,7 +37,17 @@ def register_detector(name: str, cls: type[BaseDetector], input: str, needs_labe
     if input not in INPUT_KINDS:
         raise ValueError(f"input must be one of {INPUT_KINDS}, got {input!r}")
     DETECTORS.register(name, cls, reference=reference, description=(cls.__doc__ or "").split("\n")[0],
-                       input=input, needs_labels=needs_labels, cls=cls)
+                       input=input, needs_labels=needs_labels, class_name=cls.__name__)
+
+
+def declare_detector(name: str, target: str, input: str, needs_labels: bool, reference: str,
+                     description: str) -> None:
+    """Declare a detector of a higher layer by ``"package.module:Class"``; imported when first created or
+    loaded."""
+    if input not in INPUT_KINDS:
+        raise ValueError(f"input must be one of {INPUT_KINDS}, got {input!r}")
+    DETECTORS.declare(name, target, reference=reference, description=description, input=input,
+                      needs_labels=needs_labels, class_name=target.rpartition(":")[2])
 
 
 for _name, _cls, _input, _labels, _reference in (
@@ -63,6 +74,11 @@ for _name, _cls, _input, _labels, _reference in (
 ):
     register_detector(_name, _cls, _input, _labels, _reference)
 
+declare_detector("conformal_set", "conformood.conformal.set_detector:ConformalSetDetector", "features", True,
+                 "CCS eq. 23 and section 6 (needs conformal_set=, a calibrated ConformalSet)",
+                 "CCS eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID "
+                 "references.")
+
 
 def list_detectors() -> list[str]:
     """Names accepted by :func:`get_detector`."""
@@ -81,11 +97,12 @@ def get_detector(name: str, **options: object) -> BaseDetector:
 
 def detector_from_state(kind: object, tensors: dict, config: dict, source: str = "the file") -> BaseDetector:
     """Rebuild a registered detector of class name ``kind`` from its stored state (validated field by field)."""
-    by_class = {DETECTORS.get(name).__name__: DETECTORS.get(name) for name in DETECTORS}
+    by_class = {DETECTORS.info(name).class_name: name for name in DETECTORS}
     if kind not in by_class:
-        hint = " (import conformood.conformal, which registers it)" if kind == "ConformalSetDetector" else ""
+        hint = (": a calibrated detector, which conformood.load (or ConformalDetector.load) reads"
+                if kind == "ConformalDetector" else "")
         raise ValueError(f"{source} holds a {kind!r}, which is not a registered detector{hint}")
-    return by_class[kind]._from_state(tensors, config, source)
+    return DETECTORS.get(by_class[kind])._from_state(tensors, config, source)
 
 
 def load_detector(path: str | os.PathLike) -> BaseDetector:

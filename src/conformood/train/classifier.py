@@ -2,7 +2,7 @@
 :class:`~conformood.train.Trainer`.
 
 The CLP paper trains an ensemble of classifiers that differ only in their seed on D_in ∪ D_out with the
-extended label set; the members' averaged probabilities c_k(x) (eq. 3) give the CLP (eq. 4). Here each member
+extended label set; the members' averaged probabilities c_k(x) (CLP eq. 3) give the CLP (eq. 4). Here each member
 is an MLP on features, trained with cross-entropy (Adam, constant rate, L2 decay), so that it has the trainer's
 checkpoints, resume and progress bars. :func:`conformood.metrics.ensemble_predict` averages the members.
 """
