@@ -71,9 +71,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from conformood.conformal import ConformalSetDetector
-    from conformood.conformal.set_families import SET_FAMILIES, calibrate_labelled
-    from conformood.conformal.set_sampling import evaluate_set
-    from conformood.conformal.set_training import train_conformal_set
+    from conformood.conformal.sets.families import SET_FAMILIES, calibrate_labelled
+    from conformood.conformal.sets.sampling import evaluate_set
+    from conformood.conformal.sets.training import train_conformal_set
     from conformood.data.image_folder import load_image_folder
     from conformood.experiments.ccs import ROWS
     from conformood.io import save_state, write_json, write_text

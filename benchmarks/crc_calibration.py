@@ -120,8 +120,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
 
-    from conformood.conformal import risk_control
-    from conformood.conformal.risk_control import adaptive_correction, crc_threshold
+    from conformood.conformal.risk import control as risk_control
+    from conformood.conformal.risk.control import adaptive_correction, crc_threshold
     from conformood.data.segmentation import synthetic_segmentation
 
     data, probs = synthetic_segmentation(args.n, 90, 120, seed=0)

@@ -64,7 +64,7 @@ def test_the_command_starts_without_torch_and_its_help_lists_the_registries():
 
 def test_conventions_that_differ_from_the_authors_code_are_documented():
     """Issue 15 item 10: each departure from a reference implementation is written in the docstring."""
-    from conformood.conformal.sets import conformal_quantile
+    from conformood.conformal.sets.base import conformal_quantile
     from conformood.losses import CIDERLoss, SupConLoss
     from conformood.scores import KNNSunDetector, MahalanobisDetector, SMuDetector
 

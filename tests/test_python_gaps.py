@@ -29,7 +29,7 @@ def test_the_registry_lists_every_detector_in_a_fresh_interpreter():
 
 
 def test_a_declared_entry_resolves_to_the_class_it_describes():
-    from conformood.conformal.set_detector import ConformalSetDetector
+    from conformood.conformal.sets.detector import ConformalSetDetector
     from conformood.scores import DETECTORS
 
     info = DETECTORS.info("conformal_set")

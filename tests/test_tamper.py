@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from conformood.conformal import ConformalDetector, load_conformal_set
-from conformood.conformal.set_families import SingleNormSet
+from conformood.conformal.sets.families import SingleNormSet
 from conformood.io import load_state, save_state
 from conformood.models import build_contrastive_model
 from conformood.scores import KNNCosineDetector, MahalanobisDetector, load_detector

@@ -4,7 +4,7 @@ Detectors, objectives, encoders, heads, set families, data sets, protocols, opti
 one :class:`Registry`. The command line takes its choices and help text from them, never from copied strings.
 
 An entry is either registered with its factory, or *declared* by the dotted path of a factory that lives in a
-higher layer (``"conformood.conformal.set_detector:ConformalSetDetector"``): the name, its facts and its help
+higher layer (``"conformood.conformal.sets.detector:ConformalSetDetector"``): the name, its facts and its help
 are known at once, and the module is imported the first time the factory itself is asked for. So a registry
 lists the same names whatever has been imported, and no module registers anything into another as a side effect
 of being imported.

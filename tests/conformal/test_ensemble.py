@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conformood.conformal import ConformalDetector, ConformalEnsemble, compare_with_members
-from conformood.conformal.ensemble import CombinedScore
+from conformood.conformal.detection.ensemble import CombinedScore
 from conformood.scores import EnergyDetector, KNNCosineDetector, L2NormDetector, MahalanobisDetector
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from conformood.conformal import ConformalWarning
-from conformood.conformal.risk_control import (
+from conformood.conformal.risk.control import (
     adaptive_correction,
     crc_threshold,
     nonempty_masks,
 )
-from conformood.conformal.risk_sets import (
+from conformood.conformal.risk.sets import (
     adaptive_sets,
     crc_sets,
     oracle_thresholds,
@@ -208,7 +208,7 @@ def test_invalid_alpha_and_thresholds():
 @pytest.mark.parametrize("seed", range(30))
 def test_bucket_selection_matches_brute_force(seed, monkeypatch):
     """Force the O(N) bucket path (tiny bucket and size limits) on problems brute force can check."""
-    from conformood.conformal import risk_control
+    from conformood.conformal.risk import control as risk_control
 
     monkeypatch.setattr(risk_control, "_SMALL", 4)
     monkeypatch.setattr(risk_control, "_BUCKETS", 3)
@@ -237,7 +237,7 @@ def _both_calibrations_match_brute_force(rng, alphas, dtype=np.float64):
 
 
 def test_bucket_path_equals_full_sort_on_large_maps():
-    from conformood.conformal.risk_control import (
+    from conformood.conformal.risk.control import (
         _first_reaching,
         _first_reaching_sorted,
     )
@@ -260,7 +260,7 @@ def test_bucket_path_equals_full_sort_on_large_maps():
 
 # -- the compiled kernel (numba) -----------------------------------------------------------------------------
 def _compiled(monkeypatch, buckets):
-    from conformood.conformal import risk_control
+    from conformood.conformal.risk import control as risk_control
 
     if not risk_control.compiled_kernel_available():
         pytest.skip("numba is not installed")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformood.conformal.risk_control import adaptive_correction, crc_threshold
-from conformood.conformal.risk_sets import adaptive_sets, crc_sets
-from conformood.conformal.threshold_training import train_threshold_predictor
+from conformood.conformal.risk.control import adaptive_correction, crc_threshold
+from conformood.conformal.risk.sets import adaptive_sets, crc_sets
+from conformood.conformal.risk.threshold_training import train_threshold_predictor
 from conformood.data.segmentation import synthetic_segmentation
 from conformood.metrics.segmentation import coverage_gap, segmentation_risk
 

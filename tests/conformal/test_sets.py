@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from conformood.conformal import ConformalWarning
-from conformood.conformal.set_families import (
+from conformood.conformal.sets.base import conformal_quantile
+from conformood.conformal.sets.families import (
     ConformalBall,
     GeneralizedMultiNormSet,
     MahalanobisEllipsoid,
     SingleNormSet,
 )
-from conformood.conformal.set_sampling import TripletSampler, evaluate_set, pair_samples
-from conformood.conformal.set_training import set_objective, train_conformal_set
-from conformood.conformal.sets import conformal_quantile
+from conformood.conformal.sets.sampling import TripletSampler, evaluate_set, pair_samples
+from conformood.conformal.sets.training import set_objective, train_conformal_set
 from conformood.data.simulation import ccs_mixed_clusters
 
 
@@ -254,7 +254,7 @@ def test_unsupervised_views_training_runs_and_keeps_coverage():
 
 @pytest.mark.parametrize("family", ["ball", "ellipsoid", "single", "generalized"])
 def test_save_and_load_round_trip(family, tmp_path):
-    from conformood.conformal.set_families import load_conformal_set
+    from conformood.conformal.sets.families import load_conformal_set
 
     s = _random_set(family, 3, 4)
     rng = np.random.default_rng(0)
@@ -374,7 +374,7 @@ def test_ellipsoid_fitted_on_held_out_data_calibrates_on_every_pair_and_covers()
     import os
     import tempfile
 
-    from conformood.conformal.set_families import load_conformal_set
+    from conformood.conformal.sets.families import load_conformal_set
 
     with tempfile.TemporaryDirectory() as tmp:
         e.save(os.path.join(tmp, "ell"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conformood.conformal.threshold_training import threshold_predictor, train_threshold_predictor
+from conformood.conformal.risk.threshold_training import threshold_predictor, train_threshold_predictor
 from conformood.experiments.coat import CoatConfig
 from conformood.models import BackboneThresholdPredictor, get_backbone, weights_installed
 

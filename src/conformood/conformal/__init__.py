@@ -1,14 +1,28 @@
 """Conformal calibration: p-values, thresholds, guaranteed decisions, sets and risk control."""
 
-from .bh import benjamini_hochberg, benjamini_hochberg_exact
-from .detector import ConformalDetector
-from .ensemble import ConformalEnsemble, combine_p_values, compare_with_members
+from .detection.bh import benjamini_hochberg, benjamini_hochberg_exact
+from .detection.detector import ConformalDetector
+from .detection.ensemble import ConformalEnsemble, combine_p_values, compare_with_members
+from .detection.pac import (
+    conditional_bounds,
+    conditional_p_values,
+    pac_failure_probability,
+    pac_min_calibration,
+    pac_rank,
+)
+from .detection.split import (
+    ConformalWarning,
+    conformal_p_values,
+    conformal_rank,
+    conformal_threshold,
+)
 from .loading import load, load_detector
-from .pac import conditional_bounds, conditional_p_values, pac_failure_probability, pac_min_calibration, pac_rank
-from .risk_control import adaptive_correction, crc_threshold, nonempty_masks
-from .risk_sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
-from .set_detector import ConformalSetDetector
-from .set_families import (
+from .risk.control import adaptive_correction, crc_threshold, nonempty_masks
+from .risk.sets import adaptive_sets, crc_sets, oracle_thresholds, per_image_thresholds
+from .risk.threshold_training import ThresholdTraining, train_threshold_predictor
+from .sets.base import ConformalSet, conformal_quantile
+from .sets.detector import ConformalSetDetector
+from .sets.families import (
     SET_FAMILIES,
     ConformalBall,
     GeneralizedMultiNormSet,
@@ -17,16 +31,8 @@ from .set_families import (
     calibrate_labelled,
     load_conformal_set,
 )
-from .set_sampling import TripletSampler, evaluate_set, pair_samples
-from .set_training import SetTrainingResult, train_conformal_set
-from .sets import ConformalSet, conformal_quantile
-from .split import (
-    ConformalWarning,
-    conformal_p_values,
-    conformal_rank,
-    conformal_threshold,
-)
-from .threshold_training import ThresholdTraining, train_threshold_predictor
+from .sets.sampling import TripletSampler, evaluate_set, pair_samples
+from .sets.training import SetTrainingResult, train_conformal_set
 
 __all__ = [
     "ConformalSetDetector",

@@ -13,8 +13,8 @@ import os
 from typing import Any
 
 from ..io import saved_kind
-from .detector import KIND as CALIBRATED_KIND
-from .detector import ConformalDetector
+from .detection.detector import KIND as CALIBRATED_KIND
+from .detection.detector import ConformalDetector
 
 
 def load(path: str | os.PathLike) -> Any:
@@ -26,7 +26,7 @@ def load(path: str | os.PathLike) -> Any:
     if kind == CALIBRATED_KIND:
         return ConformalDetector.load(path)
     if kind == "ConformalSet":
-        from .set_families import load_conformal_set
+        from .sets.families import load_conformal_set
 
         return load_conformal_set(path)
     if kind == MODEL_KIND:

@@ -84,9 +84,9 @@ def _split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def run_one(cfg: CCSSimConfig, seed: int, family: str, objective: str | None) -> dict:
     """One (seed, method) cell of Table 1."""
-    from ..conformal.set_families import SET_FAMILIES, calibrate_labelled
-    from ..conformal.set_sampling import evaluate_set
-    from ..conformal.set_training import train_conformal_set
+    from ..conformal.sets.families import SET_FAMILIES, calibrate_labelled
+    from ..conformal.sets.sampling import evaluate_set
+    from ..conformal.sets.training import train_conformal_set
     from ..data.simulation import ccs_mixed_clusters
 
     torch.set_num_threads(1)

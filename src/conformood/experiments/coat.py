@@ -19,9 +19,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._validation import check_alpha, check_positive_int
-from ..conformal.risk_control import adaptive_correction, crc_threshold
-from ..conformal.risk_sets import adaptive_sets, crc_sets
-from ..conformal.threshold_training import PREDICTORS, train_threshold_predictor
+from ..conformal.risk.control import adaptive_correction, crc_threshold
+from ..conformal.risk.sets import adaptive_sets, crc_sets
+from ..conformal.risk.threshold_training import PREDICTORS, train_threshold_predictor
 from ..data.segmentation import (
     SegmentationData,
     camvid_path,

@@ -74,7 +74,7 @@ for _name, _cls, _input, _labels, _reference in (
 ):
     register_detector(_name, _cls, _input, _labels, _reference)
 
-declare_detector("conformal_set", "conformood.conformal.set_detector:ConformalSetDetector", "features", True,
+declare_detector("conformal_set", "conformood.conformal.sets.detector:ConformalSetDetector", "features", True,
                  "CCS eq. 23 and section 6 (needs conformal_set=, a calibrated ConformalSet)",
                  "CCS eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID "
                  "references.")

@@ -3,7 +3,7 @@
 The U-Net is trained by the one :class:`~conformood.train.Trainer` with :class:`SegmentationBCEObjective`, so
 it gets checkpoints, exact resume and progress bars. Everything is seeded by the ``seed`` argument; nothing
 touches global RNG state. The AT/COAT threshold predictors, which need the conformal oracle thresholds, are
-trained in :mod:`conformood.conformal.threshold_training`.
+trained in :mod:`conformood.conformal.risk.threshold_training`.
 """
 
 from __future__ import annotations

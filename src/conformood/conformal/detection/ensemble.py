@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validation import check_alpha, check_positive_int, check_scores
+from ..._validation import check_alpha, check_positive_int, check_scores
 from .detector import ConformalDetector
 from .split import ConformalWarning, conformal_p_values
 
@@ -187,7 +187,7 @@ def compare_with_members(ensemble: ConformalEnsemble, calibration: Any, test: An
                          alpha: float) -> dict[str, dict[str, float]]:
     """FPR at α and AUROC of the combination beside each member calibrated alone on the same calibration
     data (all of it), on the same test inputs; keys ``ensemble`` and ``detector_j``."""
-    from ..metrics import auroc  # metrics sit below conformal
+    from ...metrics import auroc  # metrics sit below conformal
 
     inlier = np.asarray(is_inlier, dtype=bool)
     cal_inputs = member_inputs(calibration, len(ensemble.detectors))

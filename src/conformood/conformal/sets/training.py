@@ -51,12 +51,12 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from .._validation import check_alpha, check_positive_float, check_positive_int, renamed
-from ..losses import InfoNCELoss
-from ..train import BestEpoch, TrainConfig, Trainer, build_optimizer
-from .set_sampling import TripletSampler, gather_triplets
-from .sets import ConformalSet, _quantile_torch
-from .split import conformal_rank
+from ..._validation import check_alpha, check_positive_float, check_positive_int, renamed
+from ...losses import InfoNCELoss
+from ...train import BestEpoch, TrainConfig, Trainer, build_optimizer
+from ..detection.split import conformal_rank
+from .base import ConformalSet, _quantile_torch
+from .sampling import TripletSampler, gather_triplets
 
 OBJECTIVES = ("neg", "vol", "neg+vol")
 

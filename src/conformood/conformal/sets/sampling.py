@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from .sets import ConformalSet
+from .base import ConformalSet
 
 
 class TripletSampler:

@@ -14,8 +14,8 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validation import as_numpy, check_alpha, check_probability_maps
-from .risk_control import _check_pair, _check_thresholds, _fraction
+from ..._validation import as_numpy, check_alpha, check_probability_maps
+from .control import _check_pair, _check_thresholds, _fraction
 
 
 def crc_sets(probs: ArrayLike, threshold: float) -> np.ndarray:

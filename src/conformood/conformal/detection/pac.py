@@ -26,7 +26,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import stats
 
-from .._validation import check_alpha, check_positive_int
+from ..._validation import check_alpha, check_positive_int
 
 
 def check_delta(delta: float) -> float:

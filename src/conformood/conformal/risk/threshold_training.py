@@ -1,7 +1,7 @@
 """Training of the AT and COAT threshold predictors f_D (``coat-adaptive-threshold-segmentation.md``).
 
 f_D is trained on D_2 with L_AT (COAT eq. 8, regression onto the oracle thresholds τ*(X, Y) of §3.1.2, see
-:func:`~conformood.conformal.risk_control.oracle_thresholds`) or with L_COAT (Algorithm 1 lines 5–14), by the
+:func:`~conformood.conformal.risk.control.oracle_thresholds`) or with L_COAT (Algorithm 1 lines 5–14), by the
 one :class:`~conformood.train.Trainer`: AdamW, cosine schedule, random horizontal flips, checkpoints and exact
 resume. Everything is seeded by ``seed``; nothing touches the global random state.
 """
@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import (
+from ..._validation import (
     check_alpha,
     check_masks,
     check_positive_int,
     check_probability_maps,
 )
-from ..losses.coverage import ATLoss, COATLoss
-from ..models.segmentation import BackboneThresholdPredictor, ThresholdPredictor
-from ..train import TrainConfig, Trainer
-from ..train.segmentation import random_hflip
-from .risk_sets import oracle_thresholds
+from ...losses.coverage import ATLoss, COATLoss
+from ...models.segmentation import BackboneThresholdPredictor, ThresholdPredictor
+from ...train import TrainConfig, Trainer
+from ...train.segmentation import random_hflip
+from .sets import oracle_thresholds
 
 METHODS = ("at", "coat")
 

@@ -16,7 +16,7 @@ from fractions import Fraction
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validation import check_alpha, check_scores
+from ..._validation import check_alpha, check_scores
 
 
 class ConformalWarning(UserWarning):

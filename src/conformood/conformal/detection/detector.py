@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator
 
-from .._validation import check_alpha, check_positive_int, check_scores, renamed
+from ..._validation import check_alpha, check_positive_int, check_scores, renamed
 from .bh import benjamini_hochberg, benjamini_hochberg_exact
 from .pac import check_delta, conditional_p_values, pac_min_calibration, pac_rank
 from .split import ConformalWarning, conformal_p_values, conformal_rank
@@ -41,9 +41,9 @@ class ConformalDetector(BaseEstimator):
     then conditional on the predicted class).
 
     **Calibration-conditional (PAC) guarantees.** ``calibrate(..., delta=δ)`` makes :meth:`predict` use the
-    rank of :func:`~conformood.conformal.pac.pac_rank`: with probability ≥ 1 − δ over the calibration set, the
+    rank of :func:`~conformood.conformal.pac_rank`: with probability ≥ 1 − δ over the calibration set, the
     deployed rule's false-alarm rate is ≤ α (not only on average over calibration sets); it flags fewer inputs
-    than the marginal rule, and n must be at least :func:`~conformood.conformal.pac.pac_min_calibration`. With δ
+    than the marginal rule, and n must be at least :func:`~conformood.conformal.pac_min_calibration`. With δ
     set, :meth:`select` runs Benjamini–Hochberg on the calibration-conditional p-values (generalized Simes), so
     its FDR bound holds given the calibration set with probability ≥ 1 − δ; :meth:`p_values` gives them with
     ``conditional="simes"`` or ``"dkwm"``.
@@ -288,7 +288,7 @@ class ConformalDetector(BaseEstimator):
         """Save the calibrated detector as one self-contained file (safetensors + JSON, with a digest over all of
         it): the wrapped detector's state is embedded beside the calibration scores, so nothing else is read
         back, and no path is ever stored or followed."""
-        from ..io import save_state
+        from ...io import save_state
 
         self._check_calibrated()
         if not hasattr(self.detector, "state"):
@@ -308,8 +308,8 @@ class ConformalDetector(BaseEstimator):
     def load(cls, path: str | os.PathLike) -> ConformalDetector:
         """Read what :meth:`save` wrote, validating every stored field (the calibration scores must be finite,
         sorted and at least ``min_calibration`` per group)."""
-        from ..io import load_state
-        from ..scores import detector_from_state
+        from ...io import load_state
+        from ...scores import detector_from_state
 
         source = str(path)
         tensors, config = load_state(path, kind=KIND)

@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validation import check_alpha, check_scores
+from ..._validation import check_alpha, check_scores
 
 
 def benjamini_hochberg(p_values: ArrayLike, alpha: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Compiled selection of the calibration jump (fast path of :mod:`conformood.conformal.risk_control`).
+"""Compiled selection of the calibration jump (fast path of :mod:`conformood.conformal.risk.control`).
 
 Both calibrations (CRC COAT eq. 5, COAT Algorithm 1's t') pick the smallest jump point e at which the cumulative jump
 height Σ 1/|Y_i| reaches a level, where image i's positive pixel j jumps at e = τ_i − p̂_j (τ_i = 0 for

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from .._validation import check_features, check_positive_int, renamed
-from ..scores import BaseDetector
-from ..scores.base import set_learned_state
+from ..._validation import check_features, check_positive_int, renamed
+from ...scores import BaseDetector
+from ...scores.base import set_learned_state
 
 
 class ConformalSetDetector(BaseDetector):
@@ -138,7 +138,7 @@ class ConformalSetDetector(BaseDetector):
 
     @classmethod
     def _from_state(cls, tensors: dict, config: dict, source: str = "the file") -> ConformalSetDetector:
-        from .set_families import conformal_set_from_state
+        from .families import conformal_set_from_state
 
         if not isinstance(config.get("conformal_set"), dict):
             raise ValueError(f"{source}: a saved ConformalSetDetector needs its 'conformal_set'")

@@ -12,7 +12,7 @@ the FNR is 1 − TPR.
   per-image thresholds clip(τ̂_i − t, 0, 1). Pixel j of image i enters the set exactly when t ≥ τ̂_i − p̂_j
   (or always when p̂_j = 1), so R is again a step function with known jumps: one sort.
 * The prediction sets of both, and the oracle thresholds that AT trains on, are in
-  :mod:`conformood.conformal.risk_sets`.
+  :mod:`conformood.conformal.risk.sets`.
 
 Both searches compare cumulative sums of fractions 1/|Y_i| against a level; near a tie the comparison is
 redone in exact rational arithmetic, so an α that makes the level land exactly on a jump gives the same
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validation import (
+from ..._validation import (
     as_numpy,
     check_alpha,
     check_masks,
@@ -42,7 +42,7 @@ from .._validation import (
     nonempty_masks,
     probability_array,
 )
-from .split import ConformalWarning
+from ..detection.split import ConformalWarning
 
 __all__ = [
     "adaptive_correction",

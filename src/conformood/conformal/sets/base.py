@@ -7,8 +7,8 @@ learned to exclude negatives (CCS eq. 16) or to shrink the set's volume (CCS eq.
 
 This module holds the interface every family shares (``fit`` on training triplets, ``calibrate`` on
 calibration pairs, ``distance``, ``contains``, ``log_volume``, ``nonconformity``) and the conformal quantile; the
-families themselves are in :mod:`conformood.conformal.set_families`, their training in
-:mod:`conformood.conformal.set_training`.
+families themselves are in :mod:`conformood.conformal.sets.families`, their training in
+:mod:`conformood.conformal.sets.training`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from .._validation import check_alpha, check_features, check_positive_int
-from .split import ConformalWarning
+from ..._validation import check_alpha, check_features, check_positive_int
+from ..detection.split import ConformalWarning
 
 _EPS = 1e-12
 
@@ -43,7 +43,7 @@ def conformal_quantile(scores: ArrayLike, alpha: float) -> float:
     >>> conformal_quantile(np.arange(1.0, 20.0), 0.05)   # n = 19: k = ceil(0.95 * 20) = 19
     19.0
     """
-    from .split import conformal_rank
+    from ..detection.split import conformal_rank
 
     s = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64).ravel()
     if s.size == 0:
@@ -69,7 +69,7 @@ def _quantile_torch(distances: torch.Tensor, alpha: float, detach: bool = True) 
 
     Detached by default (§4.2); with ``detach=False`` the gradient flows to the pair at the quantile.
     """
-    from .split import conformal_rank
+    from ..detection.split import conformal_rank
 
     n = distances.numel()
     k = min(n, n + 1 - conformal_rank(alpha, n))
@@ -135,8 +135,8 @@ class ConformalSet(nn.Module):
         """Learn the metric on training triplets sampled from ``embeddings`` (n, d).
 
         Fixed families (ball, ellipsoid) have nothing to learn: their ``fit`` only checks the input. The
-        learned families (:mod:`conformood.conformal.set_families`) train with
-        :func:`conformood.conformal.set_training.train_conformal_set`.
+        learned families (:mod:`conformood.conformal.sets.families`) train with
+        :func:`conformood.conformal.sets.training.train_conformal_set`.
         """
         _as_tensor(embeddings, "embeddings", self.dim)
         if self.learnable:
@@ -145,7 +145,7 @@ class ConformalSet(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """Parameters and buffers as safetensors, family, α and the calibrated threshold as JSON."""
-        from ..io import save_state
+        from ...io import save_state
 
         config = self.state() | {"init": self._init_args()}
         save_state(path, {k: v.detach() for k, v in self.state_dict().items()}, config, kind="ConformalSet")

@@ -7,7 +7,7 @@
 * :class:`GeneralizedMultiNormSet` — CCS eq. 13, Σ_j |m_j|^{p_j}|Z_j − z_j|^{p_j} with per-dimension |m_j|,
   |p_j|; volume CCS eq. 14.
 
-Learned families are trained by :func:`conformood.conformal.set_training.train_conformal_set`, which their
+Learned families are trained by :func:`conformood.conformal.sets.training.train_conformal_set`, which their
 ``fit`` calls. ``SET_FAMILIES`` is the registry of the four, by short name.
 """
 
@@ -23,15 +23,15 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from .._validation import check_positive_int
-from ..registry import Registry
-from .set_sampling import pair_samples
-from .set_training import train_conformal_set
-from .sets import _EPS, ConformalSet, _as_tensor, _log_unit_ball_l2
+from ..._validation import check_positive_int
+from ...registry import Registry
+from .base import _EPS, ConformalSet, _as_tensor, _log_unit_ball_l2
+from .sampling import pair_samples
+from .training import train_conformal_set
 
 
 class _LearnedSet(ConformalSet):
-    """A family with parameters, learned by :func:`~conformood.conformal.set_training.train_conformal_set`."""
+    """A family with parameters, learned by :func:`~conformood.conformal.sets.training.train_conformal_set`."""
 
     learnable = True
 
@@ -39,7 +39,7 @@ class _LearnedSet(ConformalSet):
         """Learn the metric on training triplets sampled from ``embeddings`` (n, d).
 
         Supervised with ``labels`` (positives share the class), unsupervised with ``views`` (n, v, d);
-        keyword arguments go to :func:`~conformood.conformal.set_training.train_conformal_set`, whose result
+        keyword arguments go to :func:`~conformood.conformal.sets.training.train_conformal_set`, whose result
         is kept in ``training_``.
         """
         _as_tensor(embeddings, "embeddings", self.dim)
@@ -349,7 +349,7 @@ def calibrate_labelled(cset: ConformalSet, embeddings: ArrayLike, labels: ArrayL
 
 def load_conformal_set(path: str | os.PathLike) -> ConformalSet:
     """Rebuild a set written by :meth:`ConformalSet.save`."""
-    from ..io import load_state
+    from ...io import load_state
 
     tensors, config = load_state(path, kind="ConformalSet")
     return conformal_set_from_state(tensors, config, str(path))
@@ -359,7 +359,7 @@ def conformal_set_from_state(tensors: dict[str, torch.Tensor], config: dict, sou
     """Rebuild a set from the tensors and configuration that :meth:`ConformalSet.save` stores, checking every
     field: the family, its constructor arguments (by the constructor's own rules), every parameter's name and
     shape (before anything is allocated), the threshold and the calibration size."""
-    from ..io import load_module_state
+    from ...io import load_module_state
 
     family = {SET_FAMILIES.get(n).__name__: SET_FAMILIES.get(n) for n in SET_FAMILIES}.get(config.get("kind"))
     if family is None:
