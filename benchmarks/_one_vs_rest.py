@@ -22,7 +22,8 @@ from conformood.models import encode
 from conformood.report import render_one_vs_rest
 from conformood.results import provenance
 from conformood.scores import get_detector
-from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
+from conformood.train.recipes import train_contrastive_encoder
+from conformood.train.run_config import TrainRunConfig
 
 CONFIG_KEYS = ("epochs", "n_train", "batch_size", "lr", "crop_scale_min", "weight_decay", "k", "seed")
 

@@ -45,7 +45,8 @@ def child(mode: str, cell: str, args: argparse.Namespace) -> dict:
     from _memory import status_kb
     from conformood.data import load_image_folder
     from conformood.models import extract_features, get_backbone
-    from conformood.train.recipes import find_recipe, load_train_config, train_contrastive_encoder
+    from conformood.train.recipes import train_contrastive_encoder
+    from conformood.train.run_config import find_recipe, load_train_config
 
     torch.set_num_threads(args.threads)
     test = load_image_folder(args.data_dir / "cifar10-jpg.tar.gz", split="test")

@@ -82,11 +82,8 @@ def main() -> None:
         KNNCosineDetector,
         MahalanobisDetector,
     )
-    from conformood.train.recipes import (
-        TrainRunConfig,
-        load_trained_model,
-        train_contrastive_encoder,
-    )
+    from conformood.train.recipes import load_trained_model, train_contrastive_encoder
+    from conformood.train.run_config import TrainRunConfig
 
     t0 = time.perf_counter()
     archive = args.data_dir / "cifar10-jpg.tar.gz"

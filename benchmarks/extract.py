@@ -94,7 +94,8 @@ def finetune_step(images: np.ndarray, weights: str | None, args: argparse.Namesp
     from conformood.augment import SimCLRViews, ViewConfig
     from conformood.models import build_contrastive_model
     from conformood.train.finetune import optimizer_groups
-    from conformood.train.recipes import TrainRunConfig, build_objective
+    from conformood.train.objective_registry import build_objective
+    from conformood.train.run_config import TrainRunConfig
     from conformood.train.trainer import TrainConfig, Trainer
 
     n = args.finetune_batch * args.finetune_steps

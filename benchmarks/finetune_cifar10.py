@@ -40,7 +40,8 @@ from conformood.io import write_json, write_text
 from conformood.metrics import auroc
 from conformood.results import provenance
 from conformood.scores import KNNCosineDetector
-from conformood.train.recipes import find_recipe, load_train_config, train_contrastive_encoder
+from conformood.train.recipes import train_contrastive_encoder
+from conformood.train.run_config import find_recipe, load_train_config
 
 RECIPE = "firm_mobilenet_v2"
 

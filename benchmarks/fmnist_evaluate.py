@@ -28,7 +28,8 @@ from conformood.io import write_json
 from conformood.metrics import ood_metrics
 from conformood.results import provenance
 from conformood.scores import get_detector
-from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
+from conformood.train.recipes import train_contrastive_encoder
+from conformood.train.run_config import TrainRunConfig
 
 
 def _evaluate(f_train, f_cal, f_test, is_inlier, alpha):

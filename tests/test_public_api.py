@@ -54,7 +54,7 @@ def test_the_command_starts_without_torch_and_its_help_lists_the_registries():
 
     from conformood.cli import app
     from conformood.data import PROTOCOLS
-    from conformood.train.recipes import OBJECTIVES
+    from conformood.train.objective_registry import OBJECTIVES
 
     text = " ".join(CliRunner().invoke(app, ["train", "--help"], terminal_width=200).output.split())
     assert all(name in text for name in OBJECTIVES.names()) and "{objectives}" not in text

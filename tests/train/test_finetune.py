@@ -11,7 +11,8 @@ import torch
 from conformood.cli import main
 from conformood.models import build_contrastive_model
 from conformood.train.finetune import optimizer_groups
-from conformood.train.recipes import TrainRunConfig, load_trained_model
+from conformood.train.recipes import load_trained_model
+from conformood.train.run_config import TrainRunConfig
 
 OPTIONS = {"weights": None, "input_size": 32, "freeze_blocks": 5, "freeze_bn": True}
 
@@ -73,7 +74,8 @@ def test_shipped_fine_tuning_recipes_train_stably_from_imagenet_weights(recipe):
     (per-layer step normalisation); with the recipe's SGD the loss went from 1e4 to 2e6 in three epochs. The
     shipped recipes, as written (smaller input and data only), must lower the loss from the ImageNet weights."""
     from conformood.models.backbones import weights_installed
-    from conformood.train.recipes import find_recipe, load_train_config, train_contrastive_encoder
+    from conformood.train.recipes import train_contrastive_encoder
+    from conformood.train.run_config import find_recipe, load_train_config
 
     if not weights_installed("mobilenet_v2"):
         pytest.skip("the ImageNet MobileNetV2 weights are not installed (make weights)")

@@ -13,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from conformood.cli import app
-from conformood.train.recipes import load_train_config, load_trained_model
+from conformood.train.recipes import load_trained_model
+from conformood.train.run_config import load_train_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "src" / "conformood" / "recipes").glob("*.yaml"))
 runner = CliRunner()
@@ -107,7 +108,7 @@ def test_train_with_per_epoch_evaluation_writes_diagnostics(tmp_path):
     assert diag["aulc"] == pytest.approx(np.trapezoid(diag["auroc"], [0.0, 1.0]))
     assert len(diag["inlier_feature_norm"]) == 2 and all(v > 0 for v in diag["outlier_feature_norm"])
     assert (out / "diagnostics.png").stat().st_size > 0
-    from conformood.train.recipes import TrainRunConfig
+    from conformood.train.run_config import TrainRunConfig
 
     with pytest.raises(ValueError, match="normal_class"):
         TrainRunConfig(eval_every=1)
@@ -130,7 +131,7 @@ def test_explicit_flags_override_the_recipe_and_train_json_records_the_merge(tmp
 
 
 def test_recipe_paths_resolve_against_the_recipe_folder_or_data_root(tmp_path, monkeypatch):
-    from conformood.train.recipes import load_train_config
+    from conformood.train.run_config import load_train_config
 
     folder = tmp_path / "recipes"
     folder.mkdir()
@@ -147,7 +148,7 @@ def test_recipe_paths_resolve_against_the_recipe_folder_or_data_root(tmp_path, m
 
 
 def test_shipped_recipes_are_listed_and_addressable_by_name():
-    from conformood.train.recipes import find_recipe, recipe_names
+    from conformood.train.run_config import find_recipe, recipe_names
 
     result = runner.invoke(app, ["recipes"])
     assert result.exit_code == 0, result.output

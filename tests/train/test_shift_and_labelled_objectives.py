@@ -168,7 +168,8 @@ def test_trainer_checks_labels():
 
 
 def test_labelled_recipes_need_several_classes():
-    from conformood.train.recipes import TrainRunConfig, train_contrastive_encoder
+    from conformood.train.recipes import train_contrastive_encoder
+    from conformood.train.run_config import TrainRunConfig
 
     images = torch.rand(8, 1, 8, 8)
     cfg = TrainRunConfig(objective="clp", epochs=1, batch_size=4, widths=(4, 8, 8), image_size=8)

@@ -49,7 +49,8 @@ class RegistryHelp(Command):
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         from ..data import DATASETS, protocol_help
-        from ..train.recipes import OBJECTIVES, recipe_names
+        from ..train.objective_registry import OBJECTIVES
+        from ..train.run_config import recipe_names
 
         fill = {"{datasets}": ", ".join(DATASETS.names()), "{objectives}": ", ".join(OBJECTIVES.names()),
                 "{protocols}": protocol_help(), "{recipes}": ", ".join(recipe_names())}

@@ -143,7 +143,7 @@ def train(
 ) -> None:
     """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
     from ..experiments.train import run_training
-    from ..train.recipes import TrainRunConfig, load_train_config
+    from ..train.run_config import TrainRunConfig, load_train_config
 
     set_data_root(data_root)
     device = resolve_device(device)
@@ -200,7 +200,7 @@ def _recipe_fields(name: str) -> set[str]:
     try:
         import yaml
 
-        from ..train.recipes import find_recipe
+        from ..train.run_config import find_recipe
 
         fields = yaml.safe_load(find_recipe(name).read_text())
         return set(fields) if isinstance(fields, dict) else set()
@@ -214,7 +214,7 @@ def recipes() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..train.recipes import recipe_description, recipe_names
+    from ..train.run_config import recipe_description, recipe_names
 
     table = Table(title="conformood recipes (conformood train --config NAME)")
     table.add_column("name", no_wrap=True)

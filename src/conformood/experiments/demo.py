@@ -29,7 +29,8 @@ from ..io import write_json
 from ..metrics import decision_metrics, ood_metrics
 from ..results import environment, result_header
 from ..scores import get_detector
-from ..train.recipes import TrainRunConfig, train_contrastive_encoder
+from ..train.recipes import train_contrastive_encoder
+from ..train.run_config import TrainRunConfig
 
 METHODS = ("firm", "raw_pixels")
 

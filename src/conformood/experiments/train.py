@@ -21,13 +21,9 @@ from ..data import (
 )
 from ..io import save_state, write_json
 from ..results import environment, result_header
-from ..train.recipes import (
-    MODEL_KIND,
-    OBJECTIVES,
-    TrainRunConfig,
-    encoder_options_for,
-    train_contrastive_encoder,
-)
+from ..train.objective_registry import OBJECTIVES
+from ..train.recipes import MODEL_KIND, encoder_options_for, train_contrastive_encoder
+from ..train.run_config import TrainRunConfig
 
 
 def _load(cfg: TrainRunConfig, part: str = "train") -> ImageArrays:
