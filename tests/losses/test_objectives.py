@@ -227,10 +227,10 @@ def test_cider_first_call_initialises_prototypes_from_class_means():
     assert torch.allclose(loss.prototypes.norm(dim=1), torch.ones(2, dtype=torch.float64))
 
 
-def test_former_parameter_names_still_work_with_a_warning():
-    with pytest.warns(FutureWarning, match="norm_weight"):
-        assert OECLLoss(alpha=0.3).norm_weight == 0.3
-    with pytest.warns(FutureWarning, match="exponent"):
-        assert AlignmentLoss(alpha=3.0).exponent == 3.0
-    with pytest.raises(ValueError, match="norm_weight= only"):
-        OECLLoss(norm_weight=0.5, alpha=0.3)
+def test_alpha_names_only_an_error_level():
+    """``alpha=`` was also the OECL weight and the alignment exponent; it is removed from both."""
+    with pytest.raises(TypeError, match="'alpha'"):
+        OECLLoss(alpha=0.3)
+    with pytest.raises(TypeError, match="'alpha'"):
+        AlignmentLoss(alpha=3.0)
+    assert OECLLoss(norm_weight=0.3).norm_weight == 0.3 and AlignmentLoss(exponent=3.0).exponent == 3.0

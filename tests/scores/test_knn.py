@@ -109,13 +109,24 @@ def test_validation(features):
         det.score_samples(zero)
 
 
-def test_former_name_k_still_sets_the_neighbour_count():
+def test_the_former_name_k_is_gone_and_files_that_stored_it_still_load(tmp_path):
+    """``k`` meant three things (n_neighbors, n_samples, pairs_per_anchor); it is removed. A file of conformood
+    0.3 stores ``"k": null`` (or a value, which was the neighbour count) among the parameters and still loads."""
+    from conformood.scores import get_detector
+
     rng = np.random.default_rng(0)
     train, test = rng.normal(size=(30, 4)), rng.normal(size=(5, 4))
-    with pytest.warns(FutureWarning, match="n_neighbors"):
-        old = KNNCosineDetector(k=3).fit(train)
-    np.testing.assert_array_equal(
-        old.score_samples(test), KNNCosineDetector(n_neighbors=3).fit(train).score_samples(test)
-    )
-    with pytest.raises(ValueError, match="n_neighbors= only"):
-        KNNCosineDetector(n_neighbors=2, k=3).fit(train)
+    with pytest.raises(TypeError, match="'k'"):
+        KNNCosineDetector(k=3)
+    with pytest.raises(ValueError, match="no option"):
+        get_detector("knn_cosine", k=3)
+    from conformood.io import load_artefact
+
+    KNNCosineDetector(n_neighbors=3).fit(train).save(tmp_path / "d.safetensors")
+    _, tensors, config = load_artefact(tmp_path / "d.safetensors")
+    for stored, expected in ((None, 3), (2, 2)):
+        old = {**config, "params": {**config["params"], "k": stored}}
+        again = KNNCosineDetector._from_state(tensors, old, "a 0.3 file")
+        assert again.n_neighbors == expected
+        np.testing.assert_array_equal(again.score_samples(test),
+                                      KNNCosineDetector(n_neighbors=expected).fit(train).score_samples(test))

@@ -81,9 +81,11 @@ def reproduce_ccs_sim(
     ] = False,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs of the learned sets.")] = 30,
     pairs_per_anchor: Annotated[
-        int, typer.Option("--pairs-per-anchor", "--k", min=1,
-                          help="Positives and negatives sampled per training anchor.")
-    ] = 200,
+        int | None, typer.Option("--pairs-per-anchor", min=1,
+                                 help="Positives and negatives sampled per training anchor (default 200).")
+    ] = None,
+    former_k: Annotated[int | None, typer.Option("--k", min=1, hidden=True,
+                                                 help="Former name of --pairs-per-anchor.")] = None,
     n_per_class: Annotated[int, typer.Option(min=50, help="Points per class of the simulation.")] = 5000,
     progress: Annotated[bool, typer.Option(help=PROGRESS_HELP)] = True,
     overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
@@ -91,6 +93,7 @@ def reproduce_ccs_sim(
     """Table 1 of the contrastive conformal sets paper: 8 set families on the 3-D mixed clusters."""
     from ..experiments.ccs import CCSSimConfig, run_ccs_sim
 
+    pairs_per_anchor = former_spelling(pairs_per_anchor, former_k, "--pairs-per-anchor", "--k") or 200
     cfg = config(CCSSimConfig, seeds=seeds, seed_offset=seed_offset, workers=workers,
                      detach_quantile=detach_quantile, epochs=epochs, pairs_per_anchor=pairs_per_anchor,
                      n_per_class=n_per_class)

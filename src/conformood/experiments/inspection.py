@@ -30,10 +30,10 @@ from ..conformal import ConformalDetector, ConformalEnsemble
 from ..data import TEXTILE_CLASSES, load_textile, train_calibration_test_split
 from ..io import write_json
 from ..metrics import decision_metrics, ood_metrics
-from ..models import extract_features, get_backbone
 from ..models.extract import data_digest
 from ..results import environment, result_header
 from ..scores import get_detector
+from .sources import get_encoder
 
 METHODS = ("raw_pixels", "backbone_knn", "backbone_patches", "combined")
 MAIN_METHOD = "combined"
@@ -146,13 +146,13 @@ def run_inspection_demo(config: InspectionConfig | None, out_dir: str | Path, pr
     train, cal = nominal[split.train], nominal[split.calibration]
     test = np.sort(np.r_[nominal[split.test], np.flatnonzero(kinds != 0)])
 
-    pooled = get_backbone("mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size)
-    patches = get_backbone("mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size,
-                           patches_after=cfg.patches_after, patch_window=cfg.patch_window)
+    pooled = get_encoder(backbone="mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size)
+    patches = get_encoder(backbone="mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size,
+                          patches_after=cfg.patches_after, patch_window=cfg.patch_window)
     features = {
         "raw_pixels": images.reshape(len(images), -1).astype(np.float32) / 255.0,
-        "backbone_knn": extract_features(pooled, images, cfg.batch_size, cfg.device, progress),
-        "backbone_patches": extract_features(patches, images, cfg.batch_size, cfg.device, progress),
+        "backbone_knn": pooled.encode(images, cfg.batch_size, cfg.device, progress),
+        "backbone_patches": patches.encode(images, cfg.batch_size, cfg.device, progress),
     }
     detectors = {
         "raw_pixels": get_detector("knn_cosine", n_neighbors=cfg.n_neighbors),

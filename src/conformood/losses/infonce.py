@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .._validation import check_positive_float, renamed
+from .._validation import check_positive_float
 from ._common import check_embeddings, check_views, unit_rows
 
 
@@ -59,9 +59,9 @@ class AlignmentLoss(nn.Module):
     Projections are L2-normalised inside. Call with the two views ``z1, z2`` (n, d).
     """
 
-    def __init__(self, exponent: float = 2.0, alpha: float | None = None) -> None:
+    def __init__(self, exponent: float = 2.0) -> None:
         super().__init__()
-        self.exponent = check_positive_float(renamed(exponent, alpha, "exponent", "alpha", default=2.0), "exponent")
+        self.exponent = check_positive_float(exponent, "exponent")
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         check_views(z1, z2)

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import renamed
 from ._common import check_embeddings, check_sample_vector, check_views
 from .ntxent import NTXentLoss
 
@@ -28,10 +27,9 @@ class OECLLoss(nn.Module):
 
     def __init__(
         self, temperature: float = 0.5, norm_weight: float = 1.0, warmup_epochs: int = 0,
-        base: nn.Module | None = None, alpha: float | None = None, gather_distributed: bool = False,
+        base: nn.Module | None = None, gather_distributed: bool = False,
     ) -> None:
         super().__init__()
-        norm_weight = renamed(norm_weight, alpha, "norm_weight", "alpha", default=1.0)
         if not norm_weight >= 0:
             raise ValueError(f"norm_weight must be >= 0, got {norm_weight}")
         if warmup_epochs < 0:

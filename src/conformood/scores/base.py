@@ -40,6 +40,9 @@ class BaseDetector(BaseEstimator):
 
     #: learned attributes saved under a former name: {former: current} (files written before a rename load)
     _former_state_names: dict[str, str] = {}
+    #: constructor parameters removed since a file format was written: former name -> its successor; a stored
+    #: None is dropped, a stored value sets the successor (files of conformood 0.3 store ``k``)
+    _former_params: dict[str, str] = {}
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):
@@ -127,6 +130,12 @@ class BaseDetector(BaseEstimator):
     @classmethod
     def _with_params(cls, params: dict, array_params: dict, source: str) -> BaseDetector:
         """``cls(**params)`` after checking every name and type against the constructor, then its rules."""
+        params = dict(params)
+        for former, current in cls._former_params.items():
+            if former in params:
+                value = params.pop(former)
+                if value is not None:
+                    params[current] = value
         names = set(cls._get_param_names())
         unknown = sorted((set(params) | set(array_params)) - names)
         if unknown:

@@ -12,7 +12,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from .. import models
-from .._validation import check_positive_int, renamed
+from .._validation import check_positive_int
 from ..augment import SimCLRViews, ViewConfig, rotate
 from ..augment.rng import seeded_from
 from ..data.arrays import to_float_images
@@ -145,15 +145,14 @@ class ShiftDetector(_EncoderDetector):
         n_neighbors: int = 1,
         batch_size: int = 256,
         device: str = "cpu",
-        k: int | None = None,
     ) -> None:
         self.encoder = encoder
         self.n_neighbors = n_neighbors
-        self.k = k
         self.batch_size = batch_size
         self.device = device
 
     _learned = _EncoderDetector._learned | {"banks_": ("r", "n", "e")}
+    _former_params = {"k": "n_neighbors"}
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ShiftDetector:
         """Encode every rotation of the training images into one s_con bank per rotation."""
@@ -162,7 +161,6 @@ class ShiftDetector(_EncoderDetector):
         if images.shape[-1] != images.shape[-2]:
             raise ValueError("rotation ensembles need square images")
         self._record_input(images)
-        renamed(self.n_neighbors, self.k, "n_neighbors", "k", default=1)  # warns when the former name was used
         self.banks_ = np.stack(
             [encode(self.encoder, rotate(images, a), self.batch_size, self.device) for a in ROTATIONS]
         )
@@ -172,7 +170,7 @@ class ShiftDetector(_EncoderDetector):
     def _knn(self, r: int) -> KNNCosineDetector:
         """The s_con searcher of rotation r, built once per fitted bank (normalisation and index included)."""
         if getattr(self, "_knns", None) is None:
-            self._knns = [KNNCosineDetector(n_neighbors=self.k if self.k is not None else self.n_neighbors).fit(bank)
+            self._knns = [KNNCosineDetector(n_neighbors=self.n_neighbors).fit(bank)
                           for bank in self.banks_]
         return self._knns[r]
 
@@ -209,9 +207,8 @@ class EnsDetector(ShiftDetector):
         batch_size: int = 256,
         seed: int = 0,
         device: str = "cpu",
-        k: int | None = None,
     ) -> None:
-        super().__init__(encoder=encoder, n_neighbors=n_neighbors, batch_size=batch_size, device=device, k=k)
+        super().__init__(encoder=encoder, n_neighbors=n_neighbors, batch_size=batch_size, device=device)
         self.n_crops = n_crops
         self.crop_scale = crop_scale
         self.seed = seed

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from .._validation import check_features, check_positive_int, renamed
+from .._validation import check_features, check_positive_int
 from .base import BaseDetector
 
 _NORMALIZE_ROWS = 16384  # rows normalised at once (float64 temporaries)
@@ -181,17 +180,14 @@ class _NormalizedBankDetector(BaseDetector):
             raise ValueError("index='ivf' needs the faiss backend")
         return backend
 
-    def neighbours(self, warn: bool = False) -> int:
-        """The neighbour count: ``n_neighbors``, or the former parameter ``k`` when that was given."""
-        if self.k is None:
-            return self.n_neighbors
-        if warn:
-            default = inspect.signature(type(self)).parameters["n_neighbors"].default
-            return renamed(self.n_neighbors, self.k, "n_neighbors", "k", default=default)
-        return self.k
+    _former_params = {"k": "n_neighbors"}
+
+    def neighbours(self) -> int:
+        """The neighbour count ``n_neighbors``."""
+        return self.n_neighbors
 
     def _fit_bank(self, features) -> np.ndarray:
-        k = check_positive_int(self.neighbours(warn=True), "n_neighbors")
+        k = check_positive_int(self.neighbours(), "n_neighbors")
         self._validate_search_params()
         x = check_features(features, "features")
         if x.shape[0] < k:
@@ -234,7 +230,7 @@ class KNNCosineDetector(_NormalizedBankDetector):
 
     Parameters
     ----------
-    n_neighbors : number of neighbours k (FIRM uses k = 1 for its comparisons); ``k=`` is its former name.
+    n_neighbors : number of neighbours k (FIRM uses k = 1 for its comparisons).
     backend : ``"auto"`` (faiss when installed, else torch), ``"faiss"`` or ``"torch"`` (chunked matrix
         products in the features' precision, memory bounded whatever the bank's size).
     index : ``"flat"`` (exact ``IndexFlatIP``) or ``"ivf"`` (approximate ``IndexIVFFlat`` with ``nlist``
@@ -244,10 +240,9 @@ class KNNCosineDetector(_NormalizedBankDetector):
 
     def __init__(
         self, n_neighbors: int = 1, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
-        query_chunk: int = 16384, k: int | None = None,
+        query_chunk: int = 16384,
     ) -> None:
         self.n_neighbors = n_neighbors
-        self.k = k
         self.backend = backend
         self.index = index
         self.nlist = nlist
@@ -286,10 +281,10 @@ class KNNSunDetector(KNNCosineDetector):
 
     def __init__(
         self, n_neighbors: int = 50, backend: str = "auto", index: str = "flat", nlist: int = 1024, nprobe: int = 16,
-        query_chunk: int = 16384, k: int | None = None,
+        query_chunk: int = 16384,
     ) -> None:
         super().__init__(n_neighbors=n_neighbors, backend=backend, index=index, nlist=nlist, nprobe=nprobe,
-                         query_chunk=query_chunk, k=k)
+                         query_chunk=query_chunk)
 
     def score_samples(self, features: ArrayLike) -> np.ndarray:
         top, _ = self._top_similarities(features)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from ..._validation import check_features, check_positive_int, renamed
+from ..._validation import check_features, check_positive_int
 from ...scores import BaseDetector
 from ...scores.base import set_learned_state
 
@@ -31,20 +31,21 @@ class ConformalSetDetector(BaseDetector):
     """CCS eq. 23 as a detector. ``conformal_set`` must be calibrated; ``fit`` stores labelled ID references."""
 
     def __init__(self, conformal_set: Any = None, n_samples: int = 20, variant: str = "neg-pos", seed: int = 0,
-                 chunk: int = 256, k: int | None = None) -> None:
+                 chunk: int = 256) -> None:
         self.n_samples = n_samples
         self.conformal_set = conformal_set
-        self.k = k
         self.variant = variant
         self.seed = seed
         self.chunk = chunk
+
+    _former_params = {"k": "n_samples"}
 
     def fit(self, features: ArrayLike, labels: ArrayLike | None = None) -> ConformalSetDetector:
         if self.conformal_set is None or getattr(self.conformal_set, "threshold_", None) is None:
             raise ValueError("conformal_set must be a calibrated ConformalSet (call calibrate first)")
         if self.variant not in ("neg", "neg-pos"):
             raise ValueError(f"variant must be 'neg' or 'neg-pos', got {self.variant!r}")
-        self.n_samples_ = check_positive_int(renamed(self.n_samples, self.k, "n_samples", "k", default=20), "n_samples")
+        self.n_samples_ = check_positive_int(self.n_samples, "n_samples")
         x = check_features(features, "features", n_features=self.conformal_set.dim)
         if labels is None:
             raise ValueError("ConformalSetDetector needs class labels of the reference features")

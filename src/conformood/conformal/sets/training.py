@@ -51,7 +51,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
-from ..._validation import check_alpha, check_positive_float, check_positive_int, renamed
+from ..._validation import check_alpha, check_positive_float, check_positive_int
 from ...losses import InfoNCELoss
 from ...train import BestEpoch, TrainConfig, Trainer, build_optimizer
 from ..detection.split import conformal_rank
@@ -214,7 +214,6 @@ def train_conformal_set(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     callbacks: Sequence[Callable] = (),
-    k: int | None = None,
 ) -> SetTrainingResult:
     """Learn the set's metric on training data; leaves the best epoch's parameters in ``cset`` (and ``encoder``).
 
@@ -222,7 +221,7 @@ def train_conformal_set(
     backbone features) and the set lives in the encoder's output space, trained jointly by CCS eq. 22 with the
     set and encoder updated in alternate epochs. ``labels`` (n,) give supervised positives/negatives;
     otherwise ``views`` (n, v, d) give each sample's augmented-view embeddings (unsupervised).
-    ``pairs_per_anchor`` positives and as many negatives are sampled per anchor (``k=`` is its former name). With
+    ``pairs_per_anchor`` positives and as many negatives are sampled per anchor. With
     ``checkpoint``, training is resumable (``resume=True`` continues it exactly); ``callbacks`` go to the
     trainer, after the best-epoch one.
     """
@@ -230,7 +229,7 @@ def train_conformal_set(
         raise ValueError(f"{type(cset).__name__} has no parameters to learn")
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    k = check_positive_int(renamed(pairs_per_anchor, k, "pairs_per_anchor", "k", default=200), "pairs_per_anchor")
+    k = check_positive_int(pairs_per_anchor, "pairs_per_anchor")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive_float(lr, "lr")
