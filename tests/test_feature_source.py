@@ -183,3 +183,36 @@ def test_former_spellings_work_with_one_deprecation_line(tmp_path, capsys):
                          "--max-images", "16", "--no-progress", "--device", "cpu"], capsys)
     assert code == 0 and "deprecated" not in err, err
     assert json.loads((tmp_path / "r2" / "train.json").read_text())["config"]["image_size"] == 8
+
+
+def test_bad_inputs_to_the_route_are_one_line(calibrated, folder, tmp_path, capsys):
+    """A tampered record, bad names, NaN rows, a corrupt or empty image, an --out that is a file: each one line,
+    exit 2, naming what is wrong (and the file where there is one)."""
+    import shutil
+
+    detector = str(calibrated / "ev" / "detector.safetensors")
+    cal = np.load(calibrated / "cal.npz")
+    np.savez(tmp_path / "garbage.npz", features=cal["features"], feature_source=np.array("garbage"))
+    np.savez(tmp_path / "names.npz", features=cal["features"], names=np.arange(3))
+    nan = cal["features"].copy()
+    nan[0, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", features=nan, feature_source=cal["feature_source"])
+    broken = tmp_path / "broken"
+    shutil.copytree(folder / "test", broken)
+    (broken / "c0" / "zz.png").write_bytes(b"not a png")
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--inputs", str(tmp_path / "garbage.npz")], "feature-source record"),
+        (["--inputs", str(tmp_path / "names.npz")], "'names'"),
+        (["--inputs", str(tmp_path / "nan.npz")], "NaN"),
+        (["--images", str(broken)], "c0/zz.png"),
+        (["--images", str(tmp_path / "missing")], "missing"),
+        (["--images", str(folder / "test"), "--out", str(tmp_path / "afile")], "afile"),
+    ]
+    for extra, needle in cases:
+        out = [] if "--out" in extra else ["--out", str(tmp_path / "s.json")]
+        code, _, err = _run(["score", "--detector-file", detector, *extra, *out], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, (extra, err)
+    code, _, err = _run(["monitor", "--detector-file", detector, "--inputs", str(calibrated / "cal.npz"),
+                         str(tmp_path / "nan.npz"), "--out", str(tmp_path / "mon")], capsys)
+    assert code == 2 and "nan.npz" in err and len(err.strip().splitlines()) == 1, err

@@ -168,6 +168,8 @@ def score(
         user_errors(check_alpha, alpha, "--alpha")
     if out.suffix.lower() == ".csv":
         fail(f"--out {out} names the JSON result; give the CSV with --csv")
+    if out.exists() and not out.is_dir() and not out.suffix:
+        fail(f"--out {out} is a file without a suffix; give a folder or a .json file")
     if out.is_dir() or not out.suffix:
         out = out / "scores.json"
     csv = csv if csv is not None else out.with_suffix(".csv")

@@ -142,7 +142,11 @@ def load_image_folder(
         items = tqdm(items, desc=f"decoding {src.name}", unit="img")
     records: list[tuple[str, str, np.ndarray]] = []
     for cls, name, raw in items:
-        records.append((cls, name, _decode(raw, mode, size)))
+        try:
+            records.append((cls, name, _decode(raw, mode, size)))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one clear error naming the file
+            kind = "an empty file" if not raw else f"not a readable image ({type(exc).__name__}: {exc})"
+            raise ValueError(f"{src}: {cls}/{name} is {kind}") from None
     if not records:
         where = f"{src}/{split}" if split else str(src)
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {where}/<class>/")

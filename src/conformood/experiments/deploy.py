@@ -113,7 +113,10 @@ def monitor_files(detector_file: str | os.PathLike, inputs: Sequence[str | os.Pa
         x = batch.logits if use_logits else batch.inputs()
         starts.append(int(result.p_values.size))
         names.append(str(path))
-        result = monitor.update(x)
+        try:
+            result = monitor.update(x)
+        except ValueError as exc:
+            raise ValueError(f"batch {path}: {exc}") from None
     alarm = result.alarm_time
     alarm_batch = None if alarm is None else int(np.searchsorted(starts, alarm, side="right") - 1)
     out = Path(out)
