@@ -63,7 +63,7 @@ def wanted(environ: dict[str, str] | None = None) -> bool:
         ValueError: for a value other than 1/0, true/false, yes/no or on/off.
     """
     value = (os.environ if environ is None else environ).get(ENV_VAR, "1").strip().lower()
-    if value in {"1", "true", "yes", "on"}:
+    if value in {"", "1", "true", "yes", "on"}:  # set but empty: as if unset
         return True
     if value in {"0", "false", "no", "off"}:
         return False

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._validation import check_alpha, check_scores
+from ._validation import check_alpha, check_positive_int, check_scores
 from .conformal import ConformalDetector
 
 MARTINGALES = ("mixture", "power")
@@ -60,8 +60,15 @@ def online_p_values(reference: ArrayLike, stream: ArrayLike, rng: np.random.Gene
     exchangeable. Computed chunk by chunk: sorted earlier scores by binary search, within a chunk by comparison."""
     ref = np.sort(check_scores(reference, "reference scores"))
     s = check_scores(stream, "stream scores", min_size=0)
-    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    return _online_p_values(ref, s, rng, chunk)[0]
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(_check_seed(rng, "rng"))
+    return _online_p_values(ref, s, rng, check_positive_int(chunk, "chunk"))[0]
+
+
+def _check_seed(seed: object, name: str = "seed") -> int | None:
+    """A seed for numpy's generator: None or a non-negative integer."""
+    if seed is None:
+        return None
+    return check_positive_int(seed, name, minimum=0)
 
 
 def _online_p_values(seen: np.ndarray, s: np.ndarray, rng: np.random.Generator,
@@ -93,6 +100,7 @@ def log_power_martingale(p: ArrayLike, epsilon: float = 0.1) -> np.ndarray:
 def log_mixture_martingale(p: ArrayLike, grid: int = 100) -> np.ndarray:
     """log M_t of the simple-mixture martingale: the average of the power martingales at ε = (j − ½) / grid,
     j = 1..grid (a discrete version of ∫_0^1 ε p^(ε − 1) dε that is itself exactly a test martingale)."""
+    grid = check_positive_int(grid, "grid")
     return _log_paths(_check_p(p), mixture_grid(grid), np.zeros(grid))[0]
 
 
@@ -156,8 +164,8 @@ class ConformalMonitor:
             raise ValueError(f"martingale must be one of {MARTINGALES}, got {martingale!r}")
         self.martingale = martingale
         self.epsilon = check_epsilon(epsilon)
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.seed = _check_seed(seed)
+        self._rng = np.random.default_rng(self.seed)
         self._seen = np.sort(self.reference)  # calibration and stream scores so far, sorted
         self._eps = np.array([self.epsilon]) if martingale == "power" else mixture_grid()
         self._last = np.zeros(self._eps.size)  # each power martingale's log after the last input

@@ -3,9 +3,11 @@ are checked before any work starts, and every experiment runs through one runner
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -86,21 +88,55 @@ def prepare_output(out: Path, overwrite: bool, produces: Iterable[str], keep: It
     (the glob patterns ``produces``) are refused unless ``overwrite``, which deletes them first, so that no
     stale file of an earlier run is left beside the new ones; ``keep`` names what may stay (a resumable
     checkpoint, a cache). Nothing else in the folder is touched."""
+    for path in _earlier_outputs(out, overwrite, produces, keep, option):
+        _remove(path)
+
+
+def _earlier_outputs(out: Path, overwrite: bool, produces: Iterable[str], keep: Iterable[str] = (),
+                     option: str = "--out") -> list[Path]:
+    """An earlier run's outputs in the folder ``out``; refused (one line, exit 2) unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         fail(f"{option} {out} is a file; give a folder for the results")
     if not out.exists():
-        return
+        return []
     kept = {p for pattern in keep for p in out.glob(pattern)}
     found = sorted({p for pattern in produces for p in out.glob(pattern)} - kept)
     if found and not overwrite:
         names = ", ".join(p.name for p in found[:4]) + (" ..." if len(found) > 4 else "")
         fail(f"{option} {out} already holds results of an earlier run ({names}); pass --overwrite to replace "
              "them, or choose another folder")
-    for path in found:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    return found
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, overwrite: bool, produces: Iterable[str], option: str = "--out") -> Iterator[Path]:
+    """A folder to write a run's results into, beside ``out``; only when the run succeeds do they replace the
+    earlier run's outputs in ``out`` (refused unless ``overwrite``), so a failed run never destroys a finished
+    one. For runs that do not read earlier contents of ``out`` (no resumable checkpoint, no cache)."""
+    produces = tuple(produces)
+    _earlier_outputs(out, overwrite, produces, option=option)  # refused before anything is written
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    out.mkdir(parents=True, exist_ok=True)
+    for path in _earlier_outputs(out, True, produces, option=option):
+        _remove(path)
+    for path in staging.iterdir():
+        if (out / path.name).exists():
+            _remove(out / path.name)
+        os.replace(path, out / path.name)
+    staging.rmdir()
 
 
 def run_experiment(run: Callable[..., dict], cfg: Any, out: Path, show: Callable[[dict], None],

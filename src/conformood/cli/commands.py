@@ -17,6 +17,7 @@ from ._boundary import (
     resolve_device,
     run_experiment,
     set_data_root,
+    staged_output,
     user_errors,
 )
 from .app import Command, RegistryHelp, app
@@ -26,6 +27,7 @@ DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."
 
 
 DEMO_DATA = ("textile", "digits")
+DEMO_OUTPUTS = ("*.json", "*.md", "*.png", "*.html")
 
 
 @app.command(cls=Command)
@@ -65,9 +67,9 @@ def demo(
         if misplaced:
             fail(f"{', '.join(misplaced)} apply to --data digits only")
         cfg = config(InspectionConfig, seed=seed, alpha=alpha, device=device, per_class=per_class, weights=weights)
-        prepare_output(out, overwrite, ("*.json", "*.md", "*.png", "*.html"))
-        run_experiment(run_inspection_demo, cfg, out, lambda result: print_inspection_summary(result, out),
-                       progress=progress)
+        with staged_output(out, overwrite, DEMO_OUTPUTS) as staging:
+            run_experiment(run_inspection_demo, cfg, staging, lambda result: print_inspection_summary(result, out),
+                           progress=progress)
         return
     from ..experiments import DemoConfig, run_demo
 
@@ -76,8 +78,8 @@ def demo(
         fail(f"{', '.join(misplaced)} apply to --data textile only")
     cfg = config(DemoConfig, epochs=epochs, seed=seed, alpha=alpha, device=device,
                  **({"classes": names} if names else {}))
-    prepare_output(out, overwrite, ("*.json", "*.md", "*.png", "*.html"))
-    run_experiment(run_demo, cfg, out, lambda result: print_demo_summary(result, out), progress=progress)
+    with staged_output(out, overwrite, DEMO_OUTPUTS) as staging:
+        run_experiment(run_demo, cfg, staging, lambda result: print_demo_summary(result, out), progress=progress)
 
 
 #: options of `train` that are recipe fields: given explicitly, they override the recipe's value

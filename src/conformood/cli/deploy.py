@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from ._boundary import WEIGHTS_HELP, echo_warnings, fail, former_spelling, prepare_output, user_errors, weights_option
+from ._boundary import (
+    WEIGHTS_HELP,
+    echo_warnings,
+    fail,
+    former_spelling,
+    staged_output,
+    user_errors,
+    weights_option,
+)
 from .app import Command, app
 
 
@@ -38,10 +46,10 @@ def monitor(
     user_errors(check_alpha, epsilon, "--epsilon")
     if martingale not in ("mixture", "power"):
         fail(f"--martingale must be 'mixture' or 'power', got {martingale!r}")
-    prepare_output(out, overwrite, MONITOR_OUTPUTS)
     batches = list(inputs) + list(more_inputs or [])
-    r = echo_warnings(monitor_files, detector_file, batches, out, delta=delta, martingale=martingale, epsilon=epsilon,
-                    seed=seed, use_logits=logits)
+    with staged_output(out, overwrite, MONITOR_OUTPUTS) as staging:
+        r = echo_warnings(monitor_files, detector_file, batches, staging, delta=delta, martingale=martingale,
+                          epsilon=epsilon, seed=seed, use_logits=logits)
     if r["alarm"]:
         typer.echo(f"ALARM at input {r['alarm_time'] + 1} of {r['n']} (batch {r['alarm_batch'] + 1}: "
                    f"{r['alarm_input']}); martingale ≥ 1/δ = {r['alarm_level']:g} -> {out}")

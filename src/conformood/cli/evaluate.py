@@ -13,9 +13,9 @@ from ._boundary import (
     echo_warnings,
     fail,
     parse_options,
-    prepare_output,
     run_experiment,
     set_data_root,
+    staged_output,
     user_errors,
     weights_option,
 )
@@ -106,7 +106,6 @@ def evaluate(
 
     # which sources go together, before the output folder is touched
     user_errors(check_evaluation_sources, train, calibration, test, checkpoint, backbone, data, protocol)
-    prepare_output(out, overwrite, EVALUATE_OUTPUTS)
 
     def show(r: dict) -> None:
         record = r.get("feature_source") or {}
@@ -125,7 +124,9 @@ def evaluate(
             typer.echo(f"  δ={delta}: PAC rule realised FPR {pac['realised_fpr']:.4f}, OOD flagged "
                        f"{pac['ood_flagged']:.4f}; marginal rule {marg['realised_fpr']:.4f}, {marg['ood_flagged']:.4f}")
 
-    run_experiment(lambda c, o, **kw: echo_warnings(run_evaluation, c, o, **kw), cfg, out, show, progress=progress)
+    with staged_output(out, overwrite, EVALUATE_OUTPUTS) as staging:
+        run_experiment(lambda c, o, **kw: echo_warnings(run_evaluation, c, o, **kw), cfg, staging, show,
+                       progress=progress)
 
 
 @app.command(cls=Command)
@@ -189,5 +190,6 @@ def score(
     out.parent.mkdir(parents=True, exist_ok=True)
     r = echo_warnings(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
                       model=model, backbone=backbone, weights=weights_option(weights), input_size=input_size)
-    typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={r['alpha']} ({r['alpha_source']}), "
+    pac = f"; PAC rule, δ={r['delta']}: flags p ≤ k/(n+1) below α" if r["delta"] is not None else ""
+    typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={r['alpha']} ({r['alpha_source']}{pac}), "
                f"{r['n_bh_selected']} selected by BH -> {out}, {csv}")

@@ -54,6 +54,17 @@ def resize_images(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
 
 
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """Bilinear resize of a float batch (n, c, h, w) to ``size``, antialiased when shrinking: the resize of every
+    backbone's preprocessing (``models.preprocess_images``), and of images of mixed sizes read for it."""
+    import torch.nn.functional as F
+
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=x.shape[-1] > size[-1])
+
+
 @dataclass
 class ImageArrays:
     """Images (n, c, h, w) with integer labels and class names.

@@ -72,9 +72,17 @@ def _iter_archive(path: Path, split: str | None, classes: set[str]) -> Iterator[
 
 
 def _decode(raw: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 (c, h, w) in ``mode``. Any bit depth is scaled to 0..255 (16-bit: / 257, not clipped to white);
+    palette images are expanded; an alpha channel is dropped."""
     from PIL import Image
 
     with Image.open(_io.BytesIO(raw)) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16- and 32-bit gray: scale, never clip
+            wide = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if img.mode.startswith("I;16") or (img.mode == "I" and wide.max(initial=0) <= 65535) \
+                else max(float(wide.max(initial=0)), 1.0)
+            img = Image.fromarray(np.clip(np.rint(wide / top * 255.0), 0, 255).astype(np.uint8), "L")
         img = img.convert(mode)
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
@@ -84,9 +92,11 @@ def _decode(raw: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
-def _cache_key(path: Path, split: str | None, mode: str, size: tuple[int, int] | None) -> str:
+def _cache_key(path: Path, split: str | None, mode: str, size: tuple[int, int] | None,
+               mixed: tuple[int, int] | None = None) -> str:
     st = path.stat()
     ident = f"{_CACHE_VERSION}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{split}|{mode}|{size}"
+    ident += f"|{mixed}" if mixed is not None else ""
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
@@ -98,6 +108,7 @@ def load_image_folder(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    mixed_sizes_to: tuple[int, int] | None = None,
 ) -> ImageArrays:
     """Read ``[split/]class/*.{jpg,png}`` images from a folder or a tar archive.
 
@@ -107,7 +118,10 @@ def load_image_folder(
         ``split/`` are allowed (``cifar10/train/cat/0001.jpg``).
     split : sub-folder to read (``"train"``, ``"test"``), or None when the classes sit directly under ``path``.
     mode : PIL mode, ``"RGB"`` (3 channels) or ``"L"`` (1 channel).
-    image_size : (height, width) to resize to; without it every image must have the same size.
+    image_size : (height, width) to resize every image to (PIL bilinear); without it every image must have the
+        same size, unless ``mixed_sizes_to`` = (height, width): then, where sizes differ, each image is resized
+        to it as a backbone's preprocessing resizes (bilinear, antialiased when shrinking; images already at that
+        size are kept as they are).
     cache_dir : where decoded arrays are cached (default :func:`default_cache_dir`); ``use_cache=False``
         neither reads nor writes the cache.
 
@@ -128,7 +142,8 @@ def load_image_folder(
 
     cache_file = None
     if use_cache and _is_archive(src):
-        cache_file = Path(cache_dir or default_cache_dir()) / f"imagefolder-{_cache_key(src, split, mode, size)}.npz"
+        key = _cache_key(src, split, mode, size, mixed_sizes_to)
+        cache_file = Path(cache_dir or default_cache_dir()) / f"imagefolder-{key}.npz"
         if cache_file.is_file():
             with np.load(cache_file, allow_pickle=False) as z:
                 return ImageArrays(z["images"], z["labels"], [str(c) for c in z["class_names"]],
@@ -152,8 +167,18 @@ def load_image_folder(
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {where}/<class>/")
     records.sort(key=lambda r: (r[0], r[1]))
     shapes = {r[2].shape for r in records}
+    if len(shapes) > 1 and mixed_sizes_to is not None:  # each resized as a backbone's preprocessing would,
+        import torch  # in float [0, 1], so that the encoder's own resize is then a no-op
+
+        from .arrays import resize_bilinear
+
+        records = [(c, n, resize_bilinear(torch.from_numpy(a[None].astype(np.float32) / 255.0), mixed_sizes_to)[0]
+                    .numpy()) for c, n, a in records]
+        shapes = {r[2].shape for r in records}
     if len(shapes) > 1:
-        raise ValueError(f"images have different sizes {sorted(shapes)[:4]}...; pass image_size=(h, w) to resize")
+        raise ValueError(f"images have different sizes ({', '.join(f'{s[2]}x{s[1]}' for s in sorted(shapes)[:3])}"
+                         f"{', ...' if len(shapes) > 3 else ''}); read them for an encoder (--input-size gives "
+                         "the size) or pass image_size=(h, w)")
     class_names = sorted(all_classes | {r[0] for r in records})
     lookup = {c: i for i, c in enumerate(class_names)}
     images = np.stack([r[2] for r in records])

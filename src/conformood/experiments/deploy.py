@@ -58,6 +58,9 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
     flagged = cd.flags_from_scores(scores, alpha, classes)
     selected = cd.select_from_scores(scores, alpha, classes)
     names = feats.names if feats.names is not None else [str(i) for i in range(p.size)]
+    rule = flag_rule(cd, alpha)
+    row_rules = [rule["groups"][str(g) if cd.mondrian else "-1"]["text"]
+                 for g in (classes if cd.mondrian else [None] * p.size)]
     result = {
         **result_header("score", {"detector_file": str(detector_file),
                                   "inputs": None if inputs is None else str(inputs),
@@ -70,6 +73,8 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
                                "model": model}),
         "alpha": alpha,
         "alpha_source": alpha_source,
+        "delta": rule["delta"],
+        "rule": rule,
         "feature_source": feats.source,
         "n": int(p.size),
         "n_flagged": int(flagged.sum()),
@@ -82,12 +87,29 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
     }
     write_json(out, result)
     column = "image" if feats.names is not None else "index"
-    rows = [f"{column},score,p_value,flagged,bh_selected"] + [
-        f"{_csv_field(name)},{s:.10g},{q:.10g},{int(f)},{int(b)}"
-        for name, s, q, f, b in zip(names, scores, p, flagged, selected)
+    rows = [f"{column},score,p_value,flagged,bh_selected,rule"] + [
+        f"{_csv_field(name)},{s:.10g},{q:.10g},{int(f)},{int(b)},{_csv_field(text)}"
+        for name, s, q, f, b, text in zip(names, scores, p, flagged, selected, row_rules)
     ]
     write_text(csv_path, "\n".join(rows) + "\n")
     return result
+
+
+def flag_rule(cd: ConformalDetector, alpha: float) -> dict:
+    """How the flags were decided, per calibration group: the marginal rule p ≤ α, or (calibrated with δ) the PAC
+    rank k, which flags p ≤ k / (n + 1), stricter than α, so that rows with p ≤ α may stay unflagged."""
+    delta = getattr(cd, "delta_", None)
+    groups = {}
+    for group, cal in cd.calibration_.items():
+        k = cd.flag_rank(alpha, cal.size)
+        limit = k / (cal.size + 1)
+        text = (f"flag if p <= {limit:.6g} (PAC rank {k} of n = {cal.size}: P(FPR > {alpha}) <= {delta})"
+                if delta is not None else f"flag if p <= {alpha} (marginal, n = {cal.size})")
+        groups[str(group)] = {"n": int(cal.size), "rank": int(k), "p_limit": limit, "text": text}
+    return {"kind": "pac" if delta is not None else "marginal", "alpha": alpha, "delta": delta, "groups": groups,
+            "why": ("calibration-conditional: with probability >= 1 - delta over the calibration draw the deployed "
+                    "false-alarm rate is <= alpha; a row with p <= alpha above the PAC limit is not flagged")
+            if delta is not None else "marginal: P(flag an in-distribution input) <= alpha"}
 
 
 def _csv_field(text: str) -> str:

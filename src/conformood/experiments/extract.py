@@ -82,20 +82,20 @@ def extract_file(cfg: ExtractConfig, out: str | os.PathLike, progress: bool = Tr
     """Extract the features ``cfg`` asks for and write them to ``out`` (an ``.npz``); returns a summary."""
     from ..data import DATASETS, load_image_folder, load_named
 
+    encoder = get_encoder(cfg.model, cfg.backbone, cfg.weights, cfg.input_size)
     if cfg.data in DATASETS:
         if cfg.split not in (None, "all"):
             raise ValueError(f"the named data set {cfg.data!r} holds its train and test parts together; give an "
                              "image folder or archive for --split, or use --take")
         data = load_named(cfg.data)
     else:
-        data = load_image_folder(cfg.data, split=cfg.split)
+        data = load_image_folder(cfg.data, split=cfg.split, mixed_sizes_to=tuple(encoder.record["input_size"]))
     index = np.arange(len(data.labels))
     if cfg.classes is not None:
         index = index[np.isin(data.labels, _class_indices(cfg.classes, data.class_names, cfg.data))]
     index = index[_parse_take(cfg.take)]
     if index.size == 0:
         raise ValueError("no images left after --classes and --take")
-    encoder = get_encoder(cfg.model, cfg.backbone, cfg.weights, cfg.input_size)
     features = encoder.encode(data.images[index], batch_size=cfg.batch_size, device=cfg.device, progress=progress)
     labels = data.labels[index]
     feats = Features(features, labels, names=[data.names[i] for i in index] if data.names else None,

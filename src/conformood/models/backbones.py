@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._digest import file_digest
+from ..data.arrays import resize_bilinear
 from ..io import check_state_dict, load_state, save_state
 from ..registry import Registry
 from .mobilenet import MobileNetV2
@@ -89,10 +90,7 @@ def preprocess_images(x: torch.Tensor, input_size: Sequence[int], mean: torch.Te
     shrinking), then ``(x - mean) / std``: the one preprocessing of extraction and of fine-tuning."""
     if x.shape[1] == 1 and mean.shape[0] == 3:
         x = x.expand(-1, 3, -1, -1)
-    if tuple(x.shape[-2:]) != tuple(input_size):
-        x = nn.functional.interpolate(x, size=tuple(input_size), mode="bilinear", align_corners=False,
-                                      antialias=x.shape[-1] > input_size[-1])
-    return (x - mean) / std
+    return (resize_bilinear(x, tuple(input_size)) - mean) / std
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -101,6 +99,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): not a weights file")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -113,11 +113,16 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as exc:
             raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+    import warnings
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's own notes on pickle protocols: the error below says it all
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption is one clear error
-        raise ValueError(f"{path} is not a torch state dict that loads with weights_only=True "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{path} is not a torch state dict that loads with weights_only=True (nothing else is "
+                         f"unpickled; {type(exc).__name__}{': ' + first if first else ''})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -166,8 +171,12 @@ def packaged_weights(name: str) -> Path:
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Load ``state`` after checking every key and shape (the first mismatch is named)."""
+    """Load ``state`` after checking every key and shape (the first mismatch is named) and that every weight is
+    finite (the first non-finite tensor is named)."""
     check_state_dict(module.state_dict(), state, source)
+    for key, value in state.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{source}: weight {key!r} holds NaN or infinite values")
     module.load_state_dict(state)
     return module
 

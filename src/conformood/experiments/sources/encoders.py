@@ -25,9 +25,10 @@ class Images:
     class_names: list[str] = field(default_factory=list)
 
 
-def read_images(images: str | os.PathLike, split: str | None = None) -> Images:
+def read_images(images: str | os.PathLike, split: str | None = None, size: tuple[int, int] | None = None) -> Images:
     """Images of an ``.npz`` (``images``, optional ``labels`` and ``names``), or of an image folder or tar
-    archive (``[split/]class/*``, sorted by class folder, then file name)."""
+    archive (``[split/]class/*``, sorted by class folder, then file name). With ``size``, folder images of mixed
+    sizes are each resized to it as the encoder's preprocessing would (bilinear, antialiased when shrinking)."""
     from ...data import ImageArrays, load_image_folder
 
     path = Path(images)
@@ -39,7 +40,7 @@ def read_images(images: str | os.PathLike, split: str | None = None) -> Images:
         if names is not None and len(names) != len(data):
             raise ValueError(f"{path}: 'names' has {len(names)} entries for {len(data)} images")
         return Images(data.images, None if labels is None else data.labels, names)
-    data = load_image_folder(path, split=split)
+    data = load_image_folder(path, split=split, mixed_sizes_to=None if size is None else tuple(size))
     return Images(data.images, data.labels, list(data.names) or None, list(data.class_names))
 
 
@@ -123,7 +124,8 @@ def _weights_label(weights: object) -> str | None:
 def image_features(images: str | os.PathLike | Images, encoder: Encoder, batch_size: int = 128,
                    device: str | None = None, progress: bool = False, with_logits: bool = False) -> Features:
     """Features of images (a path as :func:`read_images` reads, or ImageArrays) through ``encoder``."""
-    data = read_images(images) if isinstance(images, (str, os.PathLike)) else images
+    data = read_images(images, size=encoder.record["input_size"]) if isinstance(images, (str, os.PathLike)) \
+        else images
     origin = str(images) if isinstance(images, (str, os.PathLike)) else "the images"
     x = encoder.encode(data.images, batch_size=batch_size, device=device, progress=progress)
     return Features(x, data.labels, encoder.logits(data.images) if with_logits else None, names=data.names,
