@@ -181,3 +181,33 @@ def test_mixed_sizes_are_resized_as_the_backbone_would(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="--input-size"):
         load_image_folder(tmp_path / "mixed")
+
+
+def test_skip_bad_lists_unreadable_images_and_never_drops_them_silently(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "in" / "parts"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(RNG.integers(0, 256, size=(16, 16), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "bad.png").write_bytes(b"text, not a png")
+    (folder / "empty.png").write_bytes(b"")
+    base = ["--weights", "none", "--input-size", "32", "--no-progress"]
+    code, _, err = _run(["extract", "--data", str(tmp_path / "in"), *base, "--out", str(tmp_path / "f.npz")], capsys)
+    assert code == 2 and "parts/bad.png" in err and "--skip-bad" in err, err
+    code, _, err = _run(["extract", "--data", str(tmp_path / "in"), *base, "--skip-bad", "--out",
+                         str(tmp_path / "f.npz")], capsys)
+    assert code == 0 and "2 unreadable" in err, err
+    f = np.load(tmp_path / "f.npz")
+    assert len(f["features"]) == 12 and sorted(s.split(":")[0] for s in f["skipped"]) == ["parts/bad.png",
+                                                                                        "parts/empty.png"]
+    cd = ConformalDetector(get_detector("knn_cosine").fit(f["features"][:8]), alpha=0.2)
+    cd.feature_source = json.loads(str(f["feature_source"]))
+    cd.calibrate(f["features"][8:]).save(tmp_path / "d.safetensors")
+    code, _, err = _run(["score", "--detector-file", str(tmp_path / "d.safetensors"), "--images",
+                         str(tmp_path / "in"), "--skip-bad", "--out", str(tmp_path / "s.json")], capsys)
+    assert code == 0, err
+    r = json.loads((tmp_path / "s.json").read_text())
+    assert r["n"] == 12 and r["n_skipped"] == 2
+    rows = (tmp_path / "s.csv").read_text().splitlines()
+    assert len(rows) == 1 + 14 and rows[-1].startswith("parts/empty.png,,,,,") and "skipped" in rows[-1]

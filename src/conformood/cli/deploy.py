@@ -107,6 +107,8 @@ def extract(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
     device: Annotated[str, typer.Option(help="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'.")] = "auto",
     data_root: Annotated[Path | None, typer.Option(help="Folder of the named data sets.")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Leave out files that cannot be read as images, listed in the "
+                                           "file's 'skipped' array, instead of stopping at the first.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -122,7 +124,9 @@ def extract(
         fail(f"--out {out} exists; pass --overwrite to replace it")
     cfg = config(ExtractConfig, data=data, backbone=None if model is not None else backbone, model=model,
                  weights=weights_option(weights), input_size=input_size, split=split, classes=classes, take=take,
-                 inlier_classes=normal_class, batch_size=batch_size, device=resolve_device(device))
+                 inlier_classes=normal_class, batch_size=batch_size, device=resolve_device(device), skip_bad=skip_bad)
     r = user_errors(extract_file, cfg, out, progress=progress)
     extra = f", {r['n_inliers']} inliers" if r["n_inliers"] is not None else ""
+    if r["skipped"]:
+        typer.echo(f"{len(r['skipped'])} unreadable file(s) left out and listed in {out} ('skipped')", err=True)
     typer.echo(f"{r['n']} images of classes {r['classes']}{extra} -> {r['dim']}-d features in {out}")

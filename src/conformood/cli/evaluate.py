@@ -157,6 +157,9 @@ def score(
     csv: Annotated[
         Path | None, typer.Option(help="CSV file of the same table (default: OUT with the suffix .csv).")
     ] = None,
+    skip_bad: Annotated[bool, typer.Option(help="With --images: leave out files that cannot be read as images and "
+                                           "list them (a row each in the CSV, 'skipped' in the JSON) instead of "
+                                           "stopping at the first.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing OUT and CSV files.")] = False,
 ) -> None:
     """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection, one row per input
@@ -189,7 +192,12 @@ def score(
         fail("--images needs one of --model (a trained model) or --backbone (a registered backbone), not both")
     out.parent.mkdir(parents=True, exist_ok=True)
     r = echo_warnings(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
-                      model=model, backbone=backbone, weights=weights_option(weights), input_size=input_size)
+                      model=model, backbone=backbone, weights=weights_option(weights), input_size=input_size,
+                      skip_bad=skip_bad)
     pac = f"; PAC rule, δ={r['delta']}: flags p ≤ k/(n+1) below α" if r["delta"] is not None else ""
+    if r["n_skipped"]:
+        typer.echo(f"{r['n_skipped']} unreadable file(s) left out and listed in {csv}: "
+                   f"{', '.join(s.split(': ', 1)[0] for s in r['skipped'][:3])}{' ...' if r['n_skipped'] > 3 else ''}",
+                   err=True)
     typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={r['alpha']} ({r['alpha_source']}{pac}), "
                f"{r['n_bh_selected']} selected by BH -> {out}, {csv}")

@@ -77,6 +77,8 @@ class ImageArrays:
     class_names: list[str] = field(default_factory=list)
     #: the file of each image (``class/file`` for an image folder), empty when the images came from arrays
     names: list[str] = field(default_factory=list)
+    #: files of a folder that could not be read and were left out on request (``skip_bad``), with the reason
+    skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.images = np.asarray(self.images)

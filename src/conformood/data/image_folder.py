@@ -109,6 +109,7 @@ def load_image_folder(
     use_cache: bool = True,
     progress: bool = False,
     mixed_sizes_to: tuple[int, int] | None = None,
+    skip_bad: bool = False,
 ) -> ImageArrays:
     """Read ``[split/]class/*.{jpg,png}`` images from a folder or a tar archive.
 
@@ -122,6 +123,8 @@ def load_image_folder(
         same size, unless ``mixed_sizes_to`` = (height, width): then, where sizes differ, each image is resized
         to it as a backbone's preprocessing resizes (bilinear, antialiased when shrinking; images already at that
         size are kept as they are).
+    skip_bad : leave out files that cannot be read as images, and list them (``class/file: why``) in the result's
+        ``skipped``; by default the first such file is an error that names it.
     cache_dir : where decoded arrays are cached (default :func:`default_cache_dir`); ``use_cache=False``
         neither reads nor writes the cache.
 
@@ -142,12 +145,12 @@ def load_image_folder(
 
     cache_file = None
     if use_cache and _is_archive(src):
-        key = _cache_key(src, split, mode, size, mixed_sizes_to)
+        key = _cache_key(src, split, mode, size, mixed_sizes_to) + ("-skip" if skip_bad else "")
         cache_file = Path(cache_dir or default_cache_dir()) / f"imagefolder-{key}.npz"
         if cache_file.is_file():
             with np.load(cache_file, allow_pickle=False) as z:
                 return ImageArrays(z["images"], z["labels"], [str(c) for c in z["class_names"]],
-                                   [str(c) for c in z["names"]])
+                                   [str(c) for c in z["names"]], [str(c) for c in z["skipped"]])
 
     all_classes: set[str] = set()
     items = _iter_archive(src, split, all_classes) if _is_archive(src) else _iter_directory(src, split, all_classes)
@@ -156,12 +159,16 @@ def load_image_folder(
 
         items = tqdm(items, desc=f"decoding {src.name}", unit="img")
     records: list[tuple[str, str, np.ndarray]] = []
+    skipped: list[str] = []
     for cls, name, raw in items:
         try:
             records.append((cls, name, _decode(raw, mode, size)))
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one clear error naming the file
             kind = "an empty file" if not raw else f"not a readable image ({type(exc).__name__}: {exc})"
-            raise ValueError(f"{src}: {cls}/{name} is {kind}") from None
+            if not skip_bad:
+                raise ValueError(f"{src}: {cls}/{name} is {kind} (--skip-bad leaves such files out and lists "
+                                 "them)") from None
+            skipped.append(f"{cls}/{name}: {kind}")
     if not records:
         where = f"{src}/{split}" if split else str(src)
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {where}/<class>/")
@@ -184,10 +191,11 @@ def load_image_folder(
     images = np.stack([r[2] for r in records])
     labels = np.array([lookup[r[0]] for r in records], dtype=np.int64)
     names = [f"{r[0]}/{r[1]}" for r in records]
-    result = ImageArrays(images, labels, class_names, names)
+    result = ImageArrays(images, labels, class_names, names, sorted(skipped))
 
     if cache_file is not None:
         with atomic_path(cache_file) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, images=images, labels=labels, class_names=np.array(class_names), names=np.array(names))
+                np.savez(fh, images=images, labels=labels, class_names=np.array(class_names), names=np.array(names),
+                         skipped=np.array(sorted(skipped), dtype=str))
     return result

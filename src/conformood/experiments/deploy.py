@@ -37,11 +37,13 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
                alpha: float | None = None, out: str | os.PathLike = "scores.json", use_logits: bool = False,
                csv: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
                model: str | os.PathLike | None = None, backbone: str | None = None, weights: str | None = "imagenet",
-               input_size: int | None = None) -> dict:
+               input_size: int | None = None, skip_bad: bool = False) -> dict:
     """Apply a saved calibrated detector to new inputs (a features file, or ``images`` through ``model`` or
     ``backbone``, by default the backbone the detector records); write per-input p-values and decisions as JSON
     (``out``) and CSV (``csv``, default ``out`` with the suffix ``.csv``). ``alpha`` defaults to the level stored
-    in the detector (else 0.1). Features made otherwise than the detector's are refused."""
+    in the detector (else 0.1). Features made otherwise than the detector's are refused. With ``skip_bad``,
+    unreadable images are left out of the scoring and listed: a row each in the CSV (no score, the reason in the
+    rule column) and ``skipped`` in the JSON; never dropped silently."""
     out = Path(out)
     csv_path = Path(csv) if csv is not None else out.with_suffix(".csv")
     if csv_path.resolve() == out.resolve():
@@ -50,7 +52,7 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
     alpha_source = "given" if alpha is not None else "stored in the detector" if cd.alpha is not None else "default"
     alpha = check_alpha(alpha if alpha is not None else cd.alpha if cd.alpha is not None else DEFAULT_ALPHA)
     feats = load_features(inputs, images, model, backbone, weights, input_size, fitted_source=cd.feature_source,
-                          use_logits=use_logits)
+                          use_logits=use_logits, skip_bad=skip_bad)
     x = feats.logits if use_logits else feats.inputs()
     classes = feats.labels if cd.mondrian else None
     scores = cd.detector.score_samples(x)
@@ -67,7 +69,8 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
                                   "images": None if images is None else str(images), "alpha": alpha,
                                   "alpha_source": alpha_source, "csv": str(csv_path), "use_logits": use_logits,
                                   "model": None if model is None else str(model), "backbone": backbone,
-                                  "weights": weights if backbone else None, "input_size": input_size},
+                                  "weights": weights if backbone else None, "input_size": input_size,
+                                  "skip_bad": skip_bad},
                        inputs={"detector_file": detector_file, "inputs": inputs,
                                "images": images if images is not None and Path(images).is_file() else None,
                                "model": model}),
@@ -84,13 +87,16 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
         "p_value": p.tolist(),
         "flagged": flagged.tolist(),
         "bh_selected": selected.tolist(),
+        "n_skipped": len(feats.skipped),
+        "skipped": feats.skipped,
     }
     write_json(out, result)
     column = "image" if feats.names is not None else "index"
     rows = [f"{column},score,p_value,flagged,bh_selected,rule"] + [
         f"{_csv_field(name)},{s:.10g},{q:.10g},{int(f)},{int(b)},{_csv_field(text)}"
         for name, s, q, f, b, text in zip(names, scores, p, flagged, selected, row_rules)
-    ]
+    ] + [f"{_csv_field(bad.split(': ', 1)[0])},,,,,{_csv_field('skipped: ' + bad.split(': ', 1)[-1])}"
+         for bad in feats.skipped]
     write_text(csv_path, "\n".join(rows) + "\n")
     return result
 

@@ -38,6 +38,7 @@ class ExtractConfig:
     batch_size: int = 128
     device: str | None = None
     model: str | None = None  # a model from `conformood train`, instead of the backbone
+    skip_bad: bool = False  # leave out unreadable images of a folder, listed in the file's 'skipped'
 
     def __post_init__(self) -> None:
         from ..models import BACKBONES
@@ -89,7 +90,8 @@ def extract_file(cfg: ExtractConfig, out: str | os.PathLike, progress: bool = Tr
                              "image folder or archive for --split, or use --take")
         data = load_named(cfg.data)
     else:
-        data = load_image_folder(cfg.data, split=cfg.split, mixed_sizes_to=tuple(encoder.record["input_size"]))
+        data = load_image_folder(cfg.data, split=cfg.split, mixed_sizes_to=tuple(encoder.record["input_size"]),
+                                 skip_bad=cfg.skip_bad)
     index = np.arange(len(data.labels))
     if cfg.classes is not None:
         index = index[np.isin(data.labels, _class_indices(cfg.classes, data.class_names, cfg.data))]
@@ -104,7 +106,9 @@ def extract_file(cfg: ExtractConfig, out: str | os.PathLike, progress: bool = Tr
         feats.is_inlier = np.isin(labels, _class_indices(cfg.inlier_classes, data.class_names, cfg.data))
     inputs = ({"data": cfg.data} if cfg.data not in DATASETS else {}) | ({"model": cfg.model} if cfg.model else {})
     record = provenance({**asdict(cfg), "feature_source": encoder.record}, inputs or None)
-    write_features(Path(out), feats, provenance=np.array(json.dumps(record)))
+    write_features(Path(out), feats, provenance=np.array(json.dumps(record)),
+                   **({"skipped": np.array(data.skipped)} if data.skipped else {}))
     return {"n": int(features.shape[0]), "dim": int(features.shape[1]), "out": str(out),
             "classes": sorted(np.unique(labels).tolist()),
-            "n_inliers": int(feats.is_inlier.sum()) if feats.is_inlier is not None else None}
+            "n_inliers": int(feats.is_inlier.sum()) if feats.is_inlier is not None else None,
+            "skipped": list(data.skipped)}

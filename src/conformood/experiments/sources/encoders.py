@@ -23,9 +23,11 @@ class Images:
     labels: np.ndarray | None = None
     names: list[str] | None = None
     class_names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out on request, with the reason
 
 
-def read_images(images: str | os.PathLike, split: str | None = None, size: tuple[int, int] | None = None) -> Images:
+def read_images(images: str | os.PathLike, split: str | None = None, size: tuple[int, int] | None = None,
+                skip_bad: bool = False) -> Images:
     """Images of an ``.npz`` (``images``, optional ``labels`` and ``names``), or of an image folder or tar
     archive (``[split/]class/*``, sorted by class folder, then file name). With ``size``, folder images of mixed
     sizes are each resized to it as the encoder's preprocessing would (bilinear, antialiased when shrinking)."""
@@ -40,8 +42,9 @@ def read_images(images: str | os.PathLike, split: str | None = None, size: tuple
         if names is not None and len(names) != len(data):
             raise ValueError(f"{path}: 'names' has {len(names)} entries for {len(data)} images")
         return Images(data.images, None if labels is None else data.labels, names)
-    data = load_image_folder(path, split=split, mixed_sizes_to=None if size is None else tuple(size))
-    return Images(data.images, data.labels, list(data.names) or None, list(data.class_names))
+    data = load_image_folder(path, split=split, mixed_sizes_to=None if size is None else tuple(size),
+                             skip_bad=skip_bad)
+    return Images(data.images, data.labels, list(data.names) or None, list(data.class_names), list(data.skipped))
 
 
 @dataclass
@@ -122,11 +125,12 @@ def _weights_label(weights: object) -> str | None:
 
 
 def image_features(images: str | os.PathLike | Images, encoder: Encoder, batch_size: int = 128,
-                   device: str | None = None, progress: bool = False, with_logits: bool = False) -> Features:
+                   device: str | None = None, progress: bool = False, with_logits: bool = False,
+                   skip_bad: bool = False) -> Features:
     """Features of images (a path as :func:`read_images` reads, or ImageArrays) through ``encoder``."""
-    data = read_images(images, size=encoder.record["input_size"]) if isinstance(images, (str, os.PathLike)) \
-        else images
+    data = read_images(images, size=encoder.record["input_size"], skip_bad=skip_bad) \
+        if isinstance(images, (str, os.PathLike)) else images
     origin = str(images) if isinstance(images, (str, os.PathLike)) else "the images"
     x = encoder.encode(data.images, batch_size=batch_size, device=device, progress=progress)
     return Features(x, data.labels, encoder.logits(data.images) if with_logits else None, names=data.names,
-                    source=dict(encoder.record), origin=origin)
+                    source=dict(encoder.record), origin=origin, skipped=list(data.skipped))

@@ -6,7 +6,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class Features:
     names: list[str] | None = None
     source: dict | None = None
     origin: str = "the input"
+    skipped: list[str] = field(default_factory=list)  # unreadable inputs left out on request, with the reason
 
     def __len__(self) -> int:
         arr = self.features if self.features is not None else self.logits

@@ -13,7 +13,8 @@ from .features import Features, check_feature_source, read_features, same_source
 def load_features(inputs: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
                   model: str | os.PathLike | None = None, backbone: str | None = None,
                   weights: str | None = "imagenet", input_size: int | None = None,
-                  fitted_source: dict | None = None, use_logits: bool = False, progress: bool = False) -> Features:
+                  fitted_source: dict | None = None, use_logits: bool = False, progress: bool = False,
+                  skip_bad: bool = False) -> Features:
     """New inputs for a fitted or calibrated detector: a feature file (``inputs``), or ``images`` through a
     ``model`` or ``backbone``. With images and no encoder given, the encoder is rebuilt from the detector's
     record (``fitted_source``: a registered backbone with ImageNet weights is rebuilt; a model file or a weights
@@ -27,7 +28,7 @@ def load_features(inputs: str | os.PathLike | None = None, images: str | os.Path
         if model is None and backbone is None:
             backbone, weights, input_size = _encoder_from_record(fitted_source)
         encoder = get_encoder(model, backbone, weights, input_size)
-        feats = image_features(images, encoder, progress=progress, with_logits=use_logits)
+        feats = image_features(images, encoder, progress=progress, with_logits=use_logits, skip_bad=skip_bad)
     else:
         feats = read_features(inputs)
     if use_logits and feats.logits is None:
