@@ -26,6 +26,21 @@ def files(tmp_path):
     (tmp_path / "folder").mkdir()
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (tmp_path / "pickled.npz").write_bytes((tmp_path / "pickled.npy").read_bytes())
+    (tmp_path / "zero.pth").write_bytes(b"")
+    images = tmp_path / "images" / "parts"
+    images.mkdir(parents=True)
+    (images / "text.png").write_text("not a png")
+    nan = rng.normal(size=(30, 4))
+    nan[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", features=nan)
+    np.savez(tmp_path / "no_rows.npz", features=np.zeros((0, 4)))
+    np.savez(tmp_path / "wide.npz", features=rng.normal(size=(30, 5)))
+    np.savez(tmp_path / "garbage_source.npz", features=rng.normal(size=(30, 4)), feature_source=np.array("x"))
+    from conformood.conformal import ConformalDetector
+    from conformood.scores import get_detector
+
+    ConformalDetector(get_detector("knn_cosine").fit(rng.normal(size=(50, 4)))).calibrate(
+        rng.normal(size=(30, 4))).save(tmp_path / "d.safetensors")
     return tmp_path
 
 
@@ -68,6 +83,25 @@ CASES = {
     "an unknown option": (lambda t: ["train", "--epoch", "3"], "--epoch"),
     "alpha outside (0, 1)": (lambda t: _evaluate(t) + ["--alpha", "1.5"], "alpha"),
     "--data-root not a folder": (lambda t: ["train", "--data-root", str(t / "a_file")], "--data-root"),
+    "zero-byte weights": (lambda t: ["extract", "--data", "digits", "--weights", str(t / "zero.pth"), "--out",
+                                     str(t / "f.npz")], "zero.pth"),
+    "text file as an image": (lambda t: ["score", "--detector-file", str(t / "d.safetensors"), "--images",
+                                         str(t / "images"), "--backbone", "mobilenet_v2", "--weights", "none",
+                                         "--out", str(t / "s.json")], "parts/text.png"),
+    "monitor: NaN batch": (lambda t: ["monitor", "--detector-file", str(t / "d.safetensors"), "--inputs",
+                                      str(t / "good.npz"), str(t / "nan.npz"), "--out", str(t / "m")], "nan.npz"),
+    "monitor: batch without rows": (lambda t: ["monitor", "--detector-file", str(t / "d.safetensors"), "--inputs",
+                                               str(t / "no_rows.npz"), "--out", str(t / "m")], "no_rows.npz"),
+    "monitor: wrong width": (lambda t: ["monitor", "--detector-file", str(t / "d.safetensors"), "--inputs",
+                                        str(t / "wide.npz"), "--out", str(t / "m")], "wide.npz"),
+    "score: a tampered feature-source record": (lambda t: ["score", "--detector-file", str(t / "d.safetensors"),
+                                                           "--inputs", str(t / "garbage_source.npz"), "--out",
+                                                           str(t / "s.json")], "garbage_source.npz"),
+    "export: a detector file that is not one": (lambda t: ["export", "--detector-file", str(t / "empty.npz"),
+                                                           "--out", str(t / "s.pt2")], "empty.npz"),
+    "former and new spelling disagree": (lambda t: ["extract", "--data", "digits", "--normal-class", "1",
+                                                    "--inlier-class", "2", "--out", str(t / "f.npz")],
+                                         "--normal-class"),
 }
 if not torch.cuda.is_available():
     CASES["--device cuda without CUDA"] = (lambda t: ["demo", "--device", "cuda", "--out", str(t / "d")], "CUDA")
@@ -82,7 +116,7 @@ def test_bad_input_is_one_line_and_exit_code_2(case, files, capsys):
     text = captured.out + captured.err
     assert stop.value.code == 2, text
     assert "Traceback" not in text
-    lines = [line for line in text.splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Warning: ")]
     assert len(lines) == 1, text
     assert lines[0].startswith("Error: ") and expected in lines[0], text
 

@@ -45,10 +45,36 @@ def test_mahalanobis_matrix_form_equals_the_per_class_quadratic_form():
     np.testing.assert_allclose(det.score_samples(q), brute, rtol=1e-9, atol=1e-9)
 
 
+def _monitor(**options):
+    from conformood.conformal import ConformalDetector
+    from conformood.monitor import ConformalMonitor
+    from conformood.scores import get_detector
+
+    rng = np.random.default_rng(0)
+    cd = ConformalDetector(get_detector("center").fit(rng.normal(size=(20, 3)))).calibrate(rng.normal(size=(10, 3)))
+    return ConformalMonitor(cd, **options)
+
+
+def _conformal_detector(**options):
+    from conformood.conformal import ConformalDetector
+    from conformood.scores import get_detector
+
+    return ConformalDetector(get_detector("center"), **options)
+
+
 @pytest.mark.parametrize("call, name", [
     (lambda: crc_threshold(np.full((3, 2, 2), 0.5), np.ones((3, 2, 2), bool), 0.5, loss_bound="1"), "loss_bound"),
     (lambda: LinearOCSVMDetector(nu="a"), "nu"),
     (lambda: ViMDetector(weight=np.ones((2, 3)), bias=np.ones(2), dim=2.5), "dim"),
+    (lambda: _monitor(seed=-1), "seed"),
+    (lambda: _monitor(seed="abc"), "seed"),
+    (lambda: __import__("conformood.monitor", fromlist=["x"]).online_p_values(np.ones(3), np.ones(2), chunk=0),
+     "chunk"),
+    (lambda: __import__("conformood.monitor", fromlist=["x"]).log_mixture_martingale(np.array([0.5]), grid=0),
+     "grid"),
+    (lambda: __import__("conformood.losses", fromlist=["x"]).JointContrastiveCELoss(weight=float("nan")), "weight"),
+    (lambda: _conformal_detector(alpha=2.0), "alpha"),
+    (lambda: _conformal_detector(feature_source="mobilenet"), "feature_source"),
 ])
 def test_parameter_errors_name_the_parameter(call, name):
     with pytest.raises(ValueError, match=name):
