@@ -154,8 +154,10 @@ def test_images_of_any_bit_depth_palette_or_alpha_read_correctly(tmp_path):
     Image.fromarray(ramp8).convert("P").save(tmp_path / "c" / "b_palette.png")
     rgba = np.dstack([ramp8, ramp8, ramp8, np.zeros_like(ramp8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "c" / "c_alpha.png")
+    Image.fromarray(ramp16).save(tmp_path / "c" / "d16.tif")
     data = load_image_folder(tmp_path, mode="L")
-    for image in data.images:  # all three the same ramp, the 16-bit one scaled (not 100 % white)
+    assert len(data.images) == 4
+    for image in data.images:  # all the same ramp, the 16-bit ones scaled (not 100 % white)
         np.testing.assert_allclose(image[0].astype(int), ramp8.astype(int), atol=1)
 
 

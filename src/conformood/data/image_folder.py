@@ -18,7 +18,7 @@ import numpy as np
 from ..io import atomic_path
 from .arrays import ImageArrays
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _CACHE_VERSION = 2  # 2: file names, and class indices shared by every split
 
 
