@@ -232,10 +232,15 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
     quarter of the input resolution) is the setting of the inspection demo.
 
     ``weights=None`` is one fixed random network (initialised from seed 0, the caller's random state untouched),
-    so that features extracted at different times with random weights come from the same network.
+    so that features extracted at different times with random weights come from the same network. With weights,
+    the initialisation they overwrite draws from the caller's random state as it always has (a seeded run that
+    builds a pretrained backbone keeps its numbers).
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    if weights is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            net = MobileNetV2()
+    else:
         net = MobileNetV2()
     digest = None
     if weights is not None:
