@@ -213,3 +213,26 @@ def test_skip_bad_lists_unreadable_images_and_never_drops_them_silently(tmp_path
     assert r["n"] == 12 and r["n_skipped"] == 2
     rows = (tmp_path / "s.csv").read_text().splitlines()
     assert len(rows) == 1 + 14 and rows[-1].startswith("parts/empty.png,,,,,") and "skipped" in rows[-1]
+
+
+def test_a_damaged_or_older_decoding_cache_is_read_past(tmp_path):
+    import tarfile
+
+    from PIL import Image
+
+    from conformood.data import load_image_folder
+
+    (tmp_path / "src" / "train" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(RNG.integers(0, 256, size=(8, 8), dtype=np.uint8)).save(tmp_path / "src" / "train" / "a" /
+                                                                                f"{i}.png")
+    with tarfile.open(tmp_path / "data.tar", "w") as tar:
+        tar.add(tmp_path / "src" / "train", arcname="train")
+    cache = tmp_path / "cache"
+    first = load_image_folder(tmp_path / "data.tar", split="train", cache_dir=cache)
+    (cached,) = list(cache.iterdir())
+    np.savez(cached, images=first.images, labels=first.labels)  # an older cache without names or skipped
+    again = load_image_folder(tmp_path / "data.tar", split="train", cache_dir=cache)
+    assert again.names == first.names and np.array_equal(again.images, first.images)
+    cached.write_bytes(b"damaged")
+    assert load_image_folder(tmp_path / "data.tar", split="train", cache_dir=cache).names == first.names

@@ -216,3 +216,10 @@ def test_bad_inputs_to_the_route_are_one_line(calibrated, folder, tmp_path, caps
     code, _, err = _run(["monitor", "--detector-file", detector, "--inputs", str(calibrated / "cal.npz"),
                          str(tmp_path / "nan.npz"), "--out", str(tmp_path / "mon")], capsys)
     assert code == 2 and "nan.npz" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_former_data_dir_spelling_of_reproduce_coat(tmp_path, capsys):
+    code, _, err = _run(["reproduce", "coat", "--data-dir", str(tmp_path), "--out", str(tmp_path / "c")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and "--data-dir is deprecated; use --data-root" in lines[0], err
+    assert str(tmp_path) in lines[1]  # the folder was used: no CamVid file there

@@ -19,7 +19,7 @@ from ..io import atomic_path
 from .arrays import ImageArrays
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_CACHE_VERSION = 2  # 2: file names, and class indices shared by every split
+_CACHE_VERSION = 3  # 2: file names, class indices shared by every split; 3: the skipped files
 
 
 def default_cache_dir() -> Path:
@@ -148,9 +148,12 @@ def load_image_folder(
         key = _cache_key(src, split, mode, size, mixed_sizes_to) + ("-skip" if skip_bad else "")
         cache_file = Path(cache_dir or default_cache_dir()) / f"imagefolder-{key}.npz"
         if cache_file.is_file():
-            with np.load(cache_file, allow_pickle=False) as z:
-                return ImageArrays(z["images"], z["labels"], [str(c) for c in z["class_names"]],
-                                   [str(c) for c in z["names"]], [str(c) for c in z["skipped"]])
+            try:
+                with np.load(cache_file, allow_pickle=False) as z:
+                    return ImageArrays(z["images"], z["labels"], [str(c) for c in z["class_names"]],
+                                       [str(c) for c in z["names"]], [str(c) for c in z["skipped"]])
+            except (OSError, ValueError, KeyError, EOFError):  # a damaged or foreign cache file: read the source
+                pass
 
     all_classes: set[str] = set()
     items = _iter_archive(src, split, all_classes) if _is_archive(src) else _iter_directory(src, split, all_classes)
