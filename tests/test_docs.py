@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "conformood"
-PAPERS = r"(FIRM|OECL|CLP|CCS|COAT|et al\.|\.md``?|\b20\d\d\b|Gibbs|Algorithmic)"
+PAPERS = r"(FIRM|OECL|CLP|CCS|COAT|PatchCore|et al\.|\.md``?|\b20\d\d\b|Gibbs|Algorithmic)"
 
 
 def _package_map() -> dict[str, set[str]]:

@@ -33,6 +33,7 @@ from ..data.arrays import resize_bilinear
 from ..io import check_state_dict, load_state, save_state
 from ..registry import Registry
 from .mobilenet import MobileNetV2
+from .patch_features import LocalPatchFeatures, StagePatchFeatures
 
 BACKBONES: Registry = Registry("backbone")
 
@@ -190,36 +191,12 @@ class _PooledFeatures(nn.Module):
         return self.net.features_of(x)
 
 
-class _PatchFeatures(nn.Module):
-    """The feature map after the first ``blocks`` blocks, each position averaged over its ``window`` x ``window``
-    neighbourhood (so that a feature describes a small patch, not one pixel of the map; only whole windows),
-    less ``border`` positions on each side, as (n, h*w, c)."""
-
-    def __init__(self, net: MobileNetV2, blocks: int, window: int, border: int) -> None:
-        super().__init__()
-        self.net = net
-        self.blocks = blocks
-        self.window = window
-        self.border = border
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.net.features[: self.blocks](x)
-        if self.window > 1:
-            h = nn.functional.avg_pool2d(h, self.window, stride=1)
-        b = self.border
-        if b:
-            if min(h.shape[-2:]) <= 2 * b:
-                raise ValueError(f"the feature map ({tuple(h.shape[-2:])}) is too small for a border of {b}: "
-                                 "use larger images or patch_border=0")
-            h = h[..., b:-b, b:-b]
-        return h.flatten(2).transpose(1, 2)
-
-
 @BACKBONES.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision weights",
                     description="MobileNetV2, 1280-d pooled features (or early patch features), ImageNet weights "
                                 "(make weights)", feature_dim=1280)
 def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int = 224,
-                 patches_after: int | None = None, patch_window: int = 3, patch_border: int = 1) -> Backbone:
+                 patches_after: int | None = None, patch_window: int = 3, patch_border: int = 1,
+                 patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int = 256) -> Backbone:
     """MobileNetV2 as a backbone; ``weights``: ``"imagenet"``, a path or ``None``.
 
     By default each image gives the pooled 1,280-d feature vector. With ``patches_after=k`` it gives instead the
@@ -249,6 +226,23 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
         digest = file_digest(path)
     net.eval()
     size = (int(input_size), int(input_size))
+    if patch_stages is not None:
+        if patches_after is not None:
+            raise ValueError("give one of patches_after (one stage) and patch_stages (PatchCore's two stages)")
+        stages = tuple(patch_stages) if isinstance(patch_stages, (tuple, list)) else ()
+        if len(stages) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in stages) or not (
+                1 <= stages[0] < stages[1] < len(net.features)):
+            raise ValueError(f"patch_stages must be two block counts 1 <= a < b < {len(net.features)}, got "
+                             f"{patch_stages!r}")
+        if isinstance(patch_window, bool) or not isinstance(patch_window, int) or patch_window < 1 or \
+                patch_window % 2 == 0:
+            raise ValueError(f"patch_window must be a positive odd integer, got {patch_window!r}")
+        if isinstance(patch_dim, bool) or not isinstance(patch_dim, int) or patch_dim < 1:
+            raise ValueError(f"patch_dim must be a positive integer, got {patch_dim!r}")
+        module = StagePatchFeatures(net, stages, patch_window, patch_dim).eval()
+        return Backbone("mobilenet_v2", module, patch_dim, size, weights_digest=digest, output="patches",
+                        extra={"weights": str(weights), "patches": {"stages": list(stages), "window": patch_window,
+                                                                   "dim": patch_dim}})
     if patches_after is None:
         return Backbone("mobilenet_v2", _PooledFeatures(net), net.feature_dim, size, weights_digest=digest,
                         extra={"weights": str(weights)})
@@ -259,7 +253,7 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
         raise ValueError(f"patch_window must be a positive odd integer, got {patch_window!r}")
     if isinstance(patch_border, bool) or not isinstance(patch_border, int) or patch_border < 0:
         raise ValueError(f"patch_border must be a non-negative integer, got {patch_border!r}")
-    module = _PatchFeatures(net, patches_after, patch_window, patch_border).eval()
+    module = LocalPatchFeatures(net, patches_after, patch_window, patch_border).eval()
     with torch.no_grad():
         channels = int(module(torch.zeros(1, 3, 64, 64)).shape[-1])
     return Backbone("mobilenet_v2", module, channels, size, weights_digest=digest, output="patches",

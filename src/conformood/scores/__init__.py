@@ -13,6 +13,7 @@ from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
 from .patch import PatchGaussianDetector, check_patch_features
+from .patchcore import PatchCoreDetector, greedy_coreset
 from .registry import (
     DETECTORS,
     DetectorInfo,
@@ -43,6 +44,8 @@ __all__ = [
     "MSPDetector",
     "MahalanobisDetector",
     "PatchGaussianDetector",
+    "PatchCoreDetector",
+    "greedy_coreset",
     "check_patch_features",
     "MaxLogitDetector",
     "SMuDetector",

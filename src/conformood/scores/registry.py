@@ -18,6 +18,7 @@ from .kernel import KDEDetector, LinearOCSVMDetector
 from .knn import KNNCosineDetector, KNNCosineNormDetector, KNNSunDetector
 from .logits import EnergyDetector, MaxLogitDetector, MSPDetector, ViMDetector
 from .patch import PatchGaussianDetector
+from .patchcore import PatchCoreDetector
 from .simple import CenterDetector, L2NormDetector
 
 #: Every detector: name -> class, with its input kind ("features", "logits" or "images"), whether ``fit``
@@ -60,6 +61,8 @@ for _name, _cls, _input, _labels, _reference in (
     ("mahalanobis", MahalanobisDetector, "features", True, "Lee et al. 2018, shared covariance"),
     ("patch_gaussian", PatchGaussianDetector, "patches", False, "worst-patch Mahalanobis, Lee et al. 2018 / "
      "PaDiM (patch features)"),
+    ("patchcore", PatchCoreDetector, "patches", False, "PatchCore, Roth et al. 2022 (coreset memory bank, "
+     "reweighted worst patch)"),
     ("kde", KDEDetector, "features", False, "-KDE_gamma, FIRM app. C eq. 8"),
     ("ocsvm", LinearOCSVMDetector, "features", False, "linear OC-SVM, FIRM app. C eq. 9-11"),
     ("msp", MSPDetector, "logits", False, "Hendrycks & Gimpel 2017"),

@@ -1,0 +1,70 @@
+"""Patch features of a backbone: one feature per position of a feature map, for detectors of small, local
+anomalies (``mobilenet_v2(patches_after=k)``: one early stage; ``mobilenet_v2(patch_stages=(a, b))``: PatchCore's
+two mid-level stages)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .mobilenet import MobileNetV2
+
+
+class StagePatchFeatures(nn.Module):
+    """PatchCore's patch features (Roth et al. 2022, §3.1): the feature maps after the first ``stages[0]`` and
+    ``stages[1]`` blocks, each position averaged over its p x p neighbourhood (zero-padded, stride 1), each map's
+    channels pooled to ``dim`` (adaptive average pooling along the channels), the deeper map upsampled
+    bilinearly to the shallower's grid, the two joined and pooled to ``dim`` again; (n, h*w, dim)."""
+
+    def __init__(self, net: MobileNetV2, stages: tuple[int, int], window: int, dim: int) -> None:
+        super().__init__()
+        self.net = net
+        self.stages = stages
+        self.window = window
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = []
+        h = x
+        done = 0
+        for stage in self.stages:
+            h = self.net.features[done:stage](h)
+            done = stage
+            maps.append(nn.functional.avg_pool2d(h, self.window, stride=1, padding=self.window // 2,
+                                                 count_include_pad=False))
+        grid = maps[0].shape[-2:]
+        pooled = []
+        for m in maps:
+            if m.shape[-2:] != grid:
+                m = nn.functional.interpolate(m, size=grid, mode="bilinear", align_corners=False)
+            flat = m.flatten(2).transpose(1, 2)  # (n, h*w, c)
+            pooled.append(nn.functional.adaptive_avg_pool1d(flat.reshape(-1, 1, flat.shape[-1]), self.dim)
+                          .reshape(flat.shape[0], flat.shape[1], self.dim))
+        joined = torch.cat(pooled, dim=-1)
+        return nn.functional.adaptive_avg_pool1d(joined.reshape(-1, 1, joined.shape[-1]), self.dim).reshape(
+            joined.shape[0], joined.shape[1], self.dim)
+
+
+class LocalPatchFeatures(nn.Module):
+    """The feature map after the first ``blocks`` blocks, each position averaged over its ``window`` x ``window``
+    neighbourhood (so that a feature describes a small patch, not one pixel of the map; only whole windows),
+    less ``border`` positions on each side, as (n, h*w, c)."""
+
+    def __init__(self, net: MobileNetV2, blocks: int, window: int, border: int) -> None:
+        super().__init__()
+        self.net = net
+        self.blocks = blocks
+        self.window = window
+        self.border = border
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net.features[: self.blocks](x)
+        if self.window > 1:
+            h = nn.functional.avg_pool2d(h, self.window, stride=1)
+        b = self.border
+        if b:
+            if min(h.shape[-2:]) <= 2 * b:
+                raise ValueError(f"the feature map ({tuple(h.shape[-2:])}) is too small for a border of {b}: "
+                                 "use larger images or patch_border=0")
+            h = h[..., b:-b, b:-b]
+        return h.flatten(2).transpose(1, 2)
