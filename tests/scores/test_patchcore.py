@@ -60,7 +60,8 @@ def test_nearest_distances_equal_brute_force(use_faiss, monkeypatch):
     np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :3], rtol=1e-4, atol=1e-4)
 
 
-def test_the_image_score_is_the_papers_reweighted_worst_patch():
+def test_the_image_score_is_the_papers_reweighted_worst_patch(monkeypatch):
+    monkeypatch.setattr("conformood.scores.patchcore._IMAGES_PER_CHUNK", 4)  # 6 test images: two chunks
     train = RNG.normal(size=(30, 16, 4)).astype(np.float32)
     test = RNG.normal(size=(6, 16, 4)).astype(np.float32) * 1.5
     det = PatchCoreDetector(coreset_fraction=0.25, reweight_neighbors=3).fit(train)

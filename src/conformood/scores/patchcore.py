@@ -32,6 +32,7 @@ from .patch import check_patch_features
 
 _QUERY_CHUNK = 8192
 _BANK_CHUNK = 65536
+_IMAGES_PER_CHUNK = 64  # images scored at once: memory stays bounded whatever the batch
 
 
 def greedy_coreset(bank: ArrayLike, n_select: int, projection_dim: int | None = 128, seed: int = 0,
@@ -160,13 +161,21 @@ class PatchCoreDetector(BaseDetector):
         """(n_images, n_patches): each patch's distance to its nearest memory patch."""
         self._check_fitted()
         x = check_patch_features(features, n_features=self.n_features_in_)
-        dist, _ = nearest_distances(x.reshape(-1, x.shape[2]), self.memory_bank_, 1)
-        return dist[:, 0].reshape(x.shape[:2]).astype(np.float64)
+        out = np.empty(x.shape[:2])
+        for s in range(0, x.shape[0], _IMAGES_PER_CHUNK):
+            chunk = x[s:s + _IMAGES_PER_CHUNK]
+            dist, _ = nearest_distances(chunk.reshape(-1, x.shape[2]), self.memory_bank_, 1)
+            out[s:s + chunk.shape[0]] = dist[:, 0].reshape(chunk.shape[:2])
+        return out
 
     def image_scores(self, features: ArrayLike) -> np.ndarray:
         """s per image (higher = more anomalous): the worst patch's distance, reweighted (see the module docs)."""
         self._check_fitted()
         x = check_patch_features(features, n_features=self.n_features_in_)
+        return np.concatenate([self._image_scores(x[s:s + _IMAGES_PER_CHUNK])
+                               for s in range(0, x.shape[0], _IMAGES_PER_CHUNK)])
+
+    def _image_scores(self, x: np.ndarray) -> np.ndarray:
         n, p, d = x.shape
         dist, ids = nearest_distances(x.reshape(-1, d), self.memory_bank_, 1)
         dist, ids = dist[:, 0].reshape(n, p), ids[:, 0].reshape(n, p)

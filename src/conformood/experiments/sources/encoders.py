@@ -63,7 +63,8 @@ class Encoder:
             from ...models import extract_features
             from ...models.backbones import cache_dir
 
-            cache = cache_dir() / "features" if self.net.weights_digest else None
+            # pooled features are cached (small, and read again often); patch features are not (gigabytes)
+            cache = cache_dir() / "features" if self.net.weights_digest and self.net.output == "pooled" else None
             return extract_features(self.net, images, batch_size=batch_size, device=device, progress=progress,
                                     cache=cache)
         from ...data import resize_images
