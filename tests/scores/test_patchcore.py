@@ -80,7 +80,8 @@ def test_the_image_score_is_the_papers_reweighted_worst_patch(monkeypatch):
     assert full.memory_bank_.shape == (480, 4)
 
 
-def test_the_anomaly_map_finds_the_defect_and_the_score_ranks_it():
+def test_the_anomaly_map_finds_the_defect_and_the_score_ranks_it(monkeypatch):
+    monkeypatch.setattr("conformood.scores.patchcore._MAPS_PER_CHUNK", 3)  # 10 maps: several chunks
     normal = RNG.normal(size=(40, 64, 8)).astype(np.float32)
     det = get_detector("patchcore", coreset_fraction=0.2).fit(normal)
     good = RNG.normal(size=(10, 64, 8)).astype(np.float32)

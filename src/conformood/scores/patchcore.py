@@ -33,6 +33,7 @@ from .patch import check_patch_features
 _QUERY_CHUNK = 8192
 _BANK_CHUNK = 65536
 _IMAGES_PER_CHUNK = 64  # images scored at once: memory stays bounded whatever the batch
+_MAPS_PER_CHUNK = 8  # anomaly maps blurred at once
 
 
 def greedy_coreset(bank: ArrayLike, n_select: int, projection_dim: int | None = 128, seed: int = 0,
@@ -201,10 +202,14 @@ class PatchCoreDetector(BaseDetector):
         h, w = (check_positive_int(v, "grid") for v in grid)
         if h * w != scores.shape[1]:
             raise ValueError(f"grid {h}x{w} has {h * w} positions, the features have {scores.shape[1]} patches")
-        maps = torch.nn.functional.interpolate(torch.from_numpy(scores).reshape(-1, 1, h, w),
-                                               size=tuple(int(v) for v in size), mode="bilinear",
-                                               align_corners=False)
-        return gaussian_blur(maps, check_positive_float(sigma, "sigma"))[:, 0].numpy()
+        size = tuple(check_positive_int(v, "size") for v in size)
+        sigma = check_positive_float(sigma, "sigma")
+        out = np.empty((scores.shape[0], *size))
+        for s in range(0, scores.shape[0], _MAPS_PER_CHUNK):  # the blur's convolution unfolds its input
+            maps = torch.nn.functional.interpolate(torch.from_numpy(scores[s:s + _MAPS_PER_CHUNK]).reshape(-1, 1, h, w),
+                                                   size=size, mode="bilinear", align_corners=False)
+            out[s:s + maps.shape[0]] = gaussian_blur(maps, sigma)[:, 0].numpy()
+        return out
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
