@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--fit", type=int, default=200)
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--alpha", type=float, default=0.1)
+    parser.add_argument("--border", type=int, default=2, help="rings of the patch grid left out of the image score")
     parser.add_argument("--rule", default="fisher", help="ensemble rule joining PatchCore and the pooled kNN")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -92,7 +93,7 @@ def main() -> None:
     t_extract = time.perf_counter() - t0
     grid = int(round(np.sqrt(features.shape[1])))
     t0 = time.perf_counter()
-    det = PatchCoreDetector(coreset_fraction=args.fraction, progress=True).fit(features[fit])
+    det = PatchCoreDetector(coreset_fraction=args.fraction, border=args.border, progress=True).fit(features[fit])
     t_fit = time.perf_counter() - t0
     cd = ConformalDetector(det, alpha=args.alpha).calibrate(features[cal])
     scores = det.score_samples(features[test])
@@ -118,6 +119,7 @@ def main() -> None:
     result = {
         "provenance": provenance(vars(args), {"data": args.data}, seed=args.seed),
         "setting": {"size": args.size, "stages": list(args.stages), "dim": args.dim, "coreset_fraction": args.fraction,
+                    "border": args.border,
                     "fit": int(fit.size), "calibration": int(cal.size), "test_good": int(test_good.size),
                     "test_defective": int((~is_good).sum()), "memory_bank": int(det.memory_bank_.shape[0]),
                     "patches_per_image": int(features.shape[1]), "grid": grid,
@@ -139,11 +141,12 @@ def main() -> None:
     lines = [
         "# PatchCore on magnetic tiles", "",
         f"`python benchmarks/patchcore_magnetic_tiles.py --size {args.size} --stages {' '.join(map(str, args.stages))}"
-        f" --dim {args.dim} --fraction {args.fraction}` ({torch.get_num_threads()} threads, "
+        f" --dim {args.dim} --fraction {args.fraction} --border {args.border}` ({torch.get_num_threads()} threads, "
         f"{result['seconds']['total']:.0f} s in all: extraction {result['seconds']['extract']:.0f} s, fit "
         f"{result['seconds']['fit']:.0f} s).", "",
         f"ImageNet MobileNetV2, patch features after blocks {s['stages'][0]} and {s['stages'][1]} ({s['grid']}×"
-        f"{s['grid']} grid, {s['dim']} dims), images resized to {s['size']}²; {s['fit']} good parts in the bank "
+        f"{s['grid']} grid, {s['dim']} dims; the outer {s['border']} ring(s) left out of the image score), images "
+        f"resized to {s['size']}²; {s['fit']} good parts in the bank "
         f"(coreset {s['coreset_fraction']:.0%}: {s['memory_bank']:,} patches), {s['calibration']} to calibrate, "
         f"{s['test_good']} good and {s['test_defective']} defective test parts.", "",
         f"| defect | n | PatchCore image AUROC | PatchCore flagged at α | pooled kNN | ensemble ({args.rule}) |",

@@ -127,3 +127,19 @@ def test_patchcore_features_of_two_stages():
             get_backbone("mobilenet_v2", weights=None, patch_stages=bad)
     with pytest.raises(ValueError, match="one of"):
         get_backbone("mobilenet_v2", weights=None, patch_stages=(7, 14), patches_after=3)
+
+
+def test_border_rings_are_left_out_of_the_image_score_only():
+    normal = RNG.normal(size=(40, 64, 8)).astype(np.float32)
+    det = PatchCoreDetector(coreset_fraction=0.2, border=1).fit(normal)
+    edge, inner = RNG.normal(size=(2, 64, 8)).astype(np.float32), RNG.normal(size=(2, 64, 8)).astype(np.float32)
+    edge[:, 0] += 8.0  # position (0, 0): the outer ring
+    inner[:, 8 * 3 + 4] += 8.0  # position (3, 4): inside
+    plain = PatchCoreDetector(coreset_fraction=0.2).fit(normal)
+    assert det.score_samples(edge).min() > det.score_samples(inner).max()  # the edge defect is not counted
+    assert plain.score_samples(edge).max() < -1.0  # without a border it is
+    np.testing.assert_array_equal(det.patch_scores(edge), plain.patch_scores(edge))  # maps keep every position
+    with pytest.raises(ValueError, match="square"):
+        PatchCoreDetector(border=1).fit(normal[:, :60]).score_samples(normal[:2, :60])
+    with pytest.raises(ValueError, match="border"):
+        PatchCoreDetector(border=-1)

@@ -120,16 +120,21 @@ class PatchCoreDetector(BaseDetector):
 
     ``coreset_fraction`` of the training patches is kept (greedy k-center on a ``projection_dim`` random
     projection, from ``seed``); ``reweight_neighbors`` is the paper's b. Input: patch features (n_images,
-    n_patches, d).
+    n_patches, d). ``border`` > 0 (not in the paper) leaves that many rings of positions of the (square) patch
+    grid out of the image score: their features see the convolutions' zero padding and, on parts that fill the
+    image, the part's edge. On magnetic tiles the worst patch is then a real defect far more often (mean image
+    AUROC 0.760 with every position, 0.887 without the outer two rings; ``benchmarks/patchcore_magnetic_tiles.py``).
+    The anomaly maps keep every position.
     """
 
     def __init__(self, coreset_fraction: float = 0.1, reweight_neighbors: int = 9, projection_dim: int = 128,
-                 seed: int = 0, progress: bool = False) -> None:
+                 seed: int = 0, progress: bool = False, border: int = 0) -> None:
         self.coreset_fraction = coreset_fraction
         self.reweight_neighbors = reweight_neighbors
         self.projection_dim = projection_dim
         self.seed = seed
         self.progress = progress
+        self.border = border
         self._check_params()
 
     _learned = {"memory_bank_": ("m", "d"), "n_patches_": "int", "n_features_in_": "int"}
@@ -141,6 +146,7 @@ class PatchCoreDetector(BaseDetector):
         check_positive_int(self.reweight_neighbors, "reweight_neighbors")
         check_positive_int(self.projection_dim, "projection_dim")
         check_positive_int(self.seed, "seed", minimum=0)
+        check_positive_int(self.border, "border", minimum=0)
         if not isinstance(self.progress, bool):
             raise ValueError(f"progress must be True or False, got {self.progress!r}")
 
@@ -176,8 +182,22 @@ class PatchCoreDetector(BaseDetector):
         return np.concatenate([self._image_scores(x[s:s + _IMAGES_PER_CHUNK])
                                for s in range(0, x.shape[0], _IMAGES_PER_CHUNK)])
 
+    def _scored_positions(self, p: int) -> np.ndarray:
+        """The patch positions that take part in the image score (all, or the grid less ``border`` rings)."""
+        if not self.border:
+            return np.arange(p)
+        side = int(round(np.sqrt(p)))
+        if side * side != p or side <= 2 * self.border:
+            raise ValueError(f"border = {self.border} needs a square patch grid wider than {2 * self.border}; the "
+                             f"features have {p} patches per image")
+        grid = np.arange(p).reshape(side, side)
+        return grid[self.border:side - self.border, self.border:side - self.border].reshape(-1)
+
     def _image_scores(self, x: np.ndarray) -> np.ndarray:
         n, p, d = x.shape
+        keep = self._scored_positions(p)
+        x = x[:, keep]
+        p = keep.size
         dist, ids = nearest_distances(x.reshape(-1, d), self.memory_bank_, 1)
         dist, ids = dist[:, 0].reshape(n, p), ids[:, 0].reshape(n, p)
         worst = dist.argmax(axis=1)
