@@ -145,14 +145,14 @@ def train(
 ) -> None:
     """Train a contrastive encoder; runs as is or under `torchrun --nproc_per_node N`."""
     from ..experiments.train import run_training
-    from ..train.run_config import TrainRunConfig, load_train_config
+    from ..train.run_config import TrainRunConfig, load_train_config, read_recipe
 
     set_data_root(data_root)
     device = resolve_device(device)
     # one option for the size the encoder sees: the stored image size of a network trained from scratch, the
     # views' size of a backbone (whose stored image size stays the recipe's)
-    uses_backbone = backbone is not None or (config_name is not None and "backbone_input_size" in _recipe_fields(
-        config_name))
+    uses_backbone = backbone is not None or (
+        config_name is not None and "backbone_input_size" in user_errors(read_recipe, config_name)[1])
     if backbone_input_size is not None:
         input_size = former_spelling(input_size, backbone_input_size, "--input-size", "--backbone-input-size")
         uses_backbone = True
@@ -195,19 +195,6 @@ def train(
         typer.echo(f"\nInterrupted. The last checkpoint is {out / 'checkpoint.safetensors'}; continue with the same "
                    "command and --resume.", err=True)
         raise typer.Exit(130) from None
-
-
-def _recipe_fields(name: str) -> set[str]:
-    """The fields a recipe sets (empty when it cannot be read: loading it reports that error)."""
-    try:
-        import yaml
-
-        from ..train.run_config import find_recipe
-
-        fields = yaml.safe_load(find_recipe(name).read_text())
-        return set(fields) if isinstance(fields, dict) else set()
-    except Exception:  # noqa: BLE001 - any unreadable recipe: load_train_config reports it as one line
-        return set()
 
 
 @app.command(cls=Command)

@@ -101,12 +101,7 @@ def evaluate(
     cfg = config(EvaluateConfig, train=train, calibration=calibration, test=test, detector=detector,
                  options=parse_options(option), alpha=alpha, mondrian=mondrian, delta=delta, checkpoint=checkpoint,
                  backbone=backbone, weights=weights_option(weights), input_size=input_size, data=data,
-                 protocol=protocol)
-    from ..experiments.sources import check_evaluation_sources
-
-    # which sources go together, before the output folder is touched
-    user_errors(check_evaluation_sources, train, calibration, test, checkpoint, backbone, data, protocol)
-
+                 protocol=protocol)  # checks which sources go together, before the output folder is touched
     def show(r: dict) -> None:
         record = r.get("feature_source") or {}
         covers = f" ({record['protocol']} on {record['data']})" if "protocol" in record else ""
@@ -184,13 +179,6 @@ def score(
             fail(f"{option} {path} is a folder; give a file name")
         if path.exists() and not overwrite:
             fail(f"{option} {path} exists; pass --overwrite to replace it")
-    if (inputs is None) == (images is None):
-        fail("give one of --inputs (a features file) or --images (an image folder, archive or npz)")
-    if images is None and (model is not None or backbone is not None):
-        fail("--model and --backbone encode --images; a features file is scored as it is")
-    if model is not None and backbone is not None:
-        fail("--images needs one of --model (a trained model) or --backbone (a registered backbone), not both")
-    out.parent.mkdir(parents=True, exist_ok=True)
     r = echo_warnings(score_file, detector_file, inputs, alpha, out, use_logits=logits, csv=csv, images=images,
                       model=model, backbone=backbone, weights=weights_option(weights), input_size=input_size,
                       skip_bad=skip_bad)

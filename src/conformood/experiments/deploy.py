@@ -33,6 +33,15 @@ from .sources import check_feature_source, get_encoder, load_features
 DEFAULT_ALPHA = 0.1  # the level of decisions when neither the call nor the detector gives one
 
 
+def decision_level(cd: ConformalDetector, alpha: float | None) -> tuple[float, str]:
+    """(α, where it came from): the one given, else the one the detector stores, else :data:`DEFAULT_ALPHA`."""
+    if alpha is not None:
+        return check_alpha(alpha), "given"
+    if cd.alpha is not None:
+        return check_alpha(cd.alpha), "stored in the detector"
+    return DEFAULT_ALPHA, "default"
+
+
 def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | None = None,
                alpha: float | None = None, out: str | os.PathLike = "scores.json", use_logits: bool = False,
                csv: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
@@ -49,8 +58,7 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
     if csv_path.resolve() == out.resolve():
         raise ValueError(f"the CSV {csv_path} would overwrite the JSON result {out}; give another name")
     cd = ConformalDetector.load(detector_file)
-    alpha_source = "given" if alpha is not None else "stored in the detector" if cd.alpha is not None else "default"
-    alpha = check_alpha(alpha if alpha is not None else cd.alpha if cd.alpha is not None else DEFAULT_ALPHA)
+    alpha, alpha_source = decision_level(cd, alpha)
     feats = load_features(inputs, images, model, backbone, weights, input_size, fitted_source=cd.feature_source,
                           use_logits=use_logits, skip_bad=skip_bad)
     x = feats.logits if use_logits else feats.inputs()
@@ -106,12 +114,10 @@ def flag_rule(cd: ConformalDetector, alpha: float) -> dict:
     rank k, which flags p ≤ k / (n + 1), stricter than α, so that rows with p ≤ α may stay unflagged."""
     delta = getattr(cd, "delta_", None)
     groups = {}
-    for group, cal in cd.calibration_.items():
-        k = cd.flag_rank(alpha, cal.size)
-        limit = k / (cal.size + 1)
-        text = (f"flag if p <= {limit:.6g} (PAC rank {k} of n = {cal.size}: P(FPR > {alpha}) <= {delta})"
-                if delta is not None else f"flag if p <= {alpha} (marginal, n = {cal.size})")
-        groups[str(group)] = {"n": int(cal.size), "rank": int(k), "p_limit": limit, "text": text}
+    for group, g in cd.decision_rule(alpha).items():
+        text = (f"flag if p <= {g['p_limit']:.6g} (PAC rank {g['rank']} of n = {g['n']}: P(FPR > {alpha}) <= "
+                f"{delta})" if delta is not None else f"flag if p <= {alpha} (marginal, n = {g['n']})")
+        groups[group] = {"n": g["n"], "rank": g["rank"], "p_limit": g["p_limit"], "text": text}
     return {"kind": "pac" if delta is not None else "marginal", "alpha": alpha, "delta": delta, "groups": groups,
             "why": ("calibration-conditional: with probability >= 1 - delta over the calibration draw the deployed "
                     "false-alarm rate is <= alpha; a row with p <= alpha above the PAC limit is not flagged")
@@ -181,7 +187,7 @@ def export_files(detector_file: str | os.PathLike, out: str | os.PathLike, alpha
     import torch
 
     cd = ConformalDetector.load(detector_file)
-    alpha = check_alpha(alpha if alpha is not None else cd.alpha if cd.alpha is not None else DEFAULT_ALPHA)
+    alpha, _ = decision_level(cd, alpha)
     encoder, example = None, None
     config = {"detector_file": str(detector_file), "model": None if model is None else str(model), "alpha": alpha,
               "out": str(out)}

@@ -26,7 +26,7 @@ from ..metrics import decision_metrics, ood_metrics
 from ..report.evaluation import render_evaluation
 from ..results import environment, result_header
 from ..scores import detector_info, get_detector
-from .sources import evaluation_features
+from .sources import check_evaluation_sources, evaluation_features
 
 ALPHA_GRID = np.round(np.arange(0.01, 0.51, 0.01), 2)
 
@@ -65,6 +65,8 @@ class EvaluateConfig:
             from ..data import parse_protocol
 
             parse_protocol(self.protocol)
+        check_evaluation_sources(self.train, self.calibration, self.test, self.checkpoint, self.backbone, self.data,
+                                 self.protocol)
 
 
 def _plain_params(detector: object) -> dict:
@@ -95,12 +97,9 @@ def pac_comparison(cd: ConformalDetector, test_scores: np.ndarray, labels: np.nd
     rules = {}
     for name, rule in (("marginal", marginal), ("pac", cd)):
         flags = rule.flags_from_scores(test_scores, alpha, labels)
-        groups = {}
-        for group, cal in rule.calibration_.items():
-            k = rule.flag_rank(alpha, cal.size)
-            groups[str(group)] = {"n": int(cal.size), "rank": int(k),
-                                  "threshold": _finite_or_none(float(cal[k - 1]) if k else float("-inf")),
-                                  "p_fpr_above_alpha": pac_failure_probability(k, cal.size, alpha)}
+        groups = {group: {"n": g["n"], "rank": g["rank"], "threshold": g["threshold"],
+                          "p_fpr_above_alpha": pac_failure_probability(g["rank"], g["n"], alpha)}
+                  for group, g in rule.decision_rule(alpha).items()}
         rules[name] = {"realised_fpr": float(flags[is_inlier].mean()) if is_inlier.any() else None,
                        "ood_flagged": float(flags[~is_inlier].mean()) if (~is_inlier).any() else None,
                        "groups": groups}

@@ -54,7 +54,8 @@ def render_evaluation(out_dir: str | os.PathLike) -> None:
     if source.get("kind") == "model" and "protocol" in source:
         covers = f" Features of the model `{source['model']}` on `{source['data']}`, protocol `{source['protocol']}`."
     elif source.get("kind") == "backbone":
-        covers = (f" Features of the frozen backbone `{source['backbone']}` (weights `{source.get('weights')}`, "
+        weights = source.get("weights") or "random initialisation (seed 0)"
+        covers = (f" Features of the frozen backbone `{source['backbone']}` (weights `{weights}`, "
                   f"{source['input_size'][0]} px input)"
                   + (f" on `{source['data']}`, protocol `{source['protocol']}`." if "protocol" in source else "."))
     setup = (

@@ -107,10 +107,21 @@ def recipe_names() -> list[str]:
 
 def recipe_description(name: str) -> str:
     """The ``description`` line of a shipped recipe."""
+    return str(read_recipe(name)[1].get("description", ""))
+
+
+def read_recipe(name_or_path: str | os.PathLike) -> tuple[Path, dict]:
+    """(file, fields) of a recipe (:func:`find_recipe`) as written, before paths are resolved or fields checked."""
     import yaml
 
-    data = yaml.safe_load(find_recipe(name).read_text()) or {}
-    return str(data.get("description", "")) if isinstance(data, dict) else ""
+    recipe = find_recipe(name_or_path)
+    try:
+        data = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{recipe} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{recipe} must hold a mapping of TrainRunConfig fields")
+    return recipe, data
 
 
 def find_recipe(name_or_path: str | os.PathLike) -> Path:
@@ -146,15 +157,7 @@ def load_train_config(path: str | os.PathLike, **overrides: Any) -> TrainRunConf
     """A :class:`TrainRunConfig` from a YAML recipe (a file, or a shipped recipe's name); ``overrides`` (the
     options given explicitly on the command line) win over the file. Relative paths of the file resolve as
     :func:`_resolve_path` says; paths given as overrides are the user's own and stay as given."""
-    import yaml
-
-    recipe = find_recipe(path)
-    try:
-        data = yaml.safe_load(recipe.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{recipe} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{recipe} must hold a mapping of TrainRunConfig fields")
+    recipe, data = read_recipe(path)
     data.pop("description", None)
     for former, current in FORMER_FIELD_NAMES.items():
         if former in data:

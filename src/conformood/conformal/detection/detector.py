@@ -188,6 +188,19 @@ class ConformalDetector(BaseEstimator):
         delta = getattr(self, "delta_", None)
         return conformal_rank(alpha, n) if delta is None else pac_rank(check_alpha(alpha), delta, int(n))
 
+    def decision_rule(self, alpha: float | None = None) -> dict[str, dict]:
+        """Per calibration group (``"-1"`` without Mondrian): its size n, the flag rank k, the score threshold
+        (the k-th smallest calibration score, None when nothing can be flagged) and the p-value limit k / (n + 1)
+        at level α: what :meth:`predict` decides by."""
+        self._check_calibrated()
+        alpha = self._alpha(alpha)
+        groups = {}
+        for group, cal in self.calibration_.items():
+            k = self.flag_rank(alpha, cal.size)
+            groups[str(group)] = {"n": int(cal.size), "rank": int(k),
+                                  "threshold": float(cal[k - 1]) if k else None, "p_limit": k / (cal.size + 1)}
+        return groups
+
     def threshold(self, alpha: float | None = None, label: int | None = None) -> float:
         """The score below which inputs are flagged at level α (of ``label``'s group when Mondrian): the
         k-th smallest calibration score with k = :meth:`flag_rank`; −inf when nothing can be flagged."""

@@ -67,6 +67,10 @@ class Encoder:
             cache = cache_dir() / "features" if self.net.weights_digest and self.net.output == "pooled" else None
             return extract_features(self.net, images, batch_size=batch_size, device=device, progress=progress,
                                     cache=cache)
+        return self.net.features(self._model_input(images)).numpy()
+
+    def _model_input(self, images: Any) -> Any:
+        """Images as a trained model takes them: float, its channels, resized to the size it was trained at."""
         from ...data import resize_images
         from ...models.extract import as_images
 
@@ -75,7 +79,7 @@ class Encoder:
         if tensor.shape[1] != channels:
             raise ValueError(f"the images have {tensor.shape[1]} channels; {self.record['model']} takes {channels}")
         size = self.record["input_size"]
-        return self.net.features(resize_images(tensor, (size[0], size[1]))).numpy()
+        return resize_images(tensor, (size[0], size[1]))
 
     def logits(self, images: Any) -> np.ndarray | None:
         """Class logits of a trained model with a classifier head (None otherwise)."""
@@ -83,13 +87,9 @@ class Encoder:
             return None
         import torch
 
-        from ...data import resize_images
         from ...models import encode
-        from ...models.extract import as_images
 
-        size = self.record["input_size"]
-        head = torch.nn.Sequential(self.net.encoder, self.net.aux_head)
-        return encode(head, resize_images(as_images(images), (size[0], size[1]))).numpy()
+        return encode(torch.nn.Sequential(self.net.encoder, self.net.aux_head), self._model_input(images)).numpy()
 
 
 def get_encoder(model: str | os.PathLike | None = None, backbone: str | None = None,

@@ -161,7 +161,7 @@ def evaluation_features(train: str | os.PathLike | None = None, calibration: str
     (``checkpoint``) on a protocol; or a registered ``backbone`` on ``data`` and ``protocol``. Encoded parts are
     written to ``out_dir`` as ``features_{train,calibration,test}.npz``. The three sets must have been made the
     same way (:func:`same_source`). Returns them with the record of the data and protocol (None for files)."""
-    check_evaluation_sources(train, calibration, test, checkpoint, backbone, data, protocol)
+    check_evaluation_sources(train, calibration, test, checkpoint, backbone, data, protocol)  # for direct callers
     if checkpoint is not None or backbone is not None:
         encoder = get_encoder(checkpoint, backbone, weights, input_size)
         tr, cal, te, record = protocol_features(encoder, data, protocol, progress=progress)
