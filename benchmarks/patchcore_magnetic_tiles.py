@@ -67,7 +67,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--stages", type=int, nargs=2, default=(7, 14))
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--stages", type=int, nargs=2, default=None, help="default: the backbone's own")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--fit", type=int, default=200)
@@ -79,6 +80,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--name", default="patchcore_magnetic_tiles")
     args = parser.parse_args()
+    if args.stages is None:
+        from conformood.models import BACKBONES
+
+        args.stages = BACKBONES.info(args.backbone).extra["patch_stages"]
     start = time.perf_counter()
     images, masks, kinds, names = read_tiles(args.data, args.size)
     good = np.flatnonzero(kinds == "free")
@@ -86,7 +91,7 @@ def main() -> None:
     fit, cal, test_good = order[:args.fit], order[args.fit:args.fit + args.calibration], order[args.fit +
                                                                                                  args.calibration:]
     test = np.r_[test_good, np.flatnonzero(kinds != "free")]
-    encoder = get_encoder(backbone="mobilenet_v2", input_size=args.size, patch_stages=tuple(args.stages),
+    encoder = get_encoder(backbone=args.backbone, input_size=args.size, patch_stages=tuple(args.stages),
                           patch_dim=args.dim)
     t0 = time.perf_counter()
     features = encoder.encode(images, batch_size=16, progress=True)
@@ -107,7 +112,7 @@ def main() -> None:
                           "flagged_at_alpha": float(flags[kinds[test] == kind].mean())}
     maps = det.anomaly_maps(features[test], (grid, grid), (args.size, args.size))
     # beside it: the pooled kNN score of the same backbone, and the two joined by the calibrated ensemble
-    pooled = get_encoder(backbone="mobilenet_v2", input_size=args.size).encode(images, batch_size=16, progress=True)
+    pooled = get_encoder(backbone=args.backbone, input_size=args.size).encode(images, batch_size=16, progress=True)
     knn = get_detector("knn_cosine", n_neighbors=1).fit(pooled[fit])
     ensemble = ConformalEnsemble([det, knn], rule=args.rule).calibrate([features[cal], pooled[cal]])
     others = {"pooled_knn": knn.score_samples(pooled[test]),
@@ -118,7 +123,7 @@ def main() -> None:
             per_kind[kind][f"image_auroc_{name}"] = ood_metrics(other[sel], is_good[sel]).auroc
     result = {
         "provenance": provenance(vars(args), {"data": args.data}, seed=args.seed),
-        "setting": {"size": args.size, "stages": list(args.stages), "dim": args.dim, "coreset_fraction": args.fraction,
+        "setting": {"backbone": args.backbone, "size": args.size, "stages": list(args.stages), "dim": args.dim, "coreset_fraction": args.fraction,
                     "border": args.border,
                     "fit": int(fit.size), "calibration": int(cal.size), "test_good": int(test_good.size),
                     "test_defective": int((~is_good).sum()), "memory_bank": int(det.memory_bank_.shape[0]),
@@ -140,11 +145,11 @@ def main() -> None:
     s = result["setting"]
     lines = [
         "# PatchCore on magnetic tiles", "",
-        f"`python benchmarks/patchcore_magnetic_tiles.py --size {args.size} --stages {' '.join(map(str, args.stages))}"
+        f"`python benchmarks/patchcore_magnetic_tiles.py --backbone {args.backbone} --size {args.size} --stages {' '.join(map(str, args.stages))}"
         f" --dim {args.dim} --fraction {args.fraction} --border {args.border}` ({torch.get_num_threads()} threads, "
         f"{result['seconds']['total']:.0f} s in all: extraction {result['seconds']['extract']:.0f} s, fit "
         f"{result['seconds']['fit']:.0f} s).", "",
-        f"ImageNet MobileNetV2, patch features after blocks {s['stages'][0]} and {s['stages'][1]} ({s['grid']}×"
+        f"ImageNet {args.backbone}, patch features after blocks {s['stages'][0]} and {s['stages'][1]} ({s['grid']}×"
         f"{s['grid']} grid, {s['dim']} dims; the outer {s['border']} ring(s) left out of the image score), images "
         f"resized to {s['size']}²; {s['fit']} good parts in the bank "
         f"(coreset {s['coreset_fraction']:.0%}: {s['memory_bank']:,} patches), {s['calibration']} to calibrate, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from .. import allocator
-from . import commands, deploy, evaluate, reproduce  # noqa: F401  (registers the commands)
+from . import commands, deploy, evaluate, inspect, reproduce  # noqa: F401  (registers the commands)
 from .app import app
 
 __all__ = ["app", "main"]

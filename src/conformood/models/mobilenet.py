@@ -78,6 +78,10 @@ class MobileNetV2(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    def units(self) -> list:
+        """The blocks of ``features`` in order: ``units()[:k]`` applied in turn give the map after k blocks."""
+        return list(self.features)
+
     def features_of(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled output of ``features``: (n, 1280)."""
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)

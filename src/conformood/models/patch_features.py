@@ -1,13 +1,12 @@
 """Patch features of a backbone: one feature per position of a feature map, for detectors of small, local
-anomalies (``mobilenet_v2(patches_after=k)``: one early stage; ``mobilenet_v2(patch_stages=(a, b))``: PatchCore's
-two mid-level stages)."""
+anomalies (``mobilenet_v2(patches_after=k)``: one early stage; ``get_backbone(name, patch_stages=(a, b))``:
+PatchCore's two mid-level stages). The network gives its stages as ``units()`` (MobileNetV2's blocks;
+EfficientNet-Lite's stem, blocks and head)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .mobilenet import MobileNetV2
 
 
 class StagePatchFeatures(nn.Module):
@@ -16,7 +15,7 @@ class StagePatchFeatures(nn.Module):
     channels pooled to ``dim`` (adaptive average pooling along the channels), the deeper map upsampled
     bilinearly to the shallower's grid, the two joined and pooled to ``dim`` again; (n, h*w, dim)."""
 
-    def __init__(self, net: MobileNetV2, stages: tuple[int, int], window: int, dim: int) -> None:
+    def __init__(self, net: nn.Module, stages: tuple[int, int], window: int, dim: int) -> None:
         super().__init__()
         self.net = net
         self.stages = stages
@@ -27,8 +26,10 @@ class StagePatchFeatures(nn.Module):
         maps = []
         h = x
         done = 0
+        units = self.net.units()
         for stage in self.stages:
-            h = self.net.features[done:stage](h)
+            for unit in units[done:stage]:
+                h = unit(h)
             done = stage
             maps.append(nn.functional.avg_pool2d(h, self.window, stride=1, padding=self.window // 2,
                                                  count_include_pad=False))
@@ -50,7 +51,7 @@ class LocalPatchFeatures(nn.Module):
     neighbourhood (so that a feature describes a small patch, not one pixel of the map; only whole windows),
     less ``border`` positions on each side, as (n, h*w, c)."""
 
-    def __init__(self, net: MobileNetV2, blocks: int, window: int, border: int) -> None:
+    def __init__(self, net: nn.Module, blocks: int, window: int, border: int) -> None:
         super().__init__()
         self.net = net
         self.blocks = blocks
@@ -58,7 +59,9 @@ class LocalPatchFeatures(nn.Module):
         self.border = border
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.net.features[: self.blocks](x)
+        h = x
+        for unit in self.net.units()[: self.blocks]:
+            h = unit(h)
         if self.window > 1:
             h = nn.functional.avg_pool2d(h, self.window, stride=1)
         b = self.border

@@ -6,7 +6,7 @@ nearest memory patch, and an image's is the worst patch's, reweighted by how iso
   bank: start from one patch, then repeatedly add the patch farthest from every selected one. Each step is one
   pass over the projected bank (N·d' values read, N minimum distances updated), the floor of the algorithm.
 * :class:`PatchCoreDetector` — fit on normal images' patch features (n_images, n_patches, d), as built by
-  ``get_backbone("mobilenet_v2", patch_layers=(7, 14))``. With m_test* the test patch farthest from the memory
+  ``get_backbone("mobilenet_v2", patch_stages=(7, 14))``. With m_test* the test patch farthest from the memory
   bank M, m* its nearest memory patch and N_b(m*) the b nearest memory patches of m*, the image score is
   (the paper's image score and its reweighting)
 

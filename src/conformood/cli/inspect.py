@@ -1,0 +1,108 @@
+"""``conformood inspect fit`` / ``inspect run``: a folder of good part images to a fitted, calibrated inspector;
+a folder of new parts to decisions, anomaly maps and a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._boundary import WEIGHTS_HELP, echo_warnings, fail, staged_output, user_errors, weights_option
+from .app import Command, Group, app
+
+inspect_app = typer.Typer(help="Inspection: fit on a folder of good parts, then judge folders of new parts with a "
+                               "stated false-alarm rate.", no_args_is_help=True, cls=Group)
+app.add_typer(inspect_app, name="inspect")
+
+
+@inspect_app.command("fit", cls=Command)
+def inspect_fit(
+    normal: Annotated[Path, typer.Option(help="Folder (or .tar/.tar.gz) of good part images, in any sub-folders: "
+                                              "PNG, JPEG, BMP, TIFF, WebP; gray or colour; any sizes.")],
+    out: Annotated[Path, typer.Option(help="The inspector file to write (.safetensors).")] = Path(
+        "inspector.safetensors"),
+    backbone: Annotated[str, typer.Option(help="A registered backbone (conformood backbones lists them).")] =
+        "mobilenet_v2",
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
+    input_size: Annotated[int | None, typer.Option(help="Side of the square model input; default the backbone's "
+                                                   "own.")] = None,
+    resize: Annotated[str, typer.Option(help="'stretch' every image to the square input, or 'pad' (keep the "
+                                             "aspect ratio, repeat the short side's edge).")] = "stretch",
+    alpha: Annotated[float, typer.Option(help="Target rate of flagging a good part, in (0, 1).")] = 0.1,
+    delta: Annotated[float | None, typer.Option(help="PAC form: the realised false-alarm rate is ≤ α with "
+                                                "probability ≥ 1 − δ over the calibration draw.")] = None,
+    calibration_fraction: Annotated[float, typer.Option(help="Share of the good images kept for calibration "
+                                                        "(never fitted).")] = 0.5,
+    coreset_fraction: Annotated[float, typer.Option(help="Share of the good patches kept in PatchCore's memory "
+                                                    "bank (greedy k-center coreset).")] = 0.1,
+    border: Annotated[int, typer.Option(help="Rings of the patch grid left out of the image score.")] = 2,
+    pooled: Annotated[bool, typer.Option(help="Join PatchCore with a pooled-feature kNN score (calibrated "
+                                              "ensemble).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the coreset.")] = 0,
+    skip_bad: Annotated[bool, typer.Option(help="Leave out unreadable image files (listed) instead of stopping.")] =
+        False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
+) -> None:
+    """Fit PatchCore (and a pooled kNN score) on part of the good images, calibrate the decision on the rest:
+    P(flag a good part) ≤ α."""
+    from ..experiments.inspect import InspectConfig, Inspector
+    from ._boundary import config
+
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give a file name")
+    if out.exists() and not overwrite:
+        fail(f"--out {out} exists; pass --overwrite to replace it")
+    if not normal.exists():
+        fail(f"--normal {normal} does not exist")
+    cfg = config(InspectConfig, backbone=backbone, weights=weights_option(weights), input_size=input_size,
+                 resize=resize, alpha=alpha, delta=delta, calibration_fraction=calibration_fraction,
+                 coreset_fraction=coreset_fraction, border=border, pooled=pooled, seed=seed)
+    inspector = echo_warnings(Inspector.fit, normal, cfg, progress=progress, skip_bad=skip_bad)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    user_errors(inspector.save, out)
+    split = {k: len(v) for k, v in inspector.record["split"].items()}
+    skipped = inspector.record["skipped"]
+    if skipped:
+        typer.echo(f"{len(skipped)} unreadable file(s) left out: {'; '.join(skipped[:3])}"
+                   f"{' …' if len(skipped) > 3 else ''}", err=True)
+    typer.echo(f"{inspector.record['n_good']} good images ({', '.join(f'{v} {k}' for k, v in split.items())}), "
+               f"{cfg.backbone} at {cfg.size}², memory bank {inspector.patchcore.memory_bank_.shape[0]:,} patches; "
+               f"P(flag a good part) ≤ {cfg.alpha}{f' with probability ≥ {1 - cfg.delta:g}' if cfg.delta else ''}"
+               f" -> {out}")
+
+
+@inspect_app.command("run", cls=Command)
+def inspect_run(
+    model: Annotated[Path, typer.Option(help="Inspector file from `conformood inspect fit`.")],
+    images: Annotated[Path, typer.Option(help="Folder (or .tar/.tar.gz) of part images to judge, in any "
+                                              "sub-folders.")],
+    out: Annotated[Path, typer.Option(help="Folder for results.csv, results.json, maps/, overlays/, report.html.")]
+        = Path("inspection"),
+    alpha: Annotated[float | None, typer.Option(help="Decide at this level instead of the fitted α, in (0, 1).")] =
+        None,
+    maps: Annotated[bool, typer.Option(help="Write a map and an overlay PNG for every image (otherwise only the "
+                                            "report's).")] = True,
+    skip_bad: Annotated[bool, typer.Option(help="Leave out unreadable image files (listed) instead of stopping.")] =
+        False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace the results of an earlier run in OUT.")] = False,
+) -> None:
+    """Score every image: anomaly score, conformal p-value and flag per image (CSV, JSON), anomaly maps,
+    overlays and an HTML report."""
+    from .._validation import check_alpha
+    from ..experiments.inspect import RUN_OUTPUTS, run_inspection
+
+    if alpha is not None:
+        user_errors(check_alpha, alpha, "--alpha")
+    if not images.exists():
+        fail(f"--images {images} does not exist")
+    with staged_output(out, overwrite, RUN_OUTPUTS) as staging:
+        r = echo_warnings(run_inspection, model, images, staging, alpha=alpha, maps=maps, progress=progress,
+                          skip_bad=skip_bad)
+    c = r["counts"]
+    if c["skipped"]:
+        typer.echo(f"{c['skipped']} unreadable file(s) left out and listed in results.json", err=True)
+    typer.echo(f"{c['flagged']} of {c['images']} image(s) flagged at α = {r['alpha']} -> {out}/results.csv, "
+               f"{out}/report.html")

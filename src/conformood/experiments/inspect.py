@@ -1,0 +1,425 @@
+"""Inspection of parts from a folder of images: fit on good parts, decide on new ones with a stated false-alarm rate.
+
+:class:`Inspector` is what ``conformood inspect fit`` builds and ``inspect run`` applies:
+
+1. **Split.** The good images are split at random (``seed``) into a *fitting* part and a *calibration* part
+   (``calibration_fraction``); the names of both are recorded, and no calibration image is ever fitted.
+2. **Features.** Every image is brought to the backbone's input (``resize``: ``"stretch"`` to the square input,
+   or ``"pad"``: the long side to the input, the short side padded by repeating its edge, keeping the aspect
+   ratio) and read as PatchCore patch features (two mid-level stages, :func:`conformood.models.get_backbone`),
+   and, with ``pooled=True``, also as the backbone's pooled features.
+3. **Detectors.** :class:`~conformood.scores.PatchCoreDetector` (Roth et al. 2022; its image score and anomaly
+   map) on the patch features; with ``pooled=True`` a kNN score (FIRM eq. 3, cosine, k = 1) on the pooled ones,
+   the two joined as :class:`~conformood.conformal.ConformalEnsemble` joins detectors (``rule``): the calibration
+   part is split again into reference and calibration halves, each member's score becomes a p-value against
+   its reference scores, and the rule's statistic is what is calibrated.
+4. **Decision.** Split conformal calibration of the image statistic (:class:`ConformalDetector`): a good part is
+   flagged with probability ≤ α over the calibration draw (with ``delta``, the PAC form: the realised rate is
+   ≤ α with probability ≥ 1 − δ).
+
+The fitted inspector is one digest-checked safetensors file (kind ``"Inspector"``): the detectors' states, the
+reference and calibration statistics, the settings and the record of how its features were made (backbone,
+weights digest, input size, resize); :meth:`Inspector.load` checks every field and the backbone's weights
+against that record before it decides anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._validation import check_alpha, check_positive_float, check_positive_int
+from ..conformal import ConformalDetector
+from ..conformal.detection.ensemble import RULES, CombinedScore
+from ..data.image_files import ImageFiles, read_image_files, stack_images
+from ..io import file_digest, load_state, save_state
+from ..results import provenance
+from ..scores import PatchCoreDetector, detector_from_state, get_detector
+from .sources import Encoder, check_feature_source, get_encoder
+
+KIND = "Inspector"
+FORMAT = 1
+RESIZES = ("stretch", "pad")
+
+
+@dataclass
+class InspectConfig:
+    """Settings of :meth:`Inspector.fit` (see the module docs). ``input_size`` None: the backbone's own
+    (224 for MobileNetV2 and EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2). ``border``: rings of the patch
+    grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`)."""
+
+    backbone: str = "mobilenet_v2"
+    weights: str | None = "imagenet"
+    input_size: int | None = None
+    resize: str = "stretch"
+    patch_dim: int = 256
+    coreset_fraction: float = 0.1
+    border: int = 2
+    pooled: bool = True
+    rule: str = "fisher"
+    calibration_fraction: float = 0.5
+    alpha: float = 0.1
+    delta: float | None = None
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        from ..models import BACKBONES
+
+        BACKBONES.info(self.backbone)  # a clear error naming the known backbones
+        if self.input_size is not None:
+            check_positive_int(self.input_size, "input_size", minimum=32)
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        check_positive_int(self.patch_dim, "patch_dim")
+        fraction = check_positive_float(self.coreset_fraction, "coreset_fraction")
+        if fraction > 1:
+            raise ValueError(f"coreset_fraction must lie in (0, 1], got {self.coreset_fraction}")
+        check_positive_int(self.border, "border", minimum=0)
+        if not isinstance(self.pooled, bool):
+            raise ValueError(f"pooled must be True or False, got {self.pooled!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        cf = check_positive_float(self.calibration_fraction, "calibration_fraction")
+        if cf >= 1:
+            raise ValueError(f"calibration_fraction must lie in (0, 1), got {self.calibration_fraction}")
+        self.alpha = check_alpha(self.alpha)
+        if self.delta is not None:
+            self.delta = check_alpha(self.delta, "delta")
+        check_positive_int(self.seed, "seed", minimum=0)
+        check_positive_int(self.batch_size, "batch_size")
+
+    @property
+    def size(self) -> int:
+        from ..models import BACKBONES
+
+        if self.input_size is not None:
+            return int(self.input_size)
+        import inspect
+
+        default = inspect.signature(BACKBONES.get(self.backbone)).parameters["input_size"].default
+        return int(default)
+
+
+def fit_input(images: ImageFiles | list[np.ndarray], size: int, resize: str) -> np.ndarray:
+    """Images of any sizes as one float array (n, c, size, size): stretched to the square, or (``"pad"``) the long
+    side brought to ``size`` and the short side padded by repeating its edge."""
+    import torch
+
+    from ..data.arrays import resize_bilinear
+
+    items = images.images if isinstance(images, ImageFiles) else images
+    out = []
+    for x in items:
+        h, w = x.shape[1:]
+        if resize == "stretch" or h == w:
+            out.append(x if (h, w) == (size, size) else resize_bilinear(torch.from_numpy(x[None]), (size, size))[0]
+                       .numpy())
+            continue
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        y = resize_bilinear(torch.from_numpy(x[None]), (nh, nw))[0].numpy()
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out.append(np.pad(y, ((0, 0), (top, size - nh - top), (left, size - nw - left)), mode="edge"))
+    return stack_images(out)
+
+
+def content_box(size: tuple[int, int], input_size: int, resize: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of an image of its own ``size`` inside the model input: the whole input when
+    stretched, the unpadded part when padded."""
+    h, w = size
+    if resize == "stretch" or h == w:
+        return 0, 0, input_size, input_size
+    scale = input_size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return (input_size - nh) // 2, (input_size - nw) // 2, nh, nw
+
+
+@dataclass
+class Inspection:
+    """What :meth:`Inspector.inspect` finds for a folder: per image its name, anomaly ``score`` (higher = more
+    anomalous), conformal ``p_value`` and ``flag`` (p ≤ α, or the PAC rule), the anomaly map on the model input
+    (``maps``, (n, size, size), patch distances) and the image's own size."""
+
+    names: list[str]
+    scores: np.ndarray
+    p_values: np.ndarray
+    flags: np.ndarray
+    maps: np.ndarray
+    sizes: list[tuple[int, int]]
+    skipped: list[str]
+    images: list[np.ndarray]
+    ignored: list[str]
+
+
+class Inspector:
+    """A fitted, calibrated inspection model (see the module docs); build it with :meth:`fit` or :meth:`load`."""
+
+    def __init__(self, config: InspectConfig, patchcore: PatchCoreDetector, knn: Any | None,
+                 references: list[np.ndarray] | None, calibration: np.ndarray, sources: dict[str, dict],
+                 record: dict) -> None:
+        self.config = config
+        self.patchcore = patchcore
+        self.knn = knn
+        self.references = references
+        self.sources = sources
+        self.record = record
+        self.conformal = ConformalDetector(_Statistic(), alpha=config.alpha).calibrate_scores(
+            calibration, delta=config.delta)
+        self._encoders: dict[str, Encoder] = {}
+
+    # -- building ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _make_encoders(cfg: InspectConfig) -> dict[str, Encoder]:
+        from ..models import BACKBONES
+
+        stages = tuple(BACKBONES.info(cfg.backbone).extra["patch_stages"])
+        encoders = {"patches": get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size,
+                                           patch_stages=stages, patch_dim=cfg.patch_dim)}
+        if cfg.pooled:
+            encoders["pooled"] = get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size)
+        for enc in encoders.values():
+            enc.record["resize"] = f"{cfg.resize} ({enc.record['resize']})"
+        return encoders
+
+    @classmethod
+    def fit(cls, normal: str | os.PathLike | ImageFiles, config: InspectConfig | None = None,
+            progress: bool = False, skip_bad: bool = False) -> Inspector:
+        """Fit on the good images of a folder (or :class:`ImageFiles`): split, extract, build the memory bank,
+        calibrate."""
+        cfg = config or InspectConfig()
+        start = time.perf_counter()
+        files = normal if isinstance(normal, ImageFiles) else read_image_files(normal, skip_bad=skip_bad,
+                                                                              progress=progress)
+        n = len(files)
+        n_cal = int(round(cfg.calibration_fraction * n))
+        needed = int(np.ceil(1.0 / cfg.alpha)) - 1  # the fewest calibration scores that can flag at α
+        if cfg.pooled:
+            needed *= 2  # half of them are the ensemble's reference scores
+        if n_cal < max(needed, 2) or n - n_cal < 2:
+            why = " (half of them references of the joined score)" if cfg.pooled else ""
+            raise ValueError(f"{n} good image(s) are too few: at α = {cfg.alpha} the calibration part needs at least "
+                             f"{max(needed, 2)} images{why} and the fitting part 2; give more good images, a larger α "
+                             "or a larger calibration_fraction")
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        cal, fit = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+        encoders = cls._make_encoders(cfg)
+        x = fit_input(files, cfg.size, cfg.resize)
+        patches = encoders["patches"].encode(x, cfg.batch_size, progress=progress)
+        patchcore = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
+                                      progress=progress).fit(patches[fit])
+        t_fit = time.perf_counter() - start
+        stat_pc = patchcore.score_samples(patches[cal])
+        knn, references = None, None
+        split: dict[str, Any] = {"fit": [files.names[i] for i in fit]}
+        if cfg.pooled:
+            pooled = encoders["pooled"].encode(x, cfg.batch_size, progress=progress)
+            knn = get_detector("knn_cosine", n_neighbors=1).fit(pooled[fit])
+            stat_knn = knn.score_samples(pooled[cal])
+            half = np.random.default_rng(cfg.seed + 1).permutation(cal.size)
+            ref, rest = np.sort(half[: cal.size // 2]), np.sort(half[cal.size // 2:])
+            references = [np.sort(stat_pc[ref]), np.sort(stat_knn[ref])]
+            combined = CombinedScore([_Statistic(), _Statistic()], cfg.rule, references)
+            calibration = combined.score_samples([stat_pc[rest], stat_knn[rest]])
+            split |= {"reference": [files.names[cal[i]] for i in ref],
+                      "calibration": [files.names[cal[i]] for i in rest]}
+        else:
+            calibration = stat_pc
+            split["calibration"] = [files.names[i] for i in cal]
+        # the colour scale of the maps: the patch distance that the (1 − α) quantile of good images reaches
+        worst = patchcore.patch_scores(patches[cal]).max(axis=1)
+        record = {"split": split, "skipped": list(files.skipped), "ignored": list(files.ignored), "n_good": n,
+                  "images_digest": files.digest(),
+                  "map_scale": float(np.quantile(worst, 1 - cfg.alpha)),
+                  "provenance": provenance(asdict(cfg), {"normal": normal} if not isinstance(normal, ImageFiles)
+                                           else {}, seed=cfg.seed),
+                  "seconds": {"fit": t_fit, "total": time.perf_counter() - start}}
+        sources = {k: dict(e.record) for k, e in encoders.items()}
+        out = cls(cfg, patchcore, knn, references, calibration, sources, record)
+        out._encoders = encoders
+        return out
+
+    # -- deciding ----------------------------------------------------------------------------------------------
+    def encoders(self) -> dict[str, Encoder]:
+        """The encoders, rebuilt from the stored settings and checked against the stored record (weights digest,
+        input size, preprocessing): a different backbone file is refused, never silently used."""
+        if not self._encoders:
+            built = self._make_encoders(self.config)
+            for key, enc in built.items():
+                check_feature_source(self.sources[key], enc.record, origin=f"the {key} encoder rebuilt now",
+                                     fitted_name="the inspector")
+            self._encoders = built
+        return self._encoders
+
+    def statistic(self, patches: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
+        """The calibrated statistic (higher = more normal): PatchCore's −s, or the members' combined p-values."""
+        stat_pc = self.patchcore.score_samples(patches)
+        if self.knn is None:
+            return stat_pc
+        stat_knn = self.knn.score_samples(pooled)
+        return CombinedScore([_Statistic(), _Statistic()], self.config.rule, self.references).score_samples(
+            [stat_pc, stat_knn])
+
+    def inspect(self, images: str | os.PathLike | ImageFiles, alpha: float | None = None, progress: bool = False,
+                skip_bad: bool = False, batch: int = 64) -> Inspection:
+        """Score every image of a folder (or :class:`ImageFiles`): scores, p-values, flags and anomaly maps."""
+        alpha = self.config.alpha if alpha is None else check_alpha(alpha)
+        files = images if isinstance(images, ImageFiles) else read_image_files(images, skip_bad=skip_bad,
+                                                                              progress=progress)
+        encoders = self.encoders()
+        size = self.config.size
+        stats, maps = [], []
+        for s in range(0, len(files), batch):
+            x = fit_input(files.images[s:s + batch], size, self.config.resize)
+            patches = encoders["patches"].encode(x, self.config.batch_size, progress=progress)
+            pooled = encoders["pooled"].encode(x, self.config.batch_size) if self.knn is not None else None
+            stats.append(self.statistic(patches, pooled))
+            grid = int(round(np.sqrt(patches.shape[1])))
+            maps.append(self.patchcore.anomaly_maps(patches, (grid, grid), (size, size)).astype(np.float32))
+        stat = np.concatenate(stats)
+        p = self.conformal.p_values_from_scores(stat)
+        flags = self.conformal.flags_from_scores(stat, alpha)
+        return Inspection(list(files.names), -stat, p, flags, np.concatenate(maps), list(files.sizes),
+                          list(files.skipped), files.images, list(files.ignored))
+
+    # -- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """One safetensors file (kind ``"Inspector"``) with a digest over all of it; written atomically."""
+        tensors: dict[str, np.ndarray] = {"calibration": self.conformal.calibration_[-1]}
+        pc_t, pc_c = self.patchcore.state()
+        tensors |= {f"patchcore.{k}": v for k, v in pc_t.items()}
+        config: dict[str, Any] = {"format": FORMAT, "settings": asdict(self.config), "sources": self.sources,
+                                  "record": self.record, "patchcore": pc_c}
+        if self.knn is not None:
+            knn_t, knn_c = self.knn.state()
+            tensors |= {f"knn.{k}": v for k, v in knn_t.items()}
+            tensors |= {f"reference.{j}": r for j, r in enumerate(self.references or [])}
+            config["knn"] = {"kind": type(self.knn).__name__, "config": knn_c}
+        save_state(path, tensors, config, kind=KIND)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Inspector:
+        """Read what :meth:`save` wrote, checking the digest, the kind, the format and every field."""
+        source = str(path)
+        tensors, config = load_state(path, kind=KIND)
+        arrays = {k: v.numpy() for k, v in tensors.items()}
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{source}: inspector format {config.get('format')!r}, this conformood reads {FORMAT}")
+        unknown = sorted(set(config) - {"format", "settings", "sources", "record", "patchcore", "knn"})
+        if unknown:
+            raise ValueError(f"{source}: unknown field {unknown[0]!r}")
+        settings = config.get("settings")
+        names = {f.name for f in fields(InspectConfig)}
+        if not isinstance(settings, dict) or set(settings) != names:
+            raise ValueError(f"{source}: the stored settings are not those of an inspector")
+        try:
+            cfg = InspectConfig(**settings)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: stored settings are refused: {exc}") from None
+        sources, record = config.get("sources"), config.get("record")
+        wanted = {"patches", "pooled"} if cfg.pooled else {"patches"}
+        if not isinstance(sources, dict) or set(sources) != wanted or not all(isinstance(v, dict) for v in
+                                                                                sources.values()):
+            raise ValueError(f"{source}: the feature records do not match the settings")
+        if not isinstance(record, dict) or not isinstance(record.get("map_scale"), (int, float)) or not \
+                np.isfinite(record["map_scale"]) or record["map_scale"] <= 0:
+            raise ValueError(f"{source}: the fitting record is missing or damaged")
+        patchcore = detector_from_state("PatchCoreDetector", _prefixed(tensors, "patchcore."), config.get("patchcore")
+                                        or {}, source)
+        knn, references = None, None
+        if cfg.pooled:
+            inner = config.get("knn")
+            if not isinstance(inner, dict) or not isinstance(inner.get("config"), dict):
+                raise ValueError(f"{source}: the pooled kNN detector is missing")
+            knn = detector_from_state(inner.get("kind"), _prefixed(tensors, "knn."), inner["config"], source)
+            references = [arrays.get(f"reference.{j}") for j in range(2)]
+            for r in references:
+                if r is None or r.ndim != 1 or r.size < 1 or not np.isfinite(r).all() or np.any(np.diff(r) < 0):
+                    raise ValueError(f"{source}: reference scores missing or damaged")
+        elif config.get("knn") is not None or any(k.startswith(("knn.", "reference.")) for k in arrays):
+            raise ValueError(f"{source}: pooled members stored in an inspector without pooled=True")
+        expected = {"calibration"} | {f"patchcore.{k}" for k in _prefixed(arrays, "patchcore.")} | \
+            ({f"knn.{k}" for k in _prefixed(arrays, "knn.")} | {"reference.0", "reference.1"} if cfg.pooled else set())
+        if set(arrays) != expected:
+            raise ValueError(f"{source}: unexpected tensor {sorted(set(arrays) - expected)[0]!r}")
+        cal = arrays.get("calibration")
+        if cal is None or cal.ndim != 1 or cal.size < 1 or not np.isfinite(cal).all() or np.any(np.diff(cal) < 0):
+            raise ValueError(f"{source}: calibration statistics missing or damaged")
+        return cls(cfg, patchcore, knn, references, cal, sources, record)
+
+    def describe(self) -> dict:
+        """The settings, decision rule and fitting record, as JSON (for results files)."""
+        return {"settings": asdict(self.config), "sources": self.sources,
+                "n_calibration": int(self.conformal.calibration_[-1].size),
+                "decision": self.conformal.decision_rule(self.config.alpha),
+                **{k: v for k, v in self.record.items() if k != "split"},
+                "split_sizes": {k: len(v) for k, v in self.record["split"].items()}}
+
+
+def _prefixed(arrays: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+class _Statistic:
+    """A precomputed statistic as a detector (the inspector calibrates and combines numbers it has computed)."""
+
+    def score_samples(self, x: Any) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+
+def inspector_digest(path: str | os.PathLike) -> str:
+    return file_digest(Path(path))
+
+
+RUN_OUTPUTS = ("results.csv", "results.json", "report.html", "maps", "overlays")
+
+
+def load_inspector(path: str | os.PathLike) -> Inspector:
+    """:meth:`Inspector.load`, with a clear error for a file of another kind (a detector, a model)."""
+    from ..io import saved_kind
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no inspector file at {p}")
+    kind = saved_kind(p)
+    if kind != KIND:
+        what = f"a {kind!r}" if kind else "no conformood artefact"
+        raise ValueError(f"{p} holds {what}, not an inspector (write one with `conformood inspect fit`)")
+    return Inspector.load(p)
+
+
+def run_inspection(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+                   alpha: float | None = None, maps: bool = True, progress: bool = False,
+                   skip_bad: bool = False) -> dict:
+    """Judge every image of a folder with a saved inspector; write the results, maps, overlays and report into
+    ``out`` (see :func:`conformood.report.inspect_run.write_inspection`)."""
+    from ..report.inspect_run import write_inspection
+
+    start = time.perf_counter()
+    inspector = load_inspector(model)
+    alpha = inspector.config.alpha if alpha is None else check_alpha(alpha)
+    files = read_image_files(images, skip_bad=skip_bad, progress=progress)
+    found = inspector.inspect(files, alpha=alpha, progress=progress)
+    boxes = [content_box(s, inspector.config.size, inspector.config.resize) for s in found.sizes]
+    cfg = inspector.config
+    rule = "PAC: realised false-alarm rate ≤ α with probability ≥ 1 − δ = " + f"{1 - cfg.delta:g}" if cfg.delta \
+        else "marginal: P(flag a good part) ≤ α"
+    summary = {
+        "provenance": provenance({"model": str(model), "images": str(images), "alpha": alpha, "maps": maps,
+                                  "skip_bad": skip_bad}, {"model": model}),
+        "images_digest": files.digest(),
+        "model": {"file": Path(model).name, "sha256": file_digest(Path(model)), "backbone": cfg.backbone,
+                  "input_size": cfg.size, "resize": cfg.resize, "pooled": cfg.pooled, "rule": cfg.rule,
+                  "n_calibration": int(inspector.conformal.calibration_[-1].size), "fitted_alpha": cfg.alpha,
+                  "delta": cfg.delta, "map_scale": inspector.record["map_scale"]},
+        "guarantee": f"Decision rule {rule}, at α = {alpha}, for parts exchangeable with the "
+                     f"{int(inspector.conformal.calibration_[-1].size)} good calibration parts.",
+    }
+    result = write_inspection(out, found, boxes, inspector.record["map_scale"], alpha, summary, maps=maps)
+    result["seconds"] = time.perf_counter() - start
+    return result
