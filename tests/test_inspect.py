@@ -65,7 +65,8 @@ def parts(tmp_path_factory):
     _write(root / "new" / "bad", 8, 2, defect=True)
     model = root / "inspector.safetensors"
     assert main(["inspect", "fit", "--normal", str(root / "good"), "--out", str(model), "--weights", "none",
-                 "--input-size", "64", "--border", "1", "--alpha", "0.25", "--no-progress"]) == 0
+                 "--input-size", "64", "--border", "1", "--alpha", "0.25", "--pooled", "--calibration-fraction", "0.5",
+                 "--backbone", "mobilenet_v2", "--no-progress"]) == 0
     return root, model
 
 
@@ -101,7 +102,7 @@ def test_run_writes_rows_maps_overlays_and_report(parts, tmp_path):
             own = Image.open(root / "new" / name).size
             assert im.size == own
     page = (out / "report.html").read_text()
-    assert "data:image/png;base64," in page and "Inspection results" in page and "http" not in page
+    assert "data:image/jpeg;base64," in page and "Inspection results" in page and "http" not in page
     flags = {r["image"]: r["flag"] == "1" for r in rows}
     bad = [flags[n] for n in names if n.startswith("bad/")]
     assert np.mean(bad) >= 0.75  # the bright defects are found even by random features
@@ -160,7 +161,7 @@ def test_other_weights_at_run_are_refused(parts, tmp_path):
 
 def _fit(t, normal):
     return ["inspect", "fit", "--normal", str(normal), "--out", str(t / "m.safetensors"), "--weights", "none",
-            "--input-size", "64", "--border", "1", "--no-progress"]
+            "--input-size", "64", "--border", "1", "--backbone", "mobilenet_v2", "--no-progress"]
 
 
 def _run(t, model, images):

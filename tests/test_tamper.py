@@ -60,6 +60,36 @@ def _make(kind: str, path: Path) -> None:
         cset = SingleNormSet(dim=6, alpha=0.1)
         cset.calibrate(X[:30], X[30:60])
         cset.save(path)
+    elif kind == "inspector":
+        path.write_bytes(_inspector_bytes())
+
+
+_INSPECTOR: list[bytes] = []
+
+
+def _inspector_bytes() -> bytes:
+    """An inspector fitted once (random MobileNetV2 at 64², 24 small gray parts), its file's bytes."""
+    if not _INSPECTOR:
+        import tempfile
+
+        from conformood.data.image_files import ImageFiles
+        from conformood.experiments.inspect import InspectConfig, Inspector
+
+        rng = np.random.default_rng(0)
+        images = [rng.random((1, 40, 48)).astype(np.float32) for _ in range(24)]
+        files = ImageFiles(images, [f"p{i}.png" for i in range(24)], [(40, 48)] * 24)
+        cfg = InspectConfig(backbone="mobilenet_v2", weights=None, input_size=64, coreset_fraction=0.5, alpha=0.25,
+                            calibration_fraction=0.5)
+        with tempfile.TemporaryDirectory() as tmp:
+            Inspector.fit(files, cfg).save(Path(tmp) / "i.safetensors")
+            _INSPECTOR.append((Path(tmp) / "i.safetensors").read_bytes())
+    return _INSPECTOR[0]
+
+
+def _load_inspector(path: Path) -> None:
+    from conformood.experiments.inspect import Inspector
+
+    Inspector.load(path)
 
 
 LOADERS = {
@@ -68,6 +98,7 @@ LOADERS = {
     "checkpoint": _resume,
     "model": load_trained_model,
     "set": load_conformal_set,
+    "inspector": _load_inspector,
 }
 KINDS = list(LOADERS)
 
@@ -175,6 +206,23 @@ HOSTILE = {
         (lambda c, t: c.update(threshold=float("inf")), "finite"),
         (lambda c, t: c.update(kind="os.system"), "unknown conformal set family"),
         (lambda c, t: c["init"].update(path="/tmp/x"), "no argument 'path'"),
+    ],
+    "inspector": [
+        (lambda c, t: c.update(format=99), "format"),
+        (lambda c, t: c.update(evil="x"), "unknown field"),
+        (lambda c, t: c["settings"].update(alpha=2.0), "alpha"),
+        (lambda c, t: c["settings"].update(backbone="../../evil"), "unknown backbone"),
+        (lambda c, t: c["settings"].update(resize="crop"), "resize"),
+        (lambda c, t: c["settings"].update(pooled=False), "feature records|pooled"),
+        (lambda c, t: c["settings"].pop("seed"), "settings"),
+        (lambda c, t: c.update(sources={}), "feature records"),
+        (lambda c, t: c["record"].update(map_scale=-1.0), "fitting record"),
+        (lambda c, t: {**t, "calibration": t["calibration"].flip(0)}, "calibration statistics"),
+        (lambda c, t: {**t, "calibration": torch.full_like(t["calibration"], float("nan"))}, "calibration"),
+        (lambda c, t: {k: v for k, v in t.items() if k != "reference.0"}, "reference"),
+        (lambda c, t: {**t, "extra.tensor": torch.zeros(2)}, "unexpected tensor"),
+        (lambda c, t: {k: v for k, v in t.items() if not k.startswith("patchcore.")}, "lacks|memory_bank"),
+        (lambda c, t: c["patchcore"]["params"].update(coreset_fraction=7), "coreset_fraction"),
     ],
 }
 

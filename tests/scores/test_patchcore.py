@@ -121,7 +121,8 @@ def test_patchcore_features_of_two_stages():
 
     b = get_backbone("mobilenet_v2", weights=None, input_size=64, patch_stages=(7, 14), patch_dim=32)
     f = extract_features(b, RNG.random((2, 3, 64, 64)).astype(np.float32), progress=False)
-    assert f.shape == (2, 64, 32) and b.preprocessing()["patches"] == {"stages": [7, 14], "window": 3, "dim": 32}
+    assert f.shape == (2, 64, 32) and b.preprocessing()["patches"] == {"stages": [7, 14], "window": 3, "dim": 32,
+                                                                       "padding": "counted"}
     for bad in ((14, 7), (0, 3), (7,), (7, 40)):
         with pytest.raises(ValueError, match="patch_stages"):
             get_backbone("mobilenet_v2", weights=None, patch_stages=bad)
@@ -143,3 +144,33 @@ def test_border_rings_are_left_out_of_the_image_score_only():
         PatchCoreDetector(border=1).fit(normal[:, :60]).score_samples(normal[:2, :60])
     with pytest.raises(ValueError, match="border"):
         PatchCoreDetector(border=-1)
+
+
+def test_stage_features_side_by_side_count_the_zero_padding():
+    """patch_dim=None: the two stages' channels side by side (32 + 96); each position the mean of its 3 x 3
+    neighbourhood with the zero padding counted (a corner: its 4 real neighbours over 9), as the paper's
+    unfolded patches and anomalib's AvgPool2d(3, 1, 1)."""
+    import torch
+
+    from conformood.models import get_backbone
+
+    b = get_backbone("mobilenet_v2", weights=None, input_size=64, patch_stages=(7, 14), patch_dim=None)
+    x = b.preprocess(torch.from_numpy(RNG.random((1, 3, 64, 64)).astype(np.float32)))
+    with torch.no_grad():
+        f = b.module(x)
+        h = x
+        for unit in b.module.net.units()[:7]:
+            h = unit(h)
+    assert b.feature_dim == 128 and tuple(f.shape) == (1, 64, 128)
+    corner = h[0, :, :2, :2].sum(dim=(1, 2)) / 9.0
+    middle = h[0, :, 2:5, 2:5].mean(dim=(1, 2))
+    np.testing.assert_allclose(f[0, 0, :32].numpy(), corner.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f[0, 3 * 8 + 3, :32].numpy(), middle.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_scores_and_maps_from_one_search_equal_the_separate_ones():
+    det = PatchCoreDetector(coreset_fraction=0.5, border=1).fit(RNG.normal(size=(6, 16, 5)))
+    x = RNG.normal(size=(3, 16, 5))
+    scores, maps = det.scores_and_maps(x, (4, 4), (12, 12))
+    np.testing.assert_allclose(scores, det.image_scores(x))
+    np.testing.assert_allclose(maps, det.anomaly_maps(x, (4, 4), (12, 12)), rtol=1e-6)

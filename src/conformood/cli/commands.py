@@ -27,7 +27,7 @@ DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."
 
 
 DEMO_DATA = ("textile", "digits")
-DEMO_OUTPUTS = ("*.json", "*.md", "*.png", "*.html")
+DEMO_OUTPUTS = ("*.json", "*.md", "*.png", "*.html", "inspection")
 
 
 @app.command(cls=Command)

@@ -22,8 +22,8 @@ def inspect_fit(
                                               "PNG, JPEG, BMP, TIFF, WebP; gray or colour; any sizes.")],
     out: Annotated[Path, typer.Option(help="The inspector file to write (.safetensors).")] = Path(
         "inspector.safetensors"),
-    backbone: Annotated[str, typer.Option(help="A registered backbone (conformood backbones lists them).")] =
-        "mobilenet_v2",
+    backbone: Annotated[str, typer.Option(help="A registered backbone: efficientnet_lite0/1/2, mobilenet_v2.")] =
+        "efficientnet_lite0",
     weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
     input_size: Annotated[int | None, typer.Option(help="Side of the square model input; default the backbone's "
                                                    "own.")] = None,
@@ -33,12 +33,13 @@ def inspect_fit(
     delta: Annotated[float | None, typer.Option(help="PAC form: the realised false-alarm rate is ≤ α with "
                                                 "probability ≥ 1 − δ over the calibration draw.")] = None,
     calibration_fraction: Annotated[float, typer.Option(help="Share of the good images kept for calibration "
-                                                        "(never fitted).")] = 0.5,
+                                                        "(never fitted).")] = 0.3,
     coreset_fraction: Annotated[float, typer.Option(help="Share of the good patches kept in PatchCore's memory "
                                                     "bank (greedy k-center coreset).")] = 0.1,
-    border: Annotated[int, typer.Option(help="Rings of the patch grid left out of the image score.")] = 2,
+    border: Annotated[int, typer.Option(help="Rings of the patch grid left out of the image score.")] = 0,
     pooled: Annotated[bool, typer.Option(help="Join PatchCore with a pooled-feature kNN score (calibrated "
-                                              "ensemble).")] = True,
+                                              "ensemble; for changes of the whole part rather than local "
+                                              "defects).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the split and the coreset.")] = 0,
     skip_bad: Annotated[bool, typer.Option(help="Leave out unreadable image files (listed) instead of stopping.")] =
         False,

@@ -50,19 +50,27 @@ RESIZES = ("stretch", "pad")
 @dataclass
 class InspectConfig:
     """Settings of :meth:`Inspector.fit` (see the module docs). ``input_size`` None: the backbone's own
-    (224 for MobileNetV2 and EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2). ``border``: rings of the patch
-    grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`)."""
+    (224 for MobileNetV2 and EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2). ``patch_stages`` None: the
+    two stages the backbone names for PatchCore (strides 8 and 16); earlier ones see smaller defects. ``patch_dim``
+    None: the two stages' channels side by side (anomalib's embedding), else pooled to that width (the paper's
+    reduction). Features up to 256 wide enter the coreset as they are, wider ones through a 128-d random
+    projection.
+    ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
+    0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
+    edge must not go unseen). The defaults were chosen on magnetic tiles
+    (``benchmarks/inspect_magnetic_tiles.py``)."""
 
-    backbone: str = "mobilenet_v2"
+    backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     input_size: int | None = None
     resize: str = "stretch"
-    patch_dim: int = 256
+    patch_stages: tuple[int, int] | None = None
+    patch_dim: int | None = None
     coreset_fraction: float = 0.1
-    border: int = 2
-    pooled: bool = True
+    border: int = 0
+    pooled: bool = False
     rule: str = "fisher"
-    calibration_fraction: float = 0.5
+    calibration_fraction: float = 0.3
     alpha: float = 0.1
     delta: float | None = None
     seed: int = 0
@@ -76,7 +84,8 @@ class InspectConfig:
             check_positive_int(self.input_size, "input_size", minimum=32)
         if self.resize not in RESIZES:
             raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
-        check_positive_int(self.patch_dim, "patch_dim")
+        if self.patch_dim is not None:
+            check_positive_int(self.patch_dim, "patch_dim")
         fraction = check_positive_float(self.coreset_fraction, "coreset_fraction")
         if fraction > 1:
             raise ValueError(f"coreset_fraction must lie in (0, 1], got {self.coreset_fraction}")
@@ -93,6 +102,12 @@ class InspectConfig:
             self.delta = check_alpha(self.delta, "delta")
         check_positive_int(self.seed, "seed", minimum=0)
         check_positive_int(self.batch_size, "batch_size")
+        if self.patch_stages is not None:
+            stages = self.patch_stages
+            if not isinstance(stages, (tuple, list)) or len(stages) != 2 or any(
+                    isinstance(v, bool) or not isinstance(v, int) for v in stages):
+                raise ValueError(f"patch_stages must be two unit counts (a, b), got {stages!r}")
+            self.patch_stages = (int(stages[0]), int(stages[1]))
 
     @property
     def size(self) -> int:
@@ -178,7 +193,7 @@ class Inspector:
     def _make_encoders(cfg: InspectConfig) -> dict[str, Encoder]:
         from ..models import BACKBONES
 
-        stages = tuple(BACKBONES.info(cfg.backbone).extra["patch_stages"])
+        stages = cfg.patch_stages or tuple(BACKBONES.info(cfg.backbone).extra["patch_stages"])
         encoders = {"patches": get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size,
                                            patch_stages=stages, patch_dim=cfg.patch_dim)}
         if cfg.pooled:
@@ -212,6 +227,7 @@ class Inspector:
         x = fit_input(files, cfg.size, cfg.resize)
         patches = encoders["patches"].encode(x, cfg.batch_size, progress=progress)
         patchcore = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
+                                      projection_dim=None if patches.shape[2] <= 256 else 128,
                                       progress=progress).fit(patches[fit])
         t_fit = time.perf_counter() - start
         stat_pc = patchcore.score_samples(patches[cal])
@@ -258,7 +274,9 @@ class Inspector:
 
     def statistic(self, patches: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
         """The calibrated statistic (higher = more normal): PatchCore's −s, or the members' combined p-values."""
-        stat_pc = self.patchcore.score_samples(patches)
+        return self._combine(self.patchcore.score_samples(patches), pooled)
+
+    def _combine(self, stat_pc: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
         if self.knn is None:
             return stat_pc
         stat_knn = self.knn.score_samples(pooled)
@@ -278,9 +296,10 @@ class Inspector:
             x = fit_input(files.images[s:s + batch], size, self.config.resize)
             patches = encoders["patches"].encode(x, self.config.batch_size, progress=progress)
             pooled = encoders["pooled"].encode(x, self.config.batch_size) if self.knn is not None else None
-            stats.append(self.statistic(patches, pooled))
             grid = int(round(np.sqrt(patches.shape[1])))
-            maps.append(self.patchcore.anomaly_maps(patches, (grid, grid), (size, size)).astype(np.float32))
+            s_pc, m = self.patchcore.scores_and_maps(patches, (grid, grid), (size, size))
+            stats.append(self._combine(-s_pc, pooled))
+            maps.append(m)
         stat = np.concatenate(stats)
         p = self.conformal.p_values_from_scores(stat)
         flags = self.conformal.flags_from_scores(stat, alpha)

@@ -27,6 +27,7 @@ from .segmentation import (
     SegmentationRisk,
     coverage_gap,
     marginal_coverage,
+    per_region_overlap,
     segmentation_risk,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "coverage_gap",
     "marginal_coverage",
     "segmentation_risk",
+    "per_region_overlap",
     "classwise_clp",
     "confusion_dendrogram",
     "confusion_distances",

@@ -209,7 +209,7 @@ class _PooledFeatures(nn.Module):
                                 "(make weights)", feature_dim=1280, patch_stages=(7, 14))
 def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int = 224,
                  patches_after: int | None = None, patch_window: int = 3, patch_border: int = 1,
-                 patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int = 256) -> Backbone:
+                 patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int | None = 256) -> Backbone:
     """MobileNetV2 as a backbone; ``weights``: ``"imagenet"``, a path or ``None``.
 
     By default each image gives the pooled 1,280-d feature vector. With ``patches_after=k`` it gives instead the
@@ -220,7 +220,8 @@ def mobilenet_v2(weights: str | os.PathLike | None = "imagenet", input_size: int
     padding, so their statistics differ from the interior's (on the textile images, worst-patch AUROC of local
     defects 0.70 with every position, 0.995 without the outer two rings). ``patches_after=3`` (24 channels at a
     quarter of the input resolution) is the setting of the inspection demo. ``patch_stages=(a, b)`` gives
-    PatchCore's features of two stages (blocks 7 and 14: strides 8 and 16), pooled to ``patch_dim``.
+    PatchCore's features of two stages (blocks 7 and 14: strides 8 and 16), pooled to ``patch_dim``, or with
+    ``patch_dim=None`` the two stages' channels side by side (32 + 96 for MobileNetV2).
 
     ``weights=None`` is one fixed random network (initialised from seed 0, the caller's random state untouched),
     so that features extracted at different times with random weights come from the same network. With weights,
@@ -237,7 +238,7 @@ def _efficientnet_lite(name: str) -> Callable[..., Backbone]:
 
     def build(weights: str | os.PathLike | None = "imagenet", input_size: int = resolution,
               patches_after: int | None = None, patch_window: int = 3, patch_border: int = 1,
-              patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int = 256) -> Backbone:
+              patch_stages: tuple[int, int] | list[int] | None = None, patch_dim: int | None = 256) -> Backbone:
         return _network_backbone(name, lambda: EfficientNetLite(name), weights, input_size, LITE_MEAN, LITE_STD,
                                  patches_after, patch_window, patch_border, patch_stages, patch_dim)
 
@@ -262,7 +263,7 @@ for _name in LITE:
 def _network_backbone(name: str, make: Callable[[], nn.Module], weights: str | os.PathLike | None,
                       input_size: int, mean: tuple[float, ...], std: tuple[float, ...], patches_after: int | None,
                       patch_window: int, patch_border: int, patch_stages: tuple[int, int] | list[int] | None,
-                      patch_dim: int) -> Backbone:
+                      patch_dim: int | None) -> Backbone:
     """A network with ``units()`` and ``features_of`` as a pooled or patch backbone (see :func:`mobilenet_v2`)."""
     if weights is None:
         with torch.random.fork_rng(devices=[]):
@@ -291,12 +292,14 @@ def _network_backbone(name: str, make: Callable[[], nn.Module], weights: str | o
         if len(stages) != 2 or any(isinstance(s, bool) or not isinstance(s, int) for s in stages) or not (
                 1 <= stages[0] < stages[1] < n_units):
             raise ValueError(f"patch_stages must be two unit counts 1 <= a < b < {n_units}, got {patch_stages!r}")
-        if isinstance(patch_dim, bool) or not isinstance(patch_dim, int) or patch_dim < 1:
-            raise ValueError(f"patch_dim must be a positive integer, got {patch_dim!r}")
+        if patch_dim is not None and (isinstance(patch_dim, bool) or not isinstance(patch_dim, int) or patch_dim < 1):
+            raise ValueError(f"patch_dim must be a positive integer or None, got {patch_dim!r}")
         module = StagePatchFeatures(net, stages, patch_window, patch_dim).eval()
-        return Backbone(name, module, patch_dim, size, output="patches", **common,
+        with torch.no_grad():
+            width = patch_dim or int(module(torch.zeros(1, 3, 64, 64)).shape[-1])
+        return Backbone(name, module, width, size, output="patches", **common,
                         extra={"weights": str(weights), "patches": {"stages": list(stages), "window": patch_window,
-                                                                   "dim": patch_dim}})
+                                                                   "dim": patch_dim, "padding": "counted"}})
     if patches_after is None:
         return Backbone(name, _PooledFeatures(net), net.feature_dim, size, **common, extra={"weights": str(weights)})
     if isinstance(patches_after, bool) or not isinstance(patches_after, int) or not 1 <= patches_after < n_units:

@@ -49,22 +49,32 @@ def map_on_image(anomaly_map: np.ndarray, box: tuple[int, int, int, int], size: 
                                                                                                             ].numpy()
 
 
+OVERLAY_FROM = 0.7  # the overlay starts at 70 % of the scale and is fully red at the scale and above
+
+
 def overlay(image: np.ndarray, scaled_map: np.ndarray) -> np.ndarray:
-    """uint8 RGB: the image in gray, the map's colour blended in where it exceeds half the scale."""
+    """uint8 RGB: the image in gray, and where the map reaches ``OVERLAY_FROM`` of the scale a colour from yellow
+    to red (red at the scale: as far from every good patch as the worst patch of the (1 − α) quantile of good
+    parts), blended in more strongly as the value grows."""
     gray = _to_rgb(image).mean(axis=2, keepdims=True).repeat(3, axis=2).astype(np.float32)
-    colour = _colormap(scaled_map).astype(np.float32)
-    weight = np.clip((scaled_map - 0.5) * 2.0, 0.0, 1.0)[..., None] * 0.6
+    level = np.clip((scaled_map - OVERLAY_FROM) / (1.0 - OVERLAY_FROM), 0.0, 1.0)
+    colour = np.stack([np.full_like(level, 255.0), 230.0 * (1.0 - level), np.zeros_like(level)], axis=-1)
+    weight = np.where(scaled_map >= OVERLAY_FROM, 0.35 + 0.4 * level, 0.0)[..., None]
     return (gray * (1 - weight) + colour * weight + 0.5).astype(np.uint8)
 
 
 def _png(array: np.ndarray, path: Path | None = None, thumb: int | None = None) -> bytes:
+    """PNG bytes of ``array`` (written to ``path`` when given); a ``thumb`` is a JPEG of that long side instead, to
+    keep the report small."""
     from PIL import Image
 
     img = Image.fromarray(array)
+    buf = io.BytesIO()
     if thumb is not None:
         img.thumbnail((thumb, thumb))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
+        img.save(buf, format="JPEG", quality=85)
+    else:
+        img.save(buf, format="PNG")
     data = buf.getvalue()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +88,7 @@ def write_inspection(out: str | Path, inspection, boxes: list[tuple[int, int, in
     """Write ``results.csv``, ``results.json``, ``maps/<name>.png``, ``overlays/<name>.png`` and
     ``report.html`` into ``out``; returns the JSON written."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = [{"image": n, "score": float(s), "p_value": float(p), "flag": bool(f)}
             for n, s, p, f in zip(inspection.names, inspection.scores, inspection.p_values, inspection.flags)]
     with atomic_path(out / "results.csv") as tmp:
@@ -87,7 +98,8 @@ def write_inspection(out: str | Path, inspection, boxes: list[tuple[int, int, in
             writer.writerows({**r, "score": f"{r['score']:.6g}", "p_value": f"{r['p_value']:.6g}",
                               "flag": int(r["flag"])} for r in rows)
     thumbs: dict[int, bytes] = {}
-    order = sorted(range(len(rows)), key=lambda i: (not rows[i]["flag"], -rows[i]["score"]))
+    peaks = inspection.maps.reshape(len(rows), -1).max(axis=1) if len(rows) else np.empty(0)
+    order = sorted(range(len(rows)), key=lambda i: (not rows[i]["flag"], -rows[i]["score"], -peaks[i]))
     gallery = set(order[:MAX_GALLERY])
     for i, name in enumerate(inspection.names):
         if not maps and i not in gallery:
@@ -96,9 +108,10 @@ def write_inspection(out: str | Path, inspection, boxes: list[tuple[int, int, in
         if maps:
             _png(_colormap(scaled), out / "maps" / f"{name}.png")
         shown = overlay(inspection.images[i], scaled)
-        thumbs_data = _png(shown, out / "overlays" / f"{name}.png" if maps else None)
+        if maps:
+            _png(shown, out / "overlays" / f"{name}.png")
         if i in gallery:
-            thumbs[i] = _png(shown, thumb=THUMB) if max(shown.shape[:2]) > THUMB else thumbs_data
+            thumbs[i] = _png(shown, thumb=THUMB)
     result = {**summary, "alpha": alpha, "columns": {
         "score": "anomaly score (higher = more anomalous)",
         "p_value": "conformal p-value against the good calibration parts",
@@ -126,16 +139,17 @@ def _report(path: Path, rows: list[dict], order: list[int], thumbs: dict[int, by
              f"<p><strong>{counts['flagged']}</strong> of {counts['images']} image(s) flagged at α = {alpha}"
              f"{left_out}.</p>",
              f"<p>{html.escape(guarantee)}</p>",
-             "<p>Overlays: the anomaly map on one colour scale for every image (dark = like the good parts; "
-             "bright = further from every good patch than the worst patch of most good parts).</p>",
-             "<h2>Flagged first, then by score</h2><div class='grid'>"]
+             "<p>Overlays: the anomaly map on one scale for every image. Unmarked: like the good parts; yellow to "
+             "red: from 70 % to 100 % and more of the distance that the worst patch of a good part reaches in "
+             "(1 − α) of the good calibration parts.</p>",
+             "<h2>Flagged first, then by score (ties: the strongest map first)</h2><div class='grid'>"]
     for i in order:
         if i not in thumbs:
             continue
         r = rows[i]
         data = base64.b64encode(thumbs[i]).decode()
         parts.append(f"<div class='card{' flag' if r['flag'] else ''}'><img alt='{html.escape(r['image'])}' "
-                     f"src='data:image/png;base64,{data}'><br>{html.escape(r['image'])}<br>score {r['score']:.4g}, "
+                     f"src='data:image/jpeg;base64,{data}'><br>{html.escape(r['image'])}<br>score {r['score']:.4g}, "
                      f"p = {r['p_value']:.3g}{' — <strong>flagged</strong>' if r['flag'] else ''}</div>")
     parts.append("</div>")
     if len(thumbs) < len(rows):

@@ -126,6 +126,9 @@ def render_inspection_report(out_dir: str | Path, images: np.ndarray, maps: np.n
         "",
         "## Figures",
         "",
+        "Every test image's decision, p-value and overlay, as `conformood inspect run` writes them: "
+        "[inspection/report.html](inspection/report.html) and `inspection/results.csv`.",
+        "",
         "![examples](examples.png)",
         "",
         "![ROC curves](roc.png)",

@@ -119,15 +119,18 @@ class PatchCoreDetector(BaseDetector):
     """PatchCore: −(reweighted distance of an image's worst patch to a coreset memory bank of normal patches).
 
     ``coreset_fraction`` of the training patches is kept (greedy k-center on a ``projection_dim`` random
-    projection, from ``seed``); ``reweight_neighbors`` is the paper's b. Input: patch features (n_images,
-    n_patches, d). ``border`` > 0 (not in the paper) leaves that many rings of positions of the (square) patch
-    grid out of the image score: their features see the convolutions' zero padding and, on parts that fill the
-    image, the part's edge. On magnetic tiles the worst patch is then a real defect far more often (mean image
-    AUROC 0.760 with every position, 0.887 without the outer two rings; ``benchmarks/patchcore_magnetic_tiles.py``).
-    The anomaly maps keep every position.
+    projection, from ``seed``; ``None``: on the features themselves — for narrow features the projection saves
+    little and costs accuracy: on magnetic tiles with EfficientNet-Lite0's 152-d patches and a 1 % coreset,
+    mean image AUROC 0.861 with 128 dimensions, 0.873 without, over three seeds); ``reweight_neighbors`` is the
+    paper's b. Input: patch features (n_images, n_patches, d). ``border`` > 0 (not in the paper) leaves that many
+    rings of positions of the (square) patch grid out of the image score: their features see the convolutions'
+    zero padding and, on parts that fill the image, the part's edge. With features whose 3 × 3 averaging ignored
+    the padding this mattered (magnetic tiles: mean image AUROC 0.760 with every position, 0.887 without the outer
+    two rings); the stage features now count the padding, as the paper does, and ``border=0`` loses nothing
+    there. The anomaly maps keep every position.
     """
 
-    def __init__(self, coreset_fraction: float = 0.1, reweight_neighbors: int = 9, projection_dim: int = 128,
+    def __init__(self, coreset_fraction: float = 0.1, reweight_neighbors: int = 9, projection_dim: int | None = 128,
                  seed: int = 0, progress: bool = False, border: int = 0) -> None:
         self.coreset_fraction = coreset_fraction
         self.reweight_neighbors = reweight_neighbors
@@ -144,7 +147,8 @@ class PatchCoreDetector(BaseDetector):
         if fraction > 1.0:
             raise ValueError(f"coreset_fraction must lie in (0, 1], got {self.coreset_fraction}")
         check_positive_int(self.reweight_neighbors, "reweight_neighbors")
-        check_positive_int(self.projection_dim, "projection_dim")
+        if self.projection_dim is not None:
+            check_positive_int(self.projection_dim, "projection_dim")
         check_positive_int(self.seed, "seed", minimum=0)
         check_positive_int(self.border, "border", minimum=0)
         if not isinstance(self.progress, bool):
@@ -168,19 +172,36 @@ class PatchCoreDetector(BaseDetector):
         """(n_images, n_patches): each patch's distance to its nearest memory patch."""
         self._check_fitted()
         x = check_patch_features(features, n_features=self.n_features_in_)
-        out = np.empty(x.shape[:2])
-        for s in range(0, x.shape[0], _IMAGES_PER_CHUNK):
-            chunk = x[s:s + _IMAGES_PER_CHUNK]
-            dist, _ = nearest_distances(chunk.reshape(-1, x.shape[2]), self.memory_bank_, 1)
-            out[s:s + chunk.shape[0]] = dist[:, 0].reshape(chunk.shape[:2])
-        return out
+        return np.concatenate([self._nearest(x[s:s + _IMAGES_PER_CHUNK])[0]
+                               for s in range(0, x.shape[0], _IMAGES_PER_CHUNK)])
 
     def image_scores(self, features: ArrayLike) -> np.ndarray:
         """s per image (higher = more anomalous): the worst patch's distance, reweighted (see the module docs)."""
         self._check_fitted()
         x = check_patch_features(features, n_features=self.n_features_in_)
-        return np.concatenate([self._image_scores(x[s:s + _IMAGES_PER_CHUNK])
-                               for s in range(0, x.shape[0], _IMAGES_PER_CHUNK)])
+        out = []
+        for s in range(0, x.shape[0], _IMAGES_PER_CHUNK):
+            chunk = x[s:s + _IMAGES_PER_CHUNK]
+            out.append(self._image_scores(chunk, *self._nearest(chunk)))
+        return np.concatenate(out) if out else np.empty(0)
+
+    def scores_and_maps(self, features: ArrayLike, grid: tuple[int, int], size: tuple[int, int],
+                        sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`image_scores` and :meth:`anomaly_maps` from one nearest-neighbour search."""
+        self._check_fitted()
+        x = check_patch_features(features, n_features=self.n_features_in_)
+        scores, maps = [], []
+        for s in range(0, x.shape[0], _IMAGES_PER_CHUNK):
+            chunk = x[s:s + _IMAGES_PER_CHUNK]
+            dist, ids = self._nearest(chunk)
+            scores.append(self._image_scores(chunk, dist, ids))
+            maps.append(self._maps(dist, grid, size, sigma))
+        return np.concatenate(scores), np.concatenate(maps)
+
+    def _nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, memory indices) of every patch's nearest memory patch, both (n, p)."""
+        dist, ids = nearest_distances(x.reshape(-1, x.shape[2]), self.memory_bank_, 1)
+        return dist[:, 0].reshape(x.shape[:2]).astype(np.float64), ids[:, 0].reshape(x.shape[:2])
 
     def _scored_positions(self, p: int) -> np.ndarray:
         """The patch positions that take part in the image score (all, or the grid less ``border`` rings)."""
@@ -193,16 +214,13 @@ class PatchCoreDetector(BaseDetector):
         grid = np.arange(p).reshape(side, side)
         return grid[self.border:side - self.border, self.border:side - self.border].reshape(-1)
 
-    def _image_scores(self, x: np.ndarray) -> np.ndarray:
-        n, p, d = x.shape
-        keep = self._scored_positions(p)
-        x = x[:, keep]
-        p = keep.size
-        dist, ids = nearest_distances(x.reshape(-1, d), self.memory_bank_, 1)
-        dist, ids = dist[:, 0].reshape(n, p), ids[:, 0].reshape(n, p)
-        worst = dist.argmax(axis=1)
+    def _image_scores(self, x: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        keep = self._scored_positions(x.shape[1])
+        dist, ids = dist[:, keep], ids[:, keep]
+        worst = keep[dist.argmax(axis=1)]
         test_star = x[np.arange(n), worst].astype(np.float64)  # m_test*, (n, d)
-        m_star = ids[np.arange(n), worst]
+        m_star = ids[np.arange(n), dist.argmax(axis=1)]
         s_star = np.linalg.norm(test_star - self.memory_bank_[m_star].astype(np.float64), axis=1)
         b = min(int(self.reweight_neighbors), self.memory_bank_.shape[0])
         _, support = nearest_distances(self.memory_bank_[m_star], self.memory_bank_, b)  # N_b(m*), m* included
@@ -218,16 +236,20 @@ class PatchCoreDetector(BaseDetector):
                      sigma: float = 4.0) -> np.ndarray:
         """(n_images, height, width): the patch scores on their ``grid`` (h, w) of the feature map, upsampled
         bilinearly to the image ``size`` and smoothed with a Gaussian of ``sigma`` pixels."""
-        scores = self.patch_scores(features)
+        return self._maps(self.patch_scores(features), grid, size, sigma)
+
+    @staticmethod
+    def _maps(scores: np.ndarray, grid: tuple[int, int], size: tuple[int, int], sigma: float) -> np.ndarray:
         h, w = (check_positive_int(v, "grid") for v in grid)
         if h * w != scores.shape[1]:
             raise ValueError(f"grid {h}x{w} has {h * w} positions, the features have {scores.shape[1]} patches")
         size = tuple(check_positive_int(v, "size") for v in size)
         sigma = check_positive_float(sigma, "sigma")
-        out = np.empty((scores.shape[0], *size))
+        out = np.empty((scores.shape[0], *size), dtype=np.float32)
         for s in range(0, scores.shape[0], _MAPS_PER_CHUNK):  # the blur's convolution unfolds its input
-            maps = torch.nn.functional.interpolate(torch.from_numpy(scores[s:s + _MAPS_PER_CHUNK]).reshape(-1, 1, h, w),
-                                                   size=size, mode="bilinear", align_corners=False)
+            maps = torch.nn.functional.interpolate(
+                torch.from_numpy(scores[s:s + _MAPS_PER_CHUNK].astype(np.float32)).reshape(-1, 1, h, w), size=size,
+                mode="bilinear", align_corners=False)
             out[s:s + maps.shape[0]] = gaussian_blur(maps, sigma)[:, 0].numpy()
         return out
 
