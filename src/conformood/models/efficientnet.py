@@ -30,6 +30,10 @@ class SameConv2d(nn.Conv2d):
     """Conv2d padded as TensorFlow's "SAME": output size ⌈input / stride⌉, the extra pixel on the bottom/right."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == (1, 1) and self.dilation == (1, 1) and all(k % 2 for k in self.kernel_size):
+            # stride 1, odd kernel: "SAME" is the symmetric padding, done inside the convolution (no copy)
+            return nn.functional.conv2d(x, self.weight, self.bias, 1, tuple(k // 2 for k in self.kernel_size),
+                                        1, self.groups)
         pads = []
         for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -120,3 +124,26 @@ class EfficientNetLite(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.features_of(x)))
+
+
+def fold_batchnorm(net: EfficientNetLite) -> EfficientNetLite:
+    """A copy of ``net`` for inference with every BatchNorm folded into the convolution before it (its running
+    statistics and affine map become the convolution's weight scale and bias): the same function in evaluation
+    mode, one pass over each activation fewer. Not for training (the statistics no longer update)."""
+    import copy
+
+    out = copy.deepcopy(net).eval()
+    pairs = [(out, "_conv_stem", "_bn0"), (out, "_conv_head", "_bn1")]
+    for block in out._blocks:
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    with torch.no_grad():
+        for owner, conv_name, bn_name in pairs:
+            conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            bias = bn.bias - bn.running_mean * scale
+            conv.bias = nn.Parameter(bias if conv.bias is None else conv.bias * scale + bias)
+            setattr(owner, bn_name, nn.Identity())
+    return out
