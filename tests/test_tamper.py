@@ -79,7 +79,7 @@ def _inspector_bytes() -> bytes:
         images = [rng.random((1, 40, 48)).astype(np.float32) for _ in range(24)]
         files = ImageFiles(images, [f"p{i}.png" for i in range(24)], [(40, 48)] * 24)
         cfg = InspectConfig(backbone="mobilenet_v2", weights=None, input_size=64, coreset_fraction=0.5, alpha=0.25,
-                            calibration_fraction=0.5)
+                            calibration_fraction=0.5, pooled=True)
         with tempfile.TemporaryDirectory() as tmp:
             Inspector.fit(files, cfg).save(Path(tmp) / "i.safetensors")
             _INSPECTOR.append((Path(tmp) / "i.safetensors").read_bytes())
@@ -214,6 +214,7 @@ HOSTILE = {
         (lambda c, t: c["settings"].update(backbone="../../evil"), "unknown backbone"),
         (lambda c, t: c["settings"].update(resize="crop"), "resize"),
         (lambda c, t: c["settings"].update(pooled=False), "feature records|pooled"),
+        (lambda c, t: c["settings"].update(patch_stages=[14, 7]), "patch_stages|feature"),
         (lambda c, t: c["settings"].pop("seed"), "settings"),
         (lambda c, t: c.update(sources={}), "feature records"),
         (lambda c, t: c["record"].update(map_scale=-1.0), "fitting record"),

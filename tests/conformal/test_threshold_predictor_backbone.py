@@ -48,7 +48,7 @@ def test_the_pretrained_predictor_keeps_the_imagenet_filters_and_trains():
 
 
 def test_auto_falls_back_to_the_small_predictor_without_weights(monkeypatch, tmp_path):
-    from conformood.models import backbones
+    from conformood.models import weights as backbones
 
     monkeypatch.setenv("CONFORMOOD_CACHE", str(tmp_path))
     monkeypatch.setattr(backbones.importlib.util, "find_spec", lambda name: None)

@@ -33,126 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_alpha, check_positive_float, check_positive_int
+from .._validation import check_alpha
 from ..conformal import ConformalDetector
-from ..conformal.detection.ensemble import RULES, CombinedScore
-from ..data.image_files import ImageFiles, read_image_files, stack_images
+from ..conformal.detection.ensemble import CombinedScore
+from ..data.image_files import ImageFiles, read_image_files
 from ..io import file_digest, load_state, save_state
 from ..results import provenance
 from ..scores import PatchCoreDetector, detector_from_state, get_detector
+from .inspect_config import RESIZES, InspectConfig, content_box, fit_input  # noqa: F401  (re-exported)
 from .sources import Encoder, check_feature_source, get_encoder
 
 KIND = "Inspector"
 FORMAT = 1
-RESIZES = ("stretch", "pad")
-
-
-@dataclass
-class InspectConfig:
-    """Settings of :meth:`Inspector.fit` (see the module docs). ``input_size`` None: the backbone's own
-    (224 for MobileNetV2 and EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2). ``patch_stages`` None: the
-    two stages the backbone names for PatchCore (strides 8 and 16); earlier ones see smaller defects. ``patch_dim``
-    None: the two stages' channels side by side (anomalib's embedding), else pooled to that width (the paper's
-    reduction). Features up to 256 wide enter the coreset as they are, wider ones through a 128-d random
-    projection.
-    ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
-    0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
-    edge must not go unseen). The defaults were chosen on magnetic tiles
-    (``benchmarks/inspect_magnetic_tiles.py``)."""
-
-    backbone: str = "efficientnet_lite0"
-    weights: str | None = "imagenet"
-    input_size: int | None = None
-    resize: str = "stretch"
-    patch_stages: tuple[int, int] | None = None
-    patch_dim: int | None = None
-    coreset_fraction: float = 0.1
-    border: int = 0
-    pooled: bool = False
-    rule: str = "fisher"
-    calibration_fraction: float = 0.3
-    alpha: float = 0.1
-    delta: float | None = None
-    seed: int = 0
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        from ..models import BACKBONES
-
-        BACKBONES.info(self.backbone)  # a clear error naming the known backbones
-        if self.input_size is not None:
-            check_positive_int(self.input_size, "input_size", minimum=32)
-        if self.resize not in RESIZES:
-            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
-        if self.patch_dim is not None:
-            check_positive_int(self.patch_dim, "patch_dim")
-        fraction = check_positive_float(self.coreset_fraction, "coreset_fraction")
-        if fraction > 1:
-            raise ValueError(f"coreset_fraction must lie in (0, 1], got {self.coreset_fraction}")
-        check_positive_int(self.border, "border", minimum=0)
-        if not isinstance(self.pooled, bool):
-            raise ValueError(f"pooled must be True or False, got {self.pooled!r}")
-        if self.rule not in RULES:
-            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        cf = check_positive_float(self.calibration_fraction, "calibration_fraction")
-        if cf >= 1:
-            raise ValueError(f"calibration_fraction must lie in (0, 1), got {self.calibration_fraction}")
-        self.alpha = check_alpha(self.alpha)
-        if self.delta is not None:
-            self.delta = check_alpha(self.delta, "delta")
-        check_positive_int(self.seed, "seed", minimum=0)
-        check_positive_int(self.batch_size, "batch_size")
-        if self.patch_stages is not None:
-            stages = self.patch_stages
-            if not isinstance(stages, (tuple, list)) or len(stages) != 2 or any(
-                    isinstance(v, bool) or not isinstance(v, int) for v in stages):
-                raise ValueError(f"patch_stages must be two unit counts (a, b), got {stages!r}")
-            self.patch_stages = (int(stages[0]), int(stages[1]))
-
-    @property
-    def size(self) -> int:
-        from ..models import BACKBONES
-
-        if self.input_size is not None:
-            return int(self.input_size)
-        import inspect
-
-        default = inspect.signature(BACKBONES.get(self.backbone)).parameters["input_size"].default
-        return int(default)
-
-
-def fit_input(images: ImageFiles | list[np.ndarray], size: int, resize: str) -> np.ndarray:
-    """Images of any sizes as one float array (n, c, size, size): stretched to the square, or (``"pad"``) the long
-    side brought to ``size`` and the short side padded by repeating its edge."""
-    import torch
-
-    from ..data.arrays import resize_bilinear
-
-    items = images.images if isinstance(images, ImageFiles) else images
-    out = []
-    for x in items:
-        h, w = x.shape[1:]
-        if resize == "stretch" or h == w:
-            out.append(x if (h, w) == (size, size) else resize_bilinear(torch.from_numpy(x[None]), (size, size))[0]
-                       .numpy())
-            continue
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        y = resize_bilinear(torch.from_numpy(x[None]), (nh, nw))[0].numpy()
-        top, left = (size - nh) // 2, (size - nw) // 2
-        out.append(np.pad(y, ((0, 0), (top, size - nh - top), (left, size - nw - left)), mode="edge"))
-    return stack_images(out)
-
-
-def content_box(size: tuple[int, int], input_size: int, resize: str) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of an image of its own ``size`` inside the model input: the whole input when
-    stretched, the unpadded part when padded."""
-    h, w = size
-    if resize == "stretch" or h == w:
-        return 0, 0, input_size, input_size
-    scale = input_size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    return (input_size - nh) // 2, (input_size - nw) // 2, nh, nw
 
 
 @dataclass
@@ -191,9 +83,8 @@ class Inspector:
     # -- building ----------------------------------------------------------------------------------------------
     @staticmethod
     def _make_encoders(cfg: InspectConfig) -> dict[str, Encoder]:
-        from ..models import BACKBONES
 
-        stages = cfg.patch_stages or tuple(BACKBONES.info(cfg.backbone).extra["patch_stages"])
+        stages = cfg.stages
         encoders = {"patches": get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size,
                                            patch_stages=stages, patch_dim=cfg.patch_dim)}
         if cfg.pooled:
@@ -345,6 +236,10 @@ class Inspector:
         if not isinstance(sources, dict) or set(sources) != wanted or not all(isinstance(v, dict) for v in
                                                                                 sources.values()):
             raise ValueError(f"{source}: the feature records do not match the settings")
+        recorded = sources["patches"].get("patches")
+        if not isinstance(recorded, dict) or list(recorded.get("stages") or []) != list(cfg.stages) or \
+                sources["patches"].get("input_size") != [cfg.size, cfg.size]:
+            raise ValueError(f"{source}: the feature records do not match the settings (stages, input size)")
         if not isinstance(record, dict) or not isinstance(record.get("map_scale"), (int, float)) or not \
                 np.isfinite(record["map_scale"]) or record["map_scale"] <= 0:
             raise ValueError(f"{source}: the fitting record is missing or damaged")

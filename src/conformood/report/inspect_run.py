@@ -13,6 +13,7 @@ import csv
 import html
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,10 +84,11 @@ def _png(array: np.ndarray, path: Path | None = None, thumb: int | None = None) 
     return data
 
 
-def write_inspection(out: str | Path, inspection, boxes: list[tuple[int, int, int, int]], map_scale: float,
+def write_inspection(out: str | Path, inspection: Any, boxes: list[tuple[int, int, int, int]], map_scale: float,
                      alpha: float, summary: dict, maps: bool = True) -> dict:
     """Write ``results.csv``, ``results.json``, ``maps/<name>.png``, ``overlays/<name>.png`` and
-    ``report.html`` into ``out``; returns the JSON written."""
+    ``report.html`` into ``out``; returns the JSON written. ``inspection``: what ``Inspector.inspect`` returns
+    (names, scores, p_values, flags, maps on the model input, sizes, images, skipped, ignored)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"image": n, "score": float(s), "p_value": float(p), "flag": bool(f)}

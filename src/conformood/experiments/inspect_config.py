@@ -1,0 +1,128 @@
+"""The settings of an inspector and how part images of any size become its model input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_alpha, check_positive_float, check_positive_int
+from ..conformal.detection.ensemble import RULES
+from ..data.image_files import ImageFiles, stack_images
+
+RESIZES = ("stretch", "pad")
+
+
+@dataclass
+class InspectConfig:
+    """Settings of :meth:`Inspector.fit` (see the module docs). ``input_size`` None: the backbone's own
+    (224 for MobileNetV2 and EfficientNet-Lite0, 240 and 260 for Lite1 and Lite2). ``patch_stages`` None: the
+    two stages the backbone names for PatchCore (strides 8 and 16); earlier ones see smaller defects. ``patch_dim``
+    None: the two stages' channels side by side (anomalib's embedding), else pooled to that width (the paper's
+    reduction). Features up to 256 wide enter the coreset as they are, wider ones through a 128-d random
+    projection.
+    ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
+    0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
+    edge must not go unseen). The defaults were chosen on magnetic tiles
+    (``benchmarks/inspect_magnetic_tiles.py``)."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"
+    input_size: int | None = None
+    resize: str = "stretch"
+    patch_stages: tuple[int, int] | None = None
+    patch_dim: int | None = None
+    coreset_fraction: float = 0.1
+    border: int = 0
+    pooled: bool = False
+    rule: str = "fisher"
+    calibration_fraction: float = 0.3
+    alpha: float = 0.1
+    delta: float | None = None
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        from ..models import BACKBONES
+
+        BACKBONES.info(self.backbone)  # a clear error naming the known backbones
+        if self.input_size is not None:
+            check_positive_int(self.input_size, "input_size", minimum=32)
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+        if self.patch_dim is not None:
+            check_positive_int(self.patch_dim, "patch_dim")
+        fraction = check_positive_float(self.coreset_fraction, "coreset_fraction")
+        if fraction > 1:
+            raise ValueError(f"coreset_fraction must lie in (0, 1], got {self.coreset_fraction}")
+        check_positive_int(self.border, "border", minimum=0)
+        if not isinstance(self.pooled, bool):
+            raise ValueError(f"pooled must be True or False, got {self.pooled!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        cf = check_positive_float(self.calibration_fraction, "calibration_fraction")
+        if cf >= 1:
+            raise ValueError(f"calibration_fraction must lie in (0, 1), got {self.calibration_fraction}")
+        self.alpha = check_alpha(self.alpha)
+        if self.delta is not None:
+            self.delta = check_alpha(self.delta, "delta")
+        check_positive_int(self.seed, "seed", minimum=0)
+        check_positive_int(self.batch_size, "batch_size")
+        if self.patch_stages is not None:
+            stages = self.patch_stages
+            if not isinstance(stages, (tuple, list)) or len(stages) != 2 or any(
+                    isinstance(v, bool) or not isinstance(v, int) for v in stages) or not 1 <= stages[0] < stages[1]:
+                raise ValueError(f"patch_stages must be two unit counts 1 <= a < b, got {stages!r}")
+            self.patch_stages = (int(stages[0]), int(stages[1]))
+
+    @property
+    def stages(self) -> tuple[int, int]:
+        """The two stages PatchCore reads: ``patch_stages``, or the backbone's own."""
+        from ..models import BACKBONES
+
+        return tuple(self.patch_stages or BACKBONES.info(self.backbone).extra["patch_stages"])
+
+    @property
+    def size(self) -> int:
+        from ..models import BACKBONES
+
+        if self.input_size is not None:
+            return int(self.input_size)
+        import inspect
+
+        default = inspect.signature(BACKBONES.get(self.backbone)).parameters["input_size"].default
+        return int(default)
+
+
+def fit_input(images: ImageFiles | list[np.ndarray], size: int, resize: str) -> np.ndarray:
+    """Images of any sizes as one float array (n, c, size, size): stretched to the square, or (``"pad"``) the long
+    side brought to ``size`` and the short side padded by repeating its edge."""
+    import torch
+
+    from ..data.arrays import resize_bilinear
+
+    items = images.images if isinstance(images, ImageFiles) else images
+    out = []
+    for x in items:
+        h, w = x.shape[1:]
+        if resize == "stretch" or h == w:
+            out.append(x if (h, w) == (size, size) else resize_bilinear(torch.from_numpy(x[None]), (size, size))[0]
+                       .numpy())
+            continue
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        y = resize_bilinear(torch.from_numpy(x[None]), (nh, nw))[0].numpy()
+        top, left = (size - nh) // 2, (size - nw) // 2
+        out.append(np.pad(y, ((0, 0), (top, size - nh - top), (left, size - nw - left)), mode="edge"))
+    return stack_images(out)
+
+
+def content_box(size: tuple[int, int], input_size: int, resize: str) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of an image of its own ``size`` inside the model input: the whole input when
+    stretched, the unpadded part when padded."""
+    h, w = size
+    if resize == "stretch" or h == w:
+        return 0, 0, input_size, input_size
+    scale = input_size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    return (input_size - nh) // 2, (input_size - nw) // 2, nh, nw
