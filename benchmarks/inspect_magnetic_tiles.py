@@ -156,9 +156,11 @@ def main() -> None:
     s = result["setting"]
     lines = [
         "# Inspection of magnetic tiles", "",
-        f"`python benchmarks/inspect_magnetic_tiles.py --backbone {args.backbone} --good {args.good} "
+        f"`python benchmarks/inspect_magnetic_tiles.py --backbone {args.backbone} --resize {args.resize} "
+        f"--good {args.good} "
         f"--calibration-fraction {args.calibration_fraction} --coreset-fraction {args.coreset_fraction} --border "
-        f"{args.border} {'--pooled' if args.pooled else '--no-pooled'}` ({torch.get_num_threads()} threads; fit "
+        f"{args.border} {'--pooled' if args.pooled else '--no-pooled'} --name {args.name}` "
+        f"({torch.get_num_threads()} threads; fit "
         f"{t_fit:.0f} s, {1000 * t_run / test.size:.0f} ms per test image with its map, "
         f"{result['seconds']['total']:.0f} s in all).", "",
         f"One inspector: {args.backbone} at {cfg.size}² ({cfg.resize}), PatchCore on two stages "

@@ -245,3 +245,25 @@ def test_a_finished_run_survives_a_failed_one(bad):
     before = (t / "res" / "results.csv").read_bytes()
     assert main(_run(t, model, t / "zero") + ["--overwrite"]) == 2
     assert (t / "res" / "results.csv").read_bytes() == before
+
+
+def test_pad_and_pac_through_fit_and_run(parts, tmp_path):
+    """--resize pad: overlays still at each image's own size; --delta: the PAC rule flags no more than p ≤ α."""
+    root, _ = parts
+    model = tmp_path / "pad.safetensors"
+    assert main(["inspect", "fit", "--normal", str(root / "good"), "--out", str(model), "--weights", "none",
+                 "--input-size", "64", "--backbone", "mobilenet_v2", "--resize", "pad", "--alpha", "0.25",
+                 "--delta", "0.2", "--calibration-fraction", "0.5", "--no-progress"]) == 0
+    insp = load_inspector(model)
+    assert insp.config.resize == "pad" and "pad" in insp.sources["patches"]["resize"]
+    found = insp.inspect(read_image_files(root / "new"))
+    assert np.all(found.flags <= (found.p_values <= 0.25))  # calibration-conditional: never more flags
+    assert insp.describe()["decision"]  # the rank table of the PAC rule is recorded
+    out = tmp_path / "res"
+    assert main(["inspect", "run", "--model", str(model), "--images", str(root / "new"), "--out", str(out),
+                 "--no-progress"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert "PAC" in result["guarantee"]
+    name = result["images"][0]["image"]
+    with Image.open(out / "overlays" / f"{name}.png") as im, Image.open(root / "new" / name) as src:
+        assert im.size == src.size
