@@ -83,10 +83,8 @@ class Inspector:
     # -- building ----------------------------------------------------------------------------------------------
     @staticmethod
     def _make_encoders(cfg: InspectConfig) -> dict[str, Encoder]:
-
-        stages = cfg.stages
         encoders = {"patches": get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size,
-                                           patch_stages=stages, patch_dim=cfg.patch_dim)}
+                                           patch_stages=cfg.stages, patch_dim=cfg.patch_dim)}
         if cfg.pooled:
             encoders["pooled"] = get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size)
         for enc in encoders.values():
