@@ -79,7 +79,7 @@ def test_fit_splits_without_overlap_and_records_how_features_were_made(parts):
     assert len(fit | ref | cal) == 40 == insp.record["n_good"]
     assert any(n.startswith("line_a/deep/") for n in fit | ref | cal)  # sub-folders read
     src = insp.sources["patches"]
-    assert src["backbone"] == "mobilenet_v2" and src["input_size"] == [64, 64] and "stretch" in src["resize"]
+    assert src["backbone"] == "mobilenet_v2" and src["input_size"] == [64, 64] and "pad" in src["resize"]
     assert insp.conformal.calibration_[-1].size == len(cal)
 
 
@@ -247,15 +247,16 @@ def test_a_finished_run_survives_a_failed_one(bad):
     assert (t / "res" / "results.csv").read_bytes() == before
 
 
-def test_pad_and_pac_through_fit_and_run(parts, tmp_path):
-    """--resize pad: overlays still at each image's own size; --delta: the PAC rule flags no more than p ≤ α."""
+def test_stretch_and_pac_through_fit_and_run(parts, tmp_path):
+    """--resize stretch (pad is the default): overlays at each image's own size; --delta: the PAC rule flags no
+    more than p ≤ α."""
     root, _ = parts
     model = tmp_path / "pad.safetensors"
     assert main(["inspect", "fit", "--normal", str(root / "good"), "--out", str(model), "--weights", "none",
-                 "--input-size", "64", "--backbone", "mobilenet_v2", "--resize", "pad", "--alpha", "0.25",
+                 "--input-size", "64", "--backbone", "mobilenet_v2", "--resize", "stretch", "--alpha", "0.25",
                  "--delta", "0.2", "--calibration-fraction", "0.5", "--no-progress"]) == 0
     insp = load_inspector(model)
-    assert insp.config.resize == "pad" and "pad" in insp.sources["patches"]["resize"]
+    assert insp.config.resize == "stretch" and "stretch" in insp.sources["patches"]["resize"]
     found = insp.inspect(read_image_files(root / "new"))
     assert np.all(found.flags <= (found.p_values <= 0.25))  # calibration-conditional: never more flags
     assert insp.describe()["decision"]  # the rank table of the PAC rule is recorded

@@ -27,8 +27,8 @@ def inspect_fit(
     weights: Annotated[str, typer.Option(help=WEIGHTS_HELP)] = "imagenet",
     input_size: Annotated[int | None, typer.Option(help="Side of the square model input; default the backbone's "
                                                    "own.")] = None,
-    resize: Annotated[str, typer.Option(help="'stretch' every image to the square input, or 'pad' (keep the "
-                                             "aspect ratio, repeat the short side's edge).")] = "stretch",
+    resize: Annotated[str, typer.Option(help="'pad': keep the aspect ratio, the long side to the input, the short "
+                                             "side's edge repeated; or 'stretch' to the square input.")] = "pad",
     alpha: Annotated[float, typer.Option(help="Target rate of flagging a good part, in (0, 1).")] = 0.1,
     delta: Annotated[float | None, typer.Option(help="PAC form: the realised false-alarm rate is ≤ α with "
                                                 "probability ≥ 1 − δ over the calibration draw.")] = None,

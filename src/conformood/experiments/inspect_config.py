@@ -23,13 +23,14 @@ class InspectConfig:
     projection.
     ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
     0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
-    edge must not go unseen). The defaults were chosen on magnetic tiles
+    edge must not go unseen). ``resize`` "pad" keeps the aspect ratio (magnetic tiles: mean image AUROC 0.935,
+    crack 0.920, PRO 0.823, against 0.930, 0.872 and 0.762 stretched). The defaults were chosen on magnetic tiles
     (``benchmarks/inspect_magnetic_tiles.py``)."""
 
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     input_size: int | None = None
-    resize: str = "stretch"
+    resize: str = "pad"
     patch_stages: tuple[int, int] | None = None
     patch_dim: int | None = None
     coreset_fraction: float = 0.1
