@@ -13,8 +13,6 @@ testing; every defective part is a test anomaly. Writes ``patchcore_magnetic_til
 from __future__ import annotations
 
 import argparse
-import io
-import tarfile
 import time
 from pathlib import Path
 
@@ -34,27 +32,14 @@ DATA = Path("../shared/data/magnetic_tile_dev.tar.gz")
 
 
 def read_tiles(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(images float (n, 1, size, size) in [0, 1], masks bool (n, size, size), kinds, names)."""
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for m in tar:
-            if m.isfile() and "/Imgs/" in m.name:
-                stem, suffix = m.name.rsplit(".", 1)
-                members.setdefault(stem, {})[suffix.lower()] = tar.extractfile(m).read()
-    images, masks, kinds, names = [], [], [], []
-    for stem in sorted(members):
-        files = members[stem]
-        if "jpg" not in files or "png" not in files:
-            continue
-        with Image.open(io.BytesIO(files["jpg"])) as img:
-            x = torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)[None, None]
-        with Image.open(io.BytesIO(files["png"])) as msk:
-            m = np.asarray(msk.convert("L").resize((size, size), Image.Resampling.NEAREST)) > 127
-        images.append(resize_bilinear(x, (size, size))[0].numpy())
-        masks.append(m)
-        kinds.append(stem.split("/")[0].removeprefix("MT_").lower())
-        names.append(stem)
-    return np.stack(images), np.stack(masks), np.array(kinds), names
+    """(images float (n, 1, size, size) in [0, 1], masks bool (n, size, size), kinds, names): the tiles of
+    :func:`inspect_magnetic_tiles.read_parts`, each resized to ``size`` square (masks by nearest neighbour)."""
+    from inspect_magnetic_tiles import read_parts
+
+    files, own_masks, kinds = read_parts(path)
+    images = [resize_bilinear(torch.from_numpy(x[None]), (size, size))[0].numpy() for x in files.images]
+    masks = [np.asarray(Image.fromarray(m).resize((size, size), Image.Resampling.NEAREST)) for m in own_masks]
+    return np.stack(images), np.stack(masks), kinds, [n.removesuffix(".jpg") for n in files.names]
 
 
 def pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> float:

@@ -161,11 +161,8 @@ class Inspector:
             self._encoders = built
         return self._encoders
 
-    def statistic(self, patches: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-        """The calibrated statistic (higher = more normal): PatchCore's −s, or the members' combined p-values."""
-        return self._combine(self.patchcore.score_samples(patches), pooled)
-
     def _combine(self, stat_pc: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
+        """The calibrated statistic (higher = more normal): PatchCore's −s, or the members' combined p-values."""
         if self.knn is None:
             return stat_pc
         stat_knn = self.knn.score_samples(pooled)
@@ -283,9 +280,6 @@ class _Statistic:
     def score_samples(self, x: Any) -> np.ndarray:
         return np.asarray(x, dtype=np.float64)
 
-
-def inspector_digest(path: str | os.PathLike) -> str:
-    return file_digest(Path(path))
 
 
 RUN_OUTPUTS = ("results.csv", "results.json", "report.html", "maps", "overlays")

@@ -240,18 +240,25 @@ class PatchCoreDetector(BaseDetector):
 
     @staticmethod
     def _maps(scores: np.ndarray, grid: tuple[int, int], size: tuple[int, int], sigma: float) -> np.ndarray:
-        h, w = (check_positive_int(v, "grid") for v in grid)
-        if h * w != scores.shape[1]:
-            raise ValueError(f"grid {h}x{w} has {h * w} positions, the features have {scores.shape[1]} patches")
-        size = tuple(check_positive_int(v, "size") for v in size)
-        sigma = check_positive_float(sigma, "sigma")
-        out = np.empty((scores.shape[0], *size), dtype=np.float32)
-        for s in range(0, scores.shape[0], _MAPS_PER_CHUNK):  # the blur's convolution unfolds its input
-            maps = torch.nn.functional.interpolate(
-                torch.from_numpy(scores[s:s + _MAPS_PER_CHUNK].astype(np.float32)).reshape(-1, 1, h, w), size=size,
-                mode="bilinear", align_corners=False)
-            out[s:s + maps.shape[0]] = gaussian_blur(maps, sigma)[:, 0].numpy()
-        return out
+        return patch_maps_to_image(scores, grid, size, sigma)
+
+
+def patch_maps_to_image(scores: np.ndarray, grid: tuple[int, int], size: tuple[int, int], sigma: float = 4.0
+                        ) -> np.ndarray:
+    """Patch scores (n, h*w) on their ``grid`` (h, w) as maps (n, height, width) of the image ``size``: upsampled
+    bilinearly and smoothed with a Gaussian of ``sigma`` pixels (PatchCore's anomaly map)."""
+    h, w = (check_positive_int(v, "grid") for v in grid)
+    if h * w != scores.shape[1]:
+        raise ValueError(f"grid {h}x{w} has {h * w} positions, the features have {scores.shape[1]} patches")
+    size = tuple(check_positive_int(v, "size") for v in size)
+    sigma = check_positive_float(sigma, "sigma")
+    out = np.empty((scores.shape[0], *size), dtype=np.float32)
+    for s in range(0, scores.shape[0], _MAPS_PER_CHUNK):  # the blur's convolution unfolds its input
+        maps = torch.nn.functional.interpolate(
+            torch.from_numpy(scores[s:s + _MAPS_PER_CHUNK].astype(np.float32)).reshape(-1, 1, h, w), size=size,
+            mode="bilinear", align_corners=False)
+        out[s:s + maps.shape[0]] = gaussian_blur(maps, sigma)[:, 0].numpy()
+    return out
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
