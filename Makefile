@@ -10,12 +10,13 @@ DEMO_OUT ?= demo-output
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is installed first and pinned so that pip takes the local CPU wheel, never a CUDA build.
+# torch is installed first and pinned so that pip takes the local CPU wheel, never a CUDA build. The ray extra
+# (Ray Data, pyarrow) is installed so that the tests of the Ray engine run; the library works without it.
 # pytorch-ood is a test oracle only: installed without its dependencies (it would pull torchvision and
 # another torch); the parity tests stub torchvision out and skip when the package is missing.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,ray]"
 	$(PY) -m pip install --quiet --no-deps "pytorch-ood==0.4.0"
 	$(MAKE) --no-print-directory weights
 	touch $(STAMP)

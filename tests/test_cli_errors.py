@@ -115,6 +115,27 @@ CASES = {
                                                     "--inlier-class", "2", "--out", str(t / "f.npz")],
                                          "--normal-class"),
 }
+
+
+def _ray_score(t, *extra, detector="d.safetensors", inputs=("--inputs", "good.npz"), out="r"):
+    return ["score", "--detector-file", str(t / detector), inputs[0], str(t / inputs[1]), "--out", str(t / out),
+            "--engine", "ray", *extra]
+
+
+CASES.update({  # the Ray engine: every one refused before a worker (or Ray itself) starts
+    "score: an unknown engine": (lambda t: _ray_score(t)[:-1] + ["spark"], "--engine"),
+    "score: --workers without the Ray engine": (lambda t: _ray_score(t)[:-2] + ["--workers", "3"], "--engine ray"),
+    "score --engine ray: --csv": (lambda t: _ray_score(t, "--csv", str(t / "x.csv")), "--csv"),
+    "score --engine ray: --out a file name": (lambda t: _ray_score(t, out="r.json"), "r.json"),
+    "score --engine ray: no workers": (lambda t: _ray_score(t, "--workers", "0"), "workers"),
+    "score --engine ray: text file as detector": (lambda t: _ray_score(t, detector="text.safetensors"),
+                                                  "text.safetensors"),
+    "score --engine ray: a tampered feature-source record": (
+        lambda t: _ray_score(t, inputs=("--inputs", "garbage_source.npz")), "garbage_source.npz"),
+    "score --engine ray: an image archive": (lambda t: _ray_score(t, inputs=("--images", "good.npz")), "folder"),
+    "score --engine ray: a missing image folder": (lambda t: _ray_score(t, inputs=("--images", "nowhere")),
+                                                   "nowhere"),
+})
 if not torch.cuda.is_available():
     CASES["--device cuda without CUDA"] = (lambda t: ["demo", "--device", "cuda", "--out", str(t / "d")], "CUDA")
 
@@ -122,6 +143,8 @@ if not torch.cuda.is_available():
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_and_exit_code_2(case, files, capsys):
     args, expected = CASES[case]
+    if "--engine ray" in case:
+        pytest.importorskip("ray", reason="the Ray engine's checks run where ray is installed")
     with pytest.raises(SystemExit) as stop:
         main(args(files))
     captured = capsys.readouterr()
@@ -131,6 +154,16 @@ def test_bad_input_is_one_line_and_exit_code_2(case, files, capsys):
     lines = [line for line in text.splitlines() if line.strip() and not line.startswith("Warning: ")]
     assert len(lines) == 1, text
     assert lines[0].startswith("Error: ") and expected in lines[0], text
+
+
+def test_the_ray_engine_without_ray_is_one_line(files, capsys, monkeypatch):
+    from conformood.experiments import scale
+
+    monkeypatch.setattr(scale, "ray_available", lambda: False)
+    with pytest.raises(SystemExit) as stop:
+        main(_ray_score(files))
+    text = capsys.readouterr().err
+    assert stop.value.code == 2 and text.strip() == f"Error: {scale.RAY_HINT}" and not (files / "r").exists()
 
 
 def test_version_and_the_entry_point_in_a_real_process(files):

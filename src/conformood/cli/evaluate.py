@@ -156,6 +156,15 @@ def score(
                                            "list them (a row each in the CSV, 'skipped' in the JSON) instead of "
                                            "stopping at the first.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing OUT and CSV files.")] = False,
+    engine: Annotated[str, typer.Option(help="'single' (this process) or 'ray' (Ray Data workers; OUT is then a "
+                                        "folder of parquet parts and summary.json; pip install "
+                                        "'conformood[ray]').")] = "single",
+    address: Annotated[str | None, typer.Option(help="With --engine ray: the cluster to join (e.g. 'auto' or "
+                                                "'ray://head:10001'); default: a local one.")] = None,
+    workers: Annotated[int, typer.Option(help="With --engine ray: scoring workers (actors).")] = 2,
+    threads: Annotated[int | None, typer.Option(help="With --engine ray: threads per worker (default: this "
+                                                "process's; the results equal the single process's with as "
+                                                "many threads).")] = None,
 ) -> None:
     """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection, one row per input
     (named by its image file, or its row in the features file, in that order)."""
@@ -165,6 +174,13 @@ def score(
         from .._validation import check_alpha
 
         user_errors(check_alpha, alpha, "--alpha")
+    if engine not in ("single", "ray"):
+        fail(f"--engine must be 'single' or 'ray', got {engine!r}")
+    if engine == "ray":
+        return _score_ray(detector_file, inputs, images, model, backbone, weights, input_size, alpha, logits, out,
+                          csv, skip_bad, overwrite, address, workers, threads)
+    if (address, workers, threads) != (None, 2, None):
+        fail("--address, --workers and --threads apply with --engine ray")
     if out.suffix.lower() == ".csv":
         fail(f"--out {out} names the JSON result; give the CSV with --csv")
     if out.exists() and not out.is_dir() and not out.suffix:
@@ -189,3 +205,30 @@ def score(
                    err=True)
     typer.echo(f"{r['n']} inputs: {r['n_flagged']} flagged at α={r['alpha']} ({r['alpha_source']}{pac}), "
                f"{r['n_bh_selected']} selected by BH -> {out}, {csv}")
+
+
+RAY_OUTPUTS = ("part-*.parquet", "summary.json")
+
+
+def _score_ray(detector_file: Path, inputs: Path | None, images: Path | None, model: Path | None,
+               backbone: str | None, weights: str, input_size: int | None, alpha: float | None, logits: bool,
+               out: Path, csv: Path | None, skip_bad: bool, overwrite: bool, address: str | None, workers: int,
+               threads: int | None) -> None:
+    from ..experiments.scale import RAY_HINT, ray_available, score_ray
+
+    if not ray_available():
+        fail(RAY_HINT)
+    if csv is not None:
+        fail("--csv applies to the single engine; --engine ray writes parquet parts into the folder --out")
+    if out.suffix:
+        fail(f"--out {out}: --engine ray writes a folder of parquet parts and summary.json; give a folder name")
+    with staged_output(out, overwrite, RAY_OUTPUTS) as staging:
+        r = echo_warnings(score_ray, detector_file, inputs, images, staging, alpha, use_logits=logits, model=model,
+                          backbone=backbone, weights=weights_option(weights), input_size=input_size,
+                          skip_bad=skip_bad, address=address, workers=workers, threads=threads, progress=True)
+    if r["n_bad"]:
+        typer.echo(f"{r['n_bad']} unreadable file(s) marked bad and counted in {out}/summary.json: "
+                   f"{', '.join(s.split(': ', 1)[0] for s in r['bad'][:3])}{' ...' if r['n_bad'] > 3 else ''}",
+                   err=True)
+    typer.echo(f"{r['n']} inputs on {workers} Ray worker(s): {r['n_flagged']} flagged at α={r['alpha']}, "
+               f"{r['n_bh_selected']} selected by BH -> {out}/ ({len(r['parts'])} parquet part(s), summary.json)")

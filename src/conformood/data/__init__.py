@@ -3,7 +3,7 @@
 from .arrays import ImageArrays, resize_images, to_float_images
 from .digits import load_digits_dataset
 from .idx import load_fashion_mnist, read_idx
-from .image_folder import default_cache_dir, load_image_folder
+from .image_folder import decode_image, default_cache_dir, list_image_folder, load_image_folder
 from .named import (
     DATASETS,
     NAMED_OOD_PAIRS,
@@ -45,6 +45,8 @@ __all__ = [
     "load_digits_dataset",
     "load_fashion_mnist",
     "load_image_folder",
+    "list_image_folder",
+    "decode_image",
     "few_shot_ood",
     "in_vs_out",
     "leave_one_class_out",

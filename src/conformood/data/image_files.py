@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_folder import IMAGE_EXTENSIONS, _decode, _is_archive
+from .image_folder import IMAGE_EXTENSIONS, _is_archive, decode_image
 
 
 @dataclass
@@ -105,7 +105,7 @@ def read_image_files(path: str | os.PathLike, size: tuple[int, int] | None = Non
     for name, read in items:
         raw = read()
         try:
-            arr = _decode(raw, _native_mode(raw), None)
+            arr = decode_image(raw, _native_mode(raw), None)
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one clear error naming the file
             kind = "an empty file" if not raw else f"not a readable image ({type(exc).__name__}: {exc})"
             if not skip_bad:

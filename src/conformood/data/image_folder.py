@@ -43,16 +43,28 @@ def _select(parts: tuple[str, ...], split: str | None) -> str | None:
     return parts[-2]
 
 
-def _iter_directory(root: Path, split: str | None, classes: set[str]) -> Iterator[tuple[str, str, bytes]]:
+def list_image_folder(root: str | os.PathLike, split: str | None = None) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The image files of a folder ``[split/]class/*`` without reading them: ``(class, path)`` in the order
+    :func:`load_image_folder` reads them (class folder, then file name), and the sorted class names (of every
+    split; without a split, of the folders holding images): an image's label is its class's index there."""
+    root = Path(root)
     base = root / split if split is not None else root
     if not base.is_dir():
         raise ValueError(f"no folder {base}: expected images under {root}/{split or ''}<class>/*.jpg")
+    files = [(class_dir.name, f) for class_dir in sorted(p for p in base.iterdir() if p.is_dir())
+             for f in sorted(class_dir.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    classes = {cls for cls, _ in files}
     if split is not None:  # every split's class folders, so that a class has one index in all of them
         classes.update(c.name for s in root.iterdir() if s.is_dir() for c in s.iterdir() if c.is_dir())
-    for class_dir in sorted(p for p in base.iterdir() if p.is_dir()):
-        for f in sorted(class_dir.iterdir()):
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                yield class_dir.name, f.name, f.read_bytes()
+    return files, sorted(classes)
+
+
+def _iter_directory(root: Path, split: str | None, classes: set[str]) -> Iterator[tuple[str, str, bytes]]:
+    files, names = list_image_folder(root, split)
+    if split is not None:
+        classes.update(names)
+    for cls, f in files:
+        yield cls, f.name, f.read_bytes()
 
 
 def _iter_archive(path: Path, split: str | None, classes: set[str]) -> Iterator[tuple[str, str, bytes]]:
@@ -71,7 +83,7 @@ def _iter_archive(path: Path, split: str | None, classes: set[str]) -> Iterator[
                 yield cls, Path(member.name).name, fh.read()
 
 
-def _decode(raw: bytes, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def decode_image(raw: bytes, mode: str = "RGB", size: tuple[int, int] | None = None) -> np.ndarray:
     """uint8 (c, h, w) in ``mode``. Any bit depth is scaled to 0..255 (16-bit: / 257, not clipped to white);
     palette images are expanded; an alpha channel is dropped."""
     from PIL import Image
@@ -165,7 +177,7 @@ def load_image_folder(
     skipped: list[str] = []
     for cls, name, raw in items:
         try:
-            records.append((cls, name, _decode(raw, mode, size)))
+            records.append((cls, name, decode_image(raw, mode, size)))
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one clear error naming the file
             kind = "an empty file" if not raw else f"not a readable image ({type(exc).__name__}: {exc})"
             if not skip_bad:

@@ -42,6 +42,20 @@ def decision_level(cd: ConformalDetector, alpha: float | None) -> tuple[float, s
     return DEFAULT_ALPHA, "default"
 
 
+#: rows scored at once: every engine scores the same blocks of rows (row i is in block i // SCORE_BLOCK), so that
+#: a detector whose arithmetic depends on the rows beside it (a matrix product) gives the same bits everywhere
+SCORE_BLOCK = 1024
+
+
+def score_rows(cd: ConformalDetector, x: np.ndarray, alpha: float, classes: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, p-values, flags at ``alpha``) of inputs ``x``, scored in blocks of :data:`SCORE_BLOCK` rows: the
+    one computation of ``conformood score`` on one process and on Ray workers (:mod:`.scale`)."""
+    parts = [cd.detector.score_samples(x[s:s + SCORE_BLOCK]) for s in range(0, len(x), SCORE_BLOCK)]
+    scores = np.concatenate(parts) if parts else cd.detector.score_samples(x)
+    return scores, cd.p_values_from_scores(scores, classes), cd.flags_from_scores(scores, alpha, classes)
+
+
 def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | None = None,
                alpha: float | None = None, out: str | os.PathLike = "scores.json", use_logits: bool = False,
                csv: str | os.PathLike | None = None, images: str | os.PathLike | None = None,
@@ -63,9 +77,7 @@ def score_file(detector_file: str | os.PathLike, inputs: str | os.PathLike | Non
                           use_logits=use_logits, skip_bad=skip_bad)
     x = feats.logits if use_logits else feats.inputs()
     classes = feats.labels if cd.mondrian else None
-    scores = cd.detector.score_samples(x)
-    p = cd.p_values_from_scores(scores, classes)
-    flagged = cd.flags_from_scores(scores, alpha, classes)
+    scores, p, flagged = score_rows(cd, x, alpha, classes)
     selected = cd.select_from_scores(scores, alpha, classes)
     names = feats.names if feats.names is not None else [str(i) for i in range(p.size)]
     rule = flag_rule(cd, alpha)

@@ -56,17 +56,19 @@ class Encoder:
     record: dict
     model_config: dict = field(default_factory=dict)
 
-    def encode(self, images: Any, batch_size: int = 128, device: str | None = None, progress: bool = False
-               ) -> np.ndarray:
-        """Features of uint8 images (n, c, h, w) or (n, h, w, c), float images in [0, 1], or a Dataset."""
+    def encode(self, images: Any, batch_size: int = 128, device: str | None = None, progress: bool = False,
+               cache: bool = True) -> np.ndarray:
+        """Features of uint8 images (n, c, h, w) or (n, h, w, c), float images in [0, 1], or a Dataset. Pooled
+        backbone features are cached unless ``cache`` is False."""
         if self.kind == "backbone":
             from ...models import extract_features
             from ...models.backbones import cache_dir
 
             # pooled features are cached (small, and read again often); patch features are not (gigabytes)
-            cache = cache_dir() / "features" if self.net.weights_digest and self.net.output == "pooled" else None
+            folder = cache_dir() / "features" if cache and self.net.weights_digest and self.net.output == "pooled" \
+                else None
             return extract_features(self.net, images, batch_size=batch_size, device=device, progress=progress,
-                                    cache=cache)
+                                    cache=folder)
         return self.net.features(self._model_input(images)).numpy()
 
     def _model_input(self, images: Any) -> Any:

@@ -68,9 +68,10 @@ class Features:
 # -- feature files -----------------------------------------------------------------------------------------
 def read_features(path: str | os.PathLike, needs_ood: bool = False) -> Features:
     """Read a ``features`` / ``labels`` / ``logits`` / ``is_inlier`` npz file (no pickle; ``is_ood``, the former
-    key, is read as its negation), with its ``names`` and ``feature_source`` record when it has them."""
+    key, is read as its negation), with its ``names`` and ``feature_source`` record when it has them; or a
+    ``.parquet`` file with the same columns (:func:`read_parquet_arrays`)."""
     path = Path(path)
-    arrays = read_npz(path, what="features file")
+    arrays = read_parquet_arrays(path) if path.suffix.lower() == ".parquet" else read_npz(path, what="features file")
     if "features" not in arrays and "logits" not in arrays:
         raise ValueError(f"{path} needs an array 'features' (n, d) or 'logits' (n, C); it has {sorted(arrays)}")
     n = len(arrays.get("features", arrays.get("logits")))
@@ -98,6 +99,60 @@ def read_features(path: str | os.PathLike, needs_ood: bool = False) -> Features:
         else:
             raise ValueError(f"{path} needs a boolean array 'is_inlier' (n,), True for the in-distribution samples")
     return out
+
+
+#: the key of a parquet file's metadata that holds the feature-source record (JSON)
+PARQUET_SOURCE_KEY = b"conformood.feature_source"
+
+
+def read_parquet_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a parquet feature file: columns ``features`` and ``logits`` (lists of numbers of one length),
+    ``labels`` and ``is_inlier`` / ``is_ood`` (numbers, booleans), ``names`` (strings), and the feature-source
+    record under the metadata key :data:`PARQUET_SOURCE_KEY`. Needs pyarrow (``pip install conformood[ray]``)."""
+    path = Path(path)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("reading parquet needs pyarrow: pip install 'conformood[ray]'") from None
+    if not path.is_file():
+        raise FileNotFoundError(f"no features file at {path}")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file; one clear error
+        raise ValueError(f"{path} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    out: dict[str, np.ndarray] = {}
+    for name in table.column_names:
+        column = table.column(name)
+        if name in ("features", "logits"):
+            out[name] = _list_column(column.combine_chunks(), f"{path}: '{name}'")
+        elif name == "names":
+            out[name] = np.asarray([str(v) for v in column.to_pylist()])
+        elif column.null_count:
+            raise ValueError(f"{path}: column '{name}' has {column.null_count} missing values")
+        else:
+            out[name] = column.to_numpy()
+    metadata = table.schema.metadata or {}
+    if PARQUET_SOURCE_KEY in metadata:
+        out["feature_source"] = np.array(metadata[PARQUET_SOURCE_KEY].decode())
+    return out
+
+
+def _list_column(column: object, what: str) -> np.ndarray:
+    """A parquet column of number lists of one length as an (n, d) array (float32 unless the values are wider)."""
+    import pyarrow as pa
+
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)) or not (
+            pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise ValueError(f"{what} must hold lists of numbers, one per row; it holds {kind}")
+    n = len(column)
+    lengths = np.asarray(column.value_lengths().fill_null(-1))
+    if column.null_count or (n and (lengths.min() != lengths.max() or lengths[0] < 1)):
+        raise ValueError(f"{what}: every row must be a list of numbers of one length")
+    values = np.asarray(column.flatten().to_numpy(zero_copy_only=False))
+    if values.dtype.kind == "f" and values.dtype.itemsize <= 4 or values.dtype.kind in "iu":
+        values = values.astype(np.float32)
+    return values.reshape(n, int(lengths[0]) if n else 0)
 
 
 def _parse_record(value: np.ndarray, path: Path) -> dict:

@@ -26,7 +26,7 @@ def load_features(inputs: str | os.PathLike | None = None, images: str | os.Path
         raise ValueError("--model and --backbone encode --images; a features file is scored as it is")
     if images is not None:
         if model is None and backbone is None:
-            backbone, weights, input_size = _encoder_from_record(fitted_source)
+            backbone, weights, input_size = encoder_from_record(fitted_source)
         encoder = get_encoder(model, backbone, weights, input_size)
         feats = image_features(images, encoder, progress=progress, with_logits=use_logits, skip_bad=skip_bad)
     else:
@@ -37,7 +37,9 @@ def load_features(inputs: str | os.PathLike | None = None, images: str | os.Path
     return feats
 
 
-def _encoder_from_record(record: dict | None) -> tuple[str, str | None, int | None]:
+def encoder_from_record(record: dict | None) -> tuple[str, str | None, int | None]:
+    """(backbone, weights, input size) to rebuild the encoder a detector's feature-source record names; an
+    error saying what to give when it cannot be rebuilt from the record alone."""
     if record is None:
         raise ValueError("--images needs --model or --backbone: the detector records no feature source")
     if record.get("kind") == "model":
