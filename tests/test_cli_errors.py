@@ -128,6 +128,7 @@ CASES.update({  # the Ray engine: every one refused before a worker (or Ray itse
     "score --engine ray: --csv": (lambda t: _ray_score(t, "--csv", str(t / "x.csv")), "--csv"),
     "score --engine ray: --out a file name": (lambda t: _ray_score(t, out="r.json"), "r.json"),
     "score --engine ray: no workers": (lambda t: _ray_score(t, "--workers", "0"), "workers"),
+    "score --engine ray: monitor δ outside (0, 1)": (lambda t: _ray_score(t, "--monitor-delta", "1.5"), "delta"),
     "score --engine ray: text file as detector": (lambda t: _ray_score(t, detector="text.safetensors"),
                                                   "text.safetensors"),
     "score --engine ray: a tampered feature-source record": (

@@ -66,8 +66,17 @@ def test_feature_rows_equal_the_single_process(local_ray, tmp_path, name, mondri
     x = RNG.normal(size=(20_000, 8)).astype(np.float32)
     np.savez(tmp_path / "x.npz", features=x, labels=RNG.integers(0, 3, len(x)))
     ref = score_file(det, tmp_path / "x.npz", out=tmp_path / "ref.json")
-    summary = scale.score_ray(det, tmp_path / "x.npz", out=tmp_path / "ray", workers=2)
-    _assert_equal(_table(tmp_path / "ray"), ref)
+    monitor = None if mondrian else {"delta": 0.01, "seed": 3}  # a Mondrian detector is not monitored
+    summary = scale.score_ray(det, tmp_path / "x.npz", out=tmp_path / "ray", workers=2, monitor=monitor)
+    table = _table(tmp_path / "ray")
+    _assert_equal(table, ref)
+    if monitor is not None:  # the martingale over the rows in file order: the single process's monitor
+        from conformood.monitor import ConformalMonitor
+
+        single = ConformalMonitor(ConformalDetector.load(det), **monitor).update(x)
+        np.testing.assert_array_equal(table["monitor_p_value"], single.p_values)
+        np.testing.assert_array_equal(table["log_martingale"], single.log_martingale)
+        assert summary["monitor"]["alarm_row"] == single.alarm_time
     assert (summary["n"], summary["n_flagged"], summary["n_bh_selected"]) == (ref["n"], ref["n_flagged"],
                                                                                ref["n_bh_selected"])
     assert summary["engine"]["block_rows"] == SCORE_BLOCK and summary["rule"] == ref["rule"]

@@ -165,6 +165,9 @@ def score(
     threads: Annotated[int | None, typer.Option(help="With --engine ray: threads per worker (default: this "
                                                 "process's; the results equal the single process's with as "
                                                 "many threads).")] = None,
+    monitor_delta: Annotated[float | None, typer.Option(help="With --engine ray: also run the conformal test "
+                                                        "martingale over the rows in their order; alarm level "
+                                                        "1/δ.")] = None,
 ) -> None:
     """Apply a saved calibrated detector: per-input p-values, α-level flags and BH selection, one row per input
     (named by its image file, or its row in the features file, in that order)."""
@@ -178,9 +181,9 @@ def score(
         fail(f"--engine must be 'single' or 'ray', got {engine!r}")
     if engine == "ray":
         return _score_ray(detector_file, inputs, images, model, backbone, weights, input_size, alpha, logits, out,
-                          csv, skip_bad, overwrite, address, workers, threads)
-    if (address, workers, threads) != (None, 2, None):
-        fail("--address, --workers and --threads apply with --engine ray")
+                          csv, skip_bad, overwrite, address, workers, threads, monitor_delta)
+    if (address, workers, threads, monitor_delta) != (None, 2, None, None):
+        fail("--address, --workers, --threads and --monitor-delta apply with --engine ray")
     if out.suffix.lower() == ".csv":
         fail(f"--out {out} names the JSON result; give the CSV with --csv")
     if out.exists() and not out.is_dir() and not out.suffix:
@@ -213,7 +216,7 @@ RAY_OUTPUTS = ("part-*.parquet", "summary.json")
 def _score_ray(detector_file: Path, inputs: Path | None, images: Path | None, model: Path | None,
                backbone: str | None, weights: str, input_size: int | None, alpha: float | None, logits: bool,
                out: Path, csv: Path | None, skip_bad: bool, overwrite: bool, address: str | None, workers: int,
-               threads: int | None) -> None:
+               threads: int | None, monitor_delta: float | None) -> None:
     from ..experiments.scale import RAY_HINT, ray_available, score_ray
 
     if not ray_available():
@@ -225,10 +228,16 @@ def _score_ray(detector_file: Path, inputs: Path | None, images: Path | None, mo
     with staged_output(out, overwrite, RAY_OUTPUTS) as staging:
         r = echo_warnings(score_ray, detector_file, inputs, images, staging, alpha, use_logits=logits, model=model,
                           backbone=backbone, weights=weights_option(weights), input_size=input_size,
-                          skip_bad=skip_bad, address=address, workers=workers, threads=threads, progress=True)
+                          skip_bad=skip_bad, address=address, workers=workers, threads=threads, progress=True,
+                          monitor=None if monitor_delta is None else {"delta": monitor_delta})
     if r["n_bad"]:
         typer.echo(f"{r['n_bad']} unreadable file(s) marked bad and counted in {out}/summary.json: "
                    f"{', '.join(s.split(': ', 1)[0] for s in r['bad'][:3])}{' ...' if r['n_bad'] > 3 else ''}",
                    err=True)
+    watch = r["monitor"]
+    alarm = "" if watch is None else (f"; monitor (δ={watch['delta']}): alarm at row {watch['alarm_row']} "
+                                      f"({watch['alarm_input']})" if watch["alarm"] else
+                                      f"; monitor (δ={watch['delta']}): no alarm")
     typer.echo(f"{r['n']} inputs on {workers} Ray worker(s): {r['n_flagged']} flagged at α={r['alpha']}, "
-               f"{r['n_bh_selected']} selected by BH -> {out}/ ({len(r['parts'])} parquet part(s), summary.json)")
+               f"{r['n_bh_selected']} selected by BH{alarm} -> {out}/ ({len(r['parts'])} parquet part(s), "
+               "summary.json)")

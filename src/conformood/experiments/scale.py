@@ -19,17 +19,14 @@ unreadable image stops the job with one line naming the file, or, with ``skip_ba
 :func:`score_dataset` scores any Ray Dataset with a ``features`` column (e.g. ``ray.data.read_parquet`` over many
 files, never gathered on the driver); there Ray chooses the batches, so the scores equal the single process's for
 detectors whose score of a row does not depend on the rows scored beside it (the kNN family, the norms, the
-logit scores: :data:`ROW_EXACT`), and agree to rounding for the others.
+logit scores: :data:`.scale_worker.ROW_EXACT`), and agree to rounding for the others.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +35,12 @@ import numpy as np
 from ..conformal import ConformalDetector
 from ..io import file_digest, write_json
 from ..results import result_header
-from .deploy import SCORE_BLOCK, decision_level, flag_rule, score_rows
-from .sources import check_feature_source, get_encoder, read_features
-from .sources.routes import encoder_from_record
+from .deploy import SCORE_BLOCK, flag_rule
+from .scale_worker import BlockScorer, ScoringModel, load_scoring_model
+from .sources import check_feature_source, read_features
 
 RAY_HINT = "the Ray engine needs ray: pip install 'conformood[ray]'"
-IMAGE_BATCH = 128  # images encoded at once: image_features' batch, which a block of SCORE_BLOCK rows divides
 PART_ROWS = 100_000  # rows per parquet part
-#: detectors whose score of a row never depends on the other rows of its batch (the kNN search re-scores its
-#: candidates exactly, row by row; the others are elementwise)
-ROW_EXACT = ("knn_cosine", "knn_cosine_norm", "knn_sun", "l2_norm", "msp", "energy", "maxlogit")
 
 
 def ray_available() -> bool:
@@ -68,141 +61,20 @@ def _ray() -> Any:
     return ray
 
 
-@dataclass
-class ScoringModel:
-    """What every worker gets: the checked detector file's bytes and digest, the decision level, and for images
-    the encoder to rebuild (``encoder``: get_encoder's arguments) with the image batch and thread count."""
-
-    blob: bytes
-    sha256: str
-    alpha: float
-    encoder: dict | None = None
-    threads: int = 1
-    use_logits: bool = False
-
-
-def load_scoring_model(detector_file: str | os.PathLike, alpha: float | None = None, images: bool = False,
-                       model: str | os.PathLike | None = None, backbone: str | None = None,
-                       weights: str | None = "imagenet", input_size: int | None = None, threads: int | None = None,
-                       use_logits: bool = False) -> tuple[ConformalDetector, ScoringModel]:
-    """The calibrated detector, loaded and checked on the driver, and the :class:`ScoringModel` for workers.
-    ``threads`` per worker defaults to this process's torch threads: the count the single process scores with."""
-    import torch
-
-    from .._validation import check_positive_int
-
-    path = Path(detector_file)
-    cd = ConformalDetector.load(path)  # refuses another kind, a flipped byte, edited settings
-    blob = path.read_bytes()
-    alpha, _ = decision_level(cd, alpha)
-    encoder = None
-    if images:
-        if model is None and backbone is None:
-            backbone, weights, input_size = encoder_from_record(cd.feature_source)
-        encoder = {"model": None if model is None else str(Path(model).resolve()), "backbone": backbone,
-                   "weights": weights, "input_size": input_size}
-        check_feature_source(cd.feature_source, get_encoder(**encoder).record, "the images")
-    threads = torch.get_num_threads() if threads is None else check_positive_int(threads, "threads")
-    return cd, ScoringModel(blob, hashlib.sha256(blob).hexdigest(), alpha, encoder, threads, use_logits)
-
-
-class BlockScorer:
-    """A Ray actor: loads the detector (and encoder) once, then scores blocks (``block`` column) of the inputs
-    in ``payload`` (``x`` and ``labels`` arrays, or image ``paths`` and ``labels``), or rows of a ``features``
-    column. Returns ``row``, ``score``, ``p_value``, ``flag`` and ``bad`` (why a row has no score; empty)."""
-
-    def __init__(self, model: ScoringModel, payload: dict | None = None, skip_bad: bool = False) -> None:
-        import ray
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        model = ray.get(model) if isinstance(model, ray.ObjectRef) else model
-        payload = ray.get(payload) if isinstance(payload, ray.ObjectRef) else payload
-        if hashlib.sha256(model.blob).hexdigest() != model.sha256:
-            raise ValueError("the detector's bytes changed on their way to the worker")
-        torch.set_num_threads(model.threads)
-        self._limits = threadpool_limits(model.threads)  # BLAS as the single process: same sums, same bits
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "detector.safetensors").write_bytes(model.blob)
-            self.cd = ConformalDetector.load(Path(tmp) / "detector.safetensors")
-        self.model, self.payload, self.skip_bad = model, payload or {}, skip_bad
-        self.encoder = get_encoder(**model.encoder) if model.encoder is not None else None
-        self.ready = time.time()  # when this worker could score: the engine's start-up ends at the first one
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "block" not in batch:  # rows of a Ray Dataset
-            x = np.stack(list(batch["features"])) if batch["features"].dtype == object else batch["features"]
-            labels = batch.get("labels") if self.cd.mondrian else None
-            scores, p, flag = score_rows(self.cd, x, self.model.alpha, labels)
-            return {**{k: v for k, v in batch.items() if k != "features"}, "score": scores, "p_value": p,
-                    "flag": flag}
-        try:
-            parts = [self._block(int(b)) for b in batch["block"]]
-        except (ValueError, OSError) as exc:  # a user error travels back as data: Ray's wrapper would lose it
-            return {"row": np.array([-1]), "score": np.array([np.nan]), "p_value": np.array([np.nan]),
-                    "flag": np.array([False]), "bad": np.array([""]), "ready": np.array([self.ready]),
-                    "error": np.array([f"{type(exc).__name__}: {exc}"])}
-        out = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-        return {**out, "ready": np.full(out["row"].size, self.ready), "error": np.full(out["row"].size, "")}
-
-    def _block(self, block: int) -> dict[str, np.ndarray]:
-        n = len(self.payload["labels"])
-        rows = np.arange(block * SCORE_BLOCK, min(n, (block + 1) * SCORE_BLOCK))
-        bad = np.full(rows.size, "", dtype=object)
-        if self.encoder is None:
-            x = self.payload["x"][rows[0]:rows[-1] + 1]
-        else:
-            x, bad = self._encode(rows)
-        keep = bad == ""
-        labels = self.payload["labels"][rows][keep] if self.cd.mondrian else None
-        scores = np.full(rows.size, np.nan)
-        p = np.full(rows.size, np.nan)
-        flag = np.zeros(rows.size, bool)
-        if keep.any():
-            scores[keep], p[keep], flag[keep] = score_rows(self.cd, x, self.model.alpha, labels)
-        return {"row": rows, "score": scores, "p_value": p, "flag": flag, "bad": bad.astype(str)}
-
-    def _encode(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features of the block's images, read and brought to the encoder's input as ``read_images`` does."""
-        import torch
-
-        from ..data import decode_image
-        from ..data.arrays import resize_bilinear
-
-        size = tuple(self.encoder.record["input_size"])
-        images, bad = [], np.full(rows.size, "", dtype=object)
-        for i, row in enumerate(rows):
-            path = Path(self.payload["paths"][row])
-            try:
-                raw = path.read_bytes()
-                arr = decode_image(raw, "RGB", None)
-            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one line naming the file
-                why = "an empty file" if path.is_file() and path.stat().st_size == 0 else \
-                    f"not a readable image ({type(exc).__name__}: {exc})"
-                if not self.skip_bad:
-                    raise ValueError(f"{self.payload['names'][row]} is {why} (--skip-bad marks such rows bad and "
-                                     "counts them)") from None
-                bad[i] = why
-                continue
-            images.append(resize_bilinear(torch.from_numpy(arr[None].astype(np.float32) / 255.0), size)[0])
-        if not images:
-            return np.empty((0, 0), np.float32), bad
-        if self.model.use_logits:
-            return self.encoder.logits(torch.stack(images)), bad
-        return self.encoder.encode(torch.stack(images), batch_size=IMAGE_BATCH, cache=False), bad
-
-
 def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None = None,
               images: str | os.PathLike | None = None, out: str | os.PathLike = "scores", alpha: float | None = None,
               use_logits: bool = False, model: str | os.PathLike | None = None, backbone: str | None = None,
               weights: str | None = "imagenet", input_size: int | None = None, skip_bad: bool = False,
-              address: str | None = None, workers: int = 2, threads: int | None = None, progress: bool = False
-              ) -> dict:
+              address: str | None = None, workers: int = 2, threads: int | None = None, progress: bool = False,
+              monitor: dict | None = None) -> dict:
     """``conformood score --engine ray``: the saved calibrated detector applied to a features file (npz or
     parquet, read here) or an image folder (read by the workers) on a Ray cluster (``address``; None starts a
     local one, or uses the one this process is connected to) with ``workers`` actors of ``threads`` threads.
     Writes ``part-NNNNN.parquet`` (row, name, score, p_value, flag, bh_selected, bad) and ``summary.json`` into
-    the folder ``out``; returns the summary."""
+    the folder ``out``; returns the summary. ``monitor`` (:class:`~conformood.monitor.ConformalMonitor`'s
+    options, e.g. ``{"delta": 0.01}``) also runs the conformal test martingale over the rows in their given order
+    (file order; a bad row is not part of the stream): columns ``monitor_p_value`` and ``log_martingale``, and the
+    alarm in the summary."""
     from .._validation import check_positive_int
 
     start = time.perf_counter()
@@ -215,6 +87,11 @@ def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None
         _image_folder(images)
     cd, scoring = load_scoring_model(detector_file, alpha, images is not None, model, backbone, weights, input_size,
                                      threads, use_logits)
+    watch = None
+    if monitor is not None:
+        from ..monitor import ConformalMonitor
+
+        watch = ConformalMonitor(cd, **monitor)  # its options checked before any worker starts
     payload, names, origin = _payload(cd, inputs, images, use_logits)
     n = len(names)
     ray = _ray()
@@ -235,6 +112,7 @@ def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None
     selected = np.zeros(n, bool)
     if good.any():
         selected[good] = cd.select_from_scores(found["score"][good], scoring.alpha, classes)
+    monitored = _monitor(watch, found, good, names)
     t0 = time.perf_counter()
     parts = _write_parts(Path(out), found, names, selected)
     bad = [f"{names[i]}: {found['bad'][i]}" for i in np.flatnonzero(~good)]
@@ -250,13 +128,28 @@ def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None
                    "threads_per_worker": scoring.threads, "block_rows": SCORE_BLOCK, "detector_sha256": scoring.sha256},
         "alpha": scoring.alpha, "rule": flag_rule(cd, scoring.alpha), "feature_source": origin["source"],
         "n": n, "n_scored": int(good.sum()), "n_flagged": int(found["flag"].sum()),
-        "n_bh_selected": int(selected.sum()), "n_bad": len(bad), "bad": bad, "parts": parts,
+        "n_bh_selected": int(selected.sum()), "n_bad": len(bad), "bad": bad, "parts": parts, "monitor": monitored,
         "seconds": {"ray_start": t_start, "workers_ready": found["workers_ready_s"], "scoring": t_score,
                     "writing": time.perf_counter() - t0,
                     "total": time.perf_counter() - start},
     }
     write_json(Path(out) / "summary.json", summary)
     return summary
+
+
+def _monitor(watch: Any, found: dict[str, np.ndarray], good: np.ndarray, names: list[str]) -> dict | None:
+    """The martingale over the scored rows in their order (the single process's ``monitor`` on one batch)."""
+    if watch is None:
+        return None
+    result = watch.update_scores(found["score"][good])
+    rows = np.flatnonzero(good)
+    found["monitor_p_value"] = np.full(good.size, np.nan)
+    found["log_martingale"] = np.full(good.size, np.nan)
+    found["monitor_p_value"][rows], found["log_martingale"][rows] = result.p_values, result.log_martingale
+    alarm = None if result.alarm_time is None else int(rows[result.alarm_time])
+    return {"delta": watch.delta, "martingale": watch.martingale, "alarm": alarm is not None, "alarm_row": alarm,
+            "alarm_input": None if alarm is None else names[alarm],
+            "max_log10_martingale": float(result.log_martingale.max() / np.log(10)) if rows.size else 0.0}
 
 
 def _payload(cd: ConformalDetector, inputs: Any, images: Any, use_logits: bool) -> tuple[dict, list[str], dict]:
@@ -359,9 +252,13 @@ def _write_parts(out: Path, found: dict[str, np.ndarray], names: list[str], sele
     parts = []
     for i, s in enumerate(range(0, max(len(names), 1), PART_ROWS)):
         e = min(len(names), s + PART_ROWS)
-        table = pa.table({"row": found["row"][s:e], "name": names[s:e], "score": found["score"][s:e],
-                          "p_value": found["p_value"][s:e], "flag": found["flag"][s:e],
-                          "bh_selected": selected[s:e], "bad": found["bad"][s:e].astype(str)})
+        columns = {"row": found["row"][s:e], "name": names[s:e], "score": found["score"][s:e],
+                   "p_value": found["p_value"][s:e], "flag": found["flag"][s:e], "bh_selected": selected[s:e],
+                   "bad": found["bad"][s:e].astype(str)}
+        for key in ("monitor_p_value", "log_martingale"):
+            if key in found:
+                columns[key] = found[key][s:e]
+        table = pa.table(columns)
         path = out / f"part-{i:05d}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
@@ -375,7 +272,7 @@ def score_dataset(dataset: Any, detector_file: str | os.PathLike, alpha: float |
     scored lazily by the calibrated detector in ``detector_file``: the rows gain ``score``, ``p_value`` and
     ``flag`` (the ``features`` column is dropped). Global decisions need all p-values: collect ``p_value``
     (small) and call :func:`conformood.conformal.benjamini_hochberg`, or the detector's ``select_from_scores``
-    on the collected scores. Scores equal the single process's for :data:`ROW_EXACT` detectors."""
+    on the collected scores. Scores equal the single process's for :data:`.scale_worker.ROW_EXACT` detectors."""
     ray = _ray()
     _, scoring = load_scoring_model(detector_file, alpha, threads=threads)
     if "features" not in dataset.columns():
