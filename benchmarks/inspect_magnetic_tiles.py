@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--border", type=int, default=0)
     parser.add_argument("--pooled", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--rule", default="fisher")
+    parser.add_argument("--augment", nargs="*", default=[], help="flips of the fitting parts: hflip vflip")
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--resplits", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -101,7 +102,8 @@ def main() -> None:
     test = np.r_[test_good, np.flatnonzero(kinds != "free")]
     cfg = InspectConfig(backbone=args.backbone, input_size=args.input_size, resize=args.resize, alpha=args.alpha,
                         calibration_fraction=args.calibration_fraction, coreset_fraction=args.coreset_fraction,
-                        border=args.border, pooled=args.pooled, rule=args.rule, seed=args.seed)
+                        border=args.border, pooled=args.pooled, rule=args.rule, seed=args.seed,
+                        augment=tuple(args.augment))
     t0 = time.perf_counter()
     inspector = Inspector.fit(subset(files, given), cfg, progress=True)
     t_fit = time.perf_counter() - t0
@@ -157,9 +159,10 @@ def main() -> None:
     lines = [
         "# Inspection of magnetic tiles", "",
         f"`python benchmarks/inspect_magnetic_tiles.py --backbone {args.backbone} --resize {args.resize} "
-        f"--good {args.good} "
+        f"--good {args.good} {f'--input-size {args.input_size} ' if args.input_size else ''}"
         f"--calibration-fraction {args.calibration_fraction} --coreset-fraction {args.coreset_fraction} --border "
-        f"{args.border} {'--pooled' if args.pooled else '--no-pooled'} --name {args.name}` "
+        f"{args.border} {'--pooled' if args.pooled else '--no-pooled'}"
+        f"{' --augment ' + ' '.join(args.augment) if args.augment else ''} --name {args.name}` "
         f"({torch.get_num_threads()} threads; fit "
         f"{t_fit:.0f} s, {1000 * t_run / test.size:.0f} ms per test image with its map, "
         f"{result['seconds']['total']:.0f} s in all).", "",

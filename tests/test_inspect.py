@@ -268,3 +268,26 @@ def test_stretch_and_pac_through_fit_and_run(parts, tmp_path):
     name = result["images"][0]["image"]
     with Image.open(out / "overlays" / f"{name}.png") as im, Image.open(root / "new" / name) as src:
         assert im.size == src.size
+
+
+def test_flips_join_the_memory_bank_and_never_the_calibration(parts):
+    """``augment``: the patches of the flipped fitting images join the bank (a mirrored fitted part is then as close
+    to the bank as the part itself), the calibration part is untouched; a bad name is refused."""
+    root, _ = parts
+    files = read_image_files(root / "good")
+    settings = {**SMALL, "backbone": "mobilenet_v2", "coreset_fraction": 1.0, "calibration_fraction": 0.5,
+                "alpha": 0.25}
+    plain = Inspector.fit(files, InspectConfig(**settings))
+    flipped = Inspector.fit(files, InspectConfig(**settings, augment=("hflip",)))
+    assert flipped.patchcore.memory_bank_.shape[0] == 2 * plain.patchcore.memory_bank_.shape[0]
+    assert flipped.record["split"] == plain.record["split"]
+    name = plain.record["split"]["fit"][0]
+    i = files.names.index(name)
+    from conformood.data.image_files import ImageFiles
+
+    mirrored = ImageFiles([np.ascontiguousarray(files.images[i][:, :, ::-1])], ["m.png"], [files.sizes[i]])
+    near, far = flipped.inspect(mirrored).scores[0], plain.inspect(mirrored).scores[0]  # the worst patch distance
+    assert near < far / 100 and np.isclose(near, 0.0, atol=1e-6)
+    for bad in (("rotate",), "hflip", ("hflip", "hflip")):
+        with pytest.raises(ValueError, match="augment"):
+            InspectConfig(**settings, augment=bad)

@@ -40,6 +40,9 @@ def inspect_fit(
     pooled: Annotated[bool, typer.Option(help="Join PatchCore with a pooled-feature kNN score (calibrated "
                                               "ensemble; for changes of the whole part rather than local "
                                               "defects).")] = False,
+    augment: Annotated[list[str] | None, typer.Option(help="Flips of the fitting images whose patches join the "
+                                                        "memory bank: 'hflip', 'vflip' (repeat the option); for "
+                                                        "parts that look the same mirrored.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the coreset.")] = 0,
     skip_bad: Annotated[bool, typer.Option(help="Leave out unreadable image files (listed) instead of stopping.")] =
         False,
@@ -59,7 +62,8 @@ def inspect_fit(
         fail(f"--normal {normal} does not exist")
     cfg = config(InspectConfig, backbone=backbone, weights=weights_option(weights), input_size=input_size,
                  resize=resize, alpha=alpha, delta=delta, calibration_fraction=calibration_fraction,
-                 coreset_fraction=coreset_fraction, border=border, pooled=pooled, seed=seed)
+                 coreset_fraction=coreset_fraction, border=border, pooled=pooled, seed=seed,
+                 augment=tuple(augment or ()))
     inspector = echo_warnings(Inspector.fit, normal, cfg, progress=progress, skip_bad=skip_bad)
     out.parent.mkdir(parents=True, exist_ok=True)
     user_errors(inspector.save, out)

@@ -115,9 +115,12 @@ class Inspector:
         encoders = cls._make_encoders(cfg)
         x = fit_input(files, cfg.size, cfg.resize)
         patches = encoders["patches"].encode(x, cfg.batch_size, progress=progress)
+        bank = [patches[fit]] + [encoders["patches"].encode(np.ascontiguousarray(np.flip(x[fit], axis=-1 if a ==
+                                                            "hflip" else -2)), cfg.batch_size, progress=progress)
+                                 for a in cfg.augment]
         patchcore = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
                                       projection_dim=None if patches.shape[2] <= 256 else 128,
-                                      progress=progress).fit(patches[fit])
+                                      progress=progress).fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
         t_fit = time.perf_counter() - start
         stat_pc = patchcore.score_samples(patches[cal])
         knn, references = None, None
@@ -220,7 +223,7 @@ class Inspector:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         settings = config.get("settings")
         names = {f.name for f in fields(InspectConfig)}
-        if not isinstance(settings, dict) or set(settings) != names:
+        if not isinstance(settings, dict) or not names - {"augment"} <= set(settings) <= names:  # (augment: 0.4)
             raise ValueError(f"{source}: the stored settings are not those of an inspector")
         try:
             cfg = InspectConfig(**settings)

@@ -11,6 +11,8 @@ from ..conformal.detection.ensemble import RULES
 from ..data.image_files import ImageFiles, stack_images
 
 RESIZES = ("stretch", "pad")
+#: flips of the fitting images whose patches join the memory bank (never the calibration images)
+AUGMENTS = ("hflip", "vflip")
 
 
 @dataclass
@@ -20,7 +22,8 @@ class InspectConfig:
     two stages the backbone names for PatchCore (strides 8 and 16); earlier ones see smaller defects. ``patch_dim``
     None: the two stages' channels side by side (anomalib's embedding), else pooled to that width (the paper's
     reduction). Features up to 256 wide enter the coreset as they are, wider ones through a 128-d random
-    projection.
+    projection. ``augment``: flips of the fitting images ("hflip", "vflip") whose patches join the memory bank,
+    for parts whose good appearance is the same mirrored; calibration images are never flipped or fitted.
     ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
     0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
     edge must not go unseen). ``resize`` "pad" keeps the aspect ratio (magnetic tiles: mean image AUROC 0.935,
@@ -42,6 +45,7 @@ class InspectConfig:
     delta: float | None = None
     seed: int = 0
     batch_size: int = 16
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from ..models import BACKBONES
@@ -69,6 +73,10 @@ class InspectConfig:
             self.delta = check_alpha(self.delta, "delta")
         check_positive_int(self.seed, "seed", minimum=0)
         check_positive_int(self.batch_size, "batch_size")
+        if isinstance(self.augment, str) or not isinstance(self.augment, (tuple, list)) or any(
+                a not in AUGMENTS for a in self.augment) or len(set(self.augment)) != len(self.augment):
+            raise ValueError(f"augment must be distinct names among {', '.join(AUGMENTS)}, got {self.augment!r}")
+        self.augment = tuple(self.augment)
         if self.patch_stages is not None:
             stages = self.patch_stages
             if not isinstance(stages, (tuple, list)) or len(stages) != 2 or any(
