@@ -26,25 +26,28 @@ def test_the_textile_images_install_with_the_package():
 @pytest.mark.filterwarnings("ignore:alpha = 0.1 is below")
 def test_small_inspection_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--per-class", "24", "--no-progress",
+    # 72 per kind: the inspector is given 54 nominal images, of which 18 calibrate (the fewest that can flag at α
+    # = 0.1 when half of them are the joined score's references)
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--per-class", "72", "--no-progress",
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["counts"] == {"train": 12, "calibration": 6, "test_nominal": 6, "test_local": 24,
-                                 "test_global": 24, "ensemble_reference": 3, "ensemble_calibration": 3}
+    assert metrics["counts"] == {"train": 36, "calibration": 18, "test_nominal": 18, "test_local": 72,
+                                 "test_global": 72, "ensemble_reference": 9, "ensemble_calibration": 9}
+    assert (out / "inspector.safetensors").is_file() and "inspect fit" in metrics["inspector"]["command"]
     for method in ("raw_pixels", "backbone_knn", "backbone_patches", "combined"):
         for part in ("local", "global", "all"):
             r = metrics["results"][method][part]
             assert 0.0 <= r["auroc"] <= 1.0 and 0.0 <= r["realised_fpr_at_alpha"] <= 1.0
-    # even from 12 training images the backbone sees the global defects, raw pixels do not
+    # even from 36 training images the backbone sees the global defects, raw pixels do not
     assert metrics["results"]["backbone_knn"]["global"]["auroc"] > 0.9
     scores = json.loads((out / "scores.json").read_text())["scores"]
-    assert len(scores["kind"]) == 54 and len(scores["combined"]["flagged"]) == 54
+    assert len(scores["kind"]) == 162 and len(scores["combined"]["flagged"]) == 162
     for name in ("report.md", "roc.png", "histograms.png", "examples.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     assert "| combined |" in (out / "report.md").read_text()
     rows = (out / "inspection" / "results.csv").read_text().splitlines()
-    assert rows[0] == "image,score,p_value,flag" and len(rows) == 55  # the header and the 54 test images
+    assert rows[0] == "image,score,p_value,flag" and len(rows) == 163  # the header and the 162 test images
     flags = [r.split(",")[3] == "1" for r in rows[1:]]
     assert flags == scores["combined"]["flagged"]  # the decisions are the main method's
     assert "data:image/jpeg;base64," in (out / "inspection" / "report.html").read_text()

@@ -40,6 +40,15 @@ def inspect_fit(
     pooled: Annotated[bool, typer.Option(help="Join PatchCore with a pooled-feature kNN score (calibrated "
                                               "ensemble; for changes of the whole part rather than local "
                                               "defects).")] = False,
+    local: Annotated[str, typer.Option(help="The patch detector: 'patchcore' (nearest good patch) or 'gaussian' "
+                                            "(one Gaussian of all good patches at a quarter of the input "
+                                            "resolution; uniform textures with pixel-sized defects).")] =
+        "patchcore",
+    rule: Annotated[str, typer.Option(help="With --pooled: how the two scores' p-values are joined: fisher, min_p "
+                                           "or mean_rank.")] = "fisher",
+    patch_stages: Annotated[list[int] | None, typer.Option(help="The backbone units the patch detector reads "
+                                                           "(repeat: two for patchcore, one for gaussian); default "
+                                                           "the backbone's own.")] = None,
     augment: Annotated[list[str] | None, typer.Option(help="Flips of the fitting images whose patches join the "
                                                         "memory bank: 'hflip', 'vflip' (repeat the option); for "
                                                         "parts that look the same mirrored.")] = None,
@@ -63,7 +72,8 @@ def inspect_fit(
     cfg = config(InspectConfig, backbone=backbone, weights=weights_option(weights), input_size=input_size,
                  resize=resize, alpha=alpha, delta=delta, calibration_fraction=calibration_fraction,
                  coreset_fraction=coreset_fraction, border=border, pooled=pooled, seed=seed,
-                 augment=tuple(augment or ()))
+                 augment=tuple(augment or ()), local=local, rule=rule,
+                 patch_stages=tuple(patch_stages) if patch_stages else None)
     inspector = echo_warnings(Inspector.fit, normal, cfg, progress=progress, skip_bad=skip_bad)
     out.parent.mkdir(parents=True, exist_ok=True)
     user_errors(inspector.save, out)
@@ -73,7 +83,8 @@ def inspect_fit(
         typer.echo(f"{len(skipped)} unreadable file(s) left out: {'; '.join(skipped[:3])}"
                    f"{' …' if len(skipped) > 3 else ''}", err=True)
     typer.echo(f"{inspector.record['n_good']} good images ({', '.join(f'{v} {k}' for k, v in split.items())}), "
-               f"{cfg.backbone} at {cfg.size}², memory bank {inspector.patchcore.memory_bank_.shape[0]:,} patches; "
+               f"{cfg.backbone} at {cfg.size}², "
+               f"{_local_summary(inspector)}; "
                f"P(flag a good part) ≤ {cfg.alpha}{f' with probability ≥ {1 - cfg.delta:g}' if cfg.delta else ''}"
                f" -> {out}")
 
@@ -111,3 +122,10 @@ def inspect_run(
         typer.echo(f"{c['skipped']} unreadable file(s) left out and listed in results.json", err=True)
     typer.echo(f"{c['flagged']} of {c['images']} image(s) flagged at α = {r['alpha']} -> {out}/results.csv, "
                f"{out}/report.html")
+
+
+def _local_summary(inspector: object) -> str:
+    local = inspector.local
+    if hasattr(local, "memory_bank_"):
+        return f"memory bank {local.memory_bank_.shape[0]:,} patches"
+    return f"patch Gaussian of {local.n_features_in_} features"

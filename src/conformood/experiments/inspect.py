@@ -40,6 +40,7 @@ from ..data.image_files import ImageFiles, read_image_files
 from ..io import file_digest, load_state, save_state
 from ..results import provenance
 from ..scores import PatchCoreDetector, detector_from_state, get_detector
+from ..scores.patchcore import patch_maps_to_image
 from .inspect_config import RESIZES, InspectConfig, content_box, fit_input  # noqa: F401  (re-exported)
 from .sources import Encoder, check_feature_source, get_encoder
 
@@ -67,11 +68,11 @@ class Inspection:
 class Inspector:
     """A fitted, calibrated inspection model (see the module docs); build it with :meth:`fit` or :meth:`load`."""
 
-    def __init__(self, config: InspectConfig, patchcore: PatchCoreDetector, knn: Any | None,
+    def __init__(self, config: InspectConfig, local: Any, knn: Any | None,
                  references: list[np.ndarray] | None, calibration: np.ndarray, sources: dict[str, dict],
                  record: dict) -> None:
         self.config = config
-        self.patchcore = patchcore
+        self.local = local
         self.knn = knn
         self.references = references
         self.sources = sources
@@ -80,11 +81,27 @@ class Inspector:
             calibration, delta=config.delta)
         self._encoders: dict[str, Encoder] = {}
 
+    @property
+    def patchcore(self) -> Any:
+        """The local detector (PatchCore, or the patch Gaussian with ``local="gaussian"``)."""
+        return self.local
+
+    def local_scores_and_maps(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The local detector's image anomaly scores (the worst patch) and maps on the model input."""
+        size = self.config.size
+        grid = int(round(np.sqrt(patches.shape[1])))
+        if isinstance(self.local, PatchCoreDetector):
+            return self.local.scores_and_maps(patches, (grid, grid), (size, size))
+        d = self.local.patch_distances(patches)
+        return d.max(axis=1), patch_maps_to_image(d, (grid, grid), (size, size))
+
     # -- building ----------------------------------------------------------------------------------------------
     @staticmethod
     def _make_encoders(cfg: InspectConfig) -> dict[str, Encoder]:
+        features = {"patch_stages": cfg.stages, "patch_dim": cfg.patch_dim} if cfg.local == "patchcore" else \
+            {"patches_after": cfg.stages[0]}
         encoders = {"patches": get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size,
-                                           patch_stages=cfg.stages, patch_dim=cfg.patch_dim)}
+                                           **features)}
         if cfg.pooled:
             encoders["pooled"] = get_encoder(backbone=cfg.backbone, weights=cfg.weights, input_size=cfg.size)
         for enc in encoders.values():
@@ -118,9 +135,12 @@ class Inspector:
         bank = [patches[fit]] + [encoders["patches"].encode(np.ascontiguousarray(np.flip(x[fit], axis=-1 if a ==
                                                             "hflip" else -2)), cfg.batch_size, progress=progress)
                                  for a in cfg.augment]
-        patchcore = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
-                                      projection_dim=None if patches.shape[2] <= 256 else 128,
-                                      progress=progress).fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
+        if cfg.local == "patchcore":
+            patchcore = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
+                                          projection_dim=None if patches.shape[2] <= 256 else 128, progress=progress)
+        else:
+            patchcore = get_detector("patch_gaussian")
+        patchcore.fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
         t_fit = time.perf_counter() - start
         stat_pc = patchcore.score_samples(patches[cal])
         knn, references = None, None
@@ -140,7 +160,8 @@ class Inspector:
             calibration = stat_pc
             split["calibration"] = [files.names[i] for i in cal]
         # the colour scale of the maps: the patch distance that the (1 − α) quantile of good images reaches
-        worst = patchcore.patch_scores(patches[cal]).max(axis=1)
+        worst = (patchcore.patch_scores(patches[cal]) if cfg.local == "patchcore" else
+                 patchcore.patch_distances(patches[cal])).max(axis=1)
         record = {"split": split, "skipped": list(files.skipped), "ignored": list(files.ignored), "n_good": n,
                   "images_digest": files.digest(),
                   "map_scale": float(np.quantile(worst, 1 - cfg.alpha)),
@@ -185,22 +206,24 @@ class Inspector:
             x = fit_input(files.images[s:s + batch], size, self.config.resize)
             patches = encoders["patches"].encode(x, self.config.batch_size, progress=progress)
             pooled = encoders["pooled"].encode(x, self.config.batch_size) if self.knn is not None else None
-            grid = int(round(np.sqrt(patches.shape[1])))
-            s_pc, m = self.patchcore.scores_and_maps(patches, (grid, grid), (size, size))
+            s_pc, m = self.local_scores_and_maps(patches)
             stats.append(self._combine(-s_pc, pooled))
             maps.append(m)
         stat = np.concatenate(stats)
         p = self.conformal.p_values_from_scores(stat)
         flags = self.conformal.flags_from_scores(stat, alpha)
-        return Inspection(list(files.names), -stat, p, flags, np.concatenate(maps), list(files.sizes),
+        # anomaly score, higher = more anomalous: PatchCore's worst-patch distance, or with the pooled member the
+        # joined statistic turned round (fisher: −Σ log p ≥ 0; min_p and mean_rank: 1 − the p-value statistic)
+        shift = 1.0 if self.knn is not None and self.config.rule in ("min_p", "mean_rank") else 0.0
+        return Inspection(list(files.names), shift - stat, p, flags, np.concatenate(maps), list(files.sizes),
                           list(files.skipped), files.images, list(files.ignored))
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """One safetensors file (kind ``"Inspector"``) with a digest over all of it; written atomically."""
         tensors: dict[str, np.ndarray] = {"calibration": self.conformal.calibration_[-1]}
-        pc_t, pc_c = self.patchcore.state()
-        tensors |= {f"patchcore.{k}": v for k, v in pc_t.items()}
+        pc_t, pc_c = self.local.state()
+        tensors |= {f"{_LOCAL_PREFIX[self.config.local]}{k}": v for k, v in pc_t.items()}
         config: dict[str, Any] = {"format": FORMAT, "settings": asdict(self.config), "sources": self.sources,
                                   "record": self.record, "patchcore": pc_c}
         if self.knn is not None:
@@ -223,7 +246,7 @@ class Inspector:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         settings = config.get("settings")
         names = {f.name for f in fields(InspectConfig)}
-        if not isinstance(settings, dict) or not names - {"augment"} <= set(settings) <= names:  # (augment: 0.4)
+        if not isinstance(settings, dict) or not names - {"augment", "local"} <= set(settings) <= names:
             raise ValueError(f"{source}: the stored settings are not those of an inspector")
         try:
             cfg = InspectConfig(**settings)
@@ -235,13 +258,16 @@ class Inspector:
                                                                                 sources.values()):
             raise ValueError(f"{source}: the feature records do not match the settings")
         recorded = sources["patches"].get("patches")
-        if not isinstance(recorded, dict) or list(recorded.get("stages") or []) != list(cfg.stages) or \
+        stages = None if not isinstance(recorded, dict) else recorded.get("stages") if cfg.local == "patchcore" \
+            else [recorded.get("after_blocks")]
+        if not isinstance(recorded, dict) or list(stages or []) != list(cfg.stages) or \
                 sources["patches"].get("input_size") != [cfg.size, cfg.size]:
             raise ValueError(f"{source}: the feature records do not match the settings (stages, input size)")
         if not isinstance(record, dict) or not isinstance(record.get("map_scale"), (int, float)) or not \
                 np.isfinite(record["map_scale"]) or record["map_scale"] <= 0:
             raise ValueError(f"{source}: the fitting record is missing or damaged")
-        patchcore = detector_from_state("PatchCoreDetector", _prefixed(tensors, "patchcore."), config.get("patchcore")
+        prefix = _LOCAL_PREFIX[cfg.local]
+        patchcore = detector_from_state(_LOCAL_KIND[cfg.local], _prefixed(tensors, prefix), config.get("patchcore")
                                         or {}, source)
         knn, references = None, None
         if cfg.pooled:
@@ -255,7 +281,7 @@ class Inspector:
                     raise ValueError(f"{source}: reference scores missing or damaged")
         elif config.get("knn") is not None or any(k.startswith(("knn.", "reference.")) for k in arrays):
             raise ValueError(f"{source}: pooled members stored in an inspector without pooled=True")
-        expected = {"calibration"} | {f"patchcore.{k}" for k in _prefixed(arrays, "patchcore.")} | \
+        expected = {"calibration"} | {f"{prefix}{k}" for k in _prefixed(arrays, prefix)} | \
             ({f"knn.{k}" for k in _prefixed(arrays, "knn.")} | {"reference.0", "reference.1"} if cfg.pooled else set())
         if set(arrays) != expected:
             raise ValueError(f"{source}: unexpected tensor {sorted(set(arrays) - expected)[0]!r}")
@@ -271,6 +297,10 @@ class Inspector:
                 "decision": self.conformal.decision_rule(self.config.alpha),
                 **{k: v for k, v in self.record.items() if k != "split"},
                 "split_sizes": {k: len(v) for k, v in self.record["split"].items()}}
+
+
+_LOCAL_PREFIX = {"patchcore": "patchcore.", "gaussian": "gaussian."}  # the local detector's tensors in the file
+_LOCAL_KIND = {"patchcore": "PatchCoreDetector", "gaussian": "PatchGaussianDetector"}
 
 
 def _prefixed(arrays: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -302,28 +332,31 @@ def load_inspector(path: str | os.PathLike) -> Inspector:
     return Inspector.load(p)
 
 
-def run_inspection(model: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
+def run_inspection(model: str | os.PathLike, images: str | os.PathLike | ImageFiles, out: str | os.PathLike,
                    alpha: float | None = None, maps: bool = True, progress: bool = False,
                    skip_bad: bool = False) -> dict:
-    """Judge every image of a folder with a saved inspector; write the results, maps, overlays and report into
-    ``out`` (see :func:`conformood.report.inspect_run.write_inspection`)."""
+    """Judge every image of a folder (or :class:`ImageFiles` read already) with a saved inspector; write the
+    results, maps, overlays and report into ``out`` (see :func:`conformood.report.inspect_run.write_inspection`)."""
     from ..report.inspect_run import write_inspection
 
     start = time.perf_counter()
     inspector = load_inspector(model)
     alpha = inspector.config.alpha if alpha is None else check_alpha(alpha)
-    files = read_image_files(images, skip_bad=skip_bad, progress=progress)
+    files = images if isinstance(images, ImageFiles) else read_image_files(images, skip_bad=skip_bad,
+                                                                          progress=progress)
     found = inspector.inspect(files, alpha=alpha, progress=progress)
     boxes = [content_box(s, inspector.config.size, inspector.config.resize) for s in found.sizes]
     cfg = inspector.config
     rule = "PAC: realised false-alarm rate ≤ α with probability ≥ 1 − δ = " + f"{1 - cfg.delta:g}" if cfg.delta \
         else "marginal: P(flag a good part) ≤ α"
     summary = {
-        "provenance": provenance({"model": str(model), "images": str(images), "alpha": alpha, "maps": maps,
+        "provenance": provenance({"model": str(model), "images": f"{len(files)} images given in memory" if
+                                  isinstance(images, ImageFiles) else str(images), "alpha": alpha, "maps": maps,
                                   "skip_bad": skip_bad}, {"model": model}),
         "images_digest": files.digest(),
         "model": {"file": Path(model).name, "sha256": file_digest(Path(model)), "backbone": cfg.backbone,
-                  "input_size": cfg.size, "resize": cfg.resize, "pooled": cfg.pooled, "rule": cfg.rule,
+                  "local": cfg.local, "input_size": cfg.size, "resize": cfg.resize, "pooled": cfg.pooled,
+                  "rule": cfg.rule,
                   "n_calibration": int(inspector.conformal.calibration_[-1].size), "fitted_alpha": cfg.alpha,
                   "delta": cfg.delta, "map_scale": inspector.record["map_scale"]},
         "guarantee": f"Decision rule {rule}, at α = {alpha}, for parts exchangeable with the "

@@ -13,6 +13,9 @@ from ..data.image_files import ImageFiles, stack_images
 RESIZES = ("stretch", "pad")
 #: flips of the fitting images whose patches join the memory bank (never the calibration images)
 AUGMENTS = ("hflip", "vflip")
+#: the local (patch) detector: PatchCore's nearest-patch distances, or one Gaussian of all good patches
+LOCALS = ("patchcore", "gaussian")
+GAUSSIAN_STAGE = 3  # the gaussian's default stage: 3 units (stride 4), the inspection demo's
 
 
 @dataclass
@@ -24,6 +27,10 @@ class InspectConfig:
     reduction). Features up to 256 wide enter the coreset as they are, wider ones through a 128-d random
     projection. ``augment``: flips of the fitting images ("hflip", "vflip") whose patches join the memory bank,
     for parts whose good appearance is the same mirrored; calibration images are never flipped or fitted.
+    ``local``: "patchcore" (nearest good patch; parts whose good patches differ from place to place) or
+    "gaussian" (:class:`~conformood.scores.PatchGaussianDetector`, one Gaussian of every good patch, on one early
+    stage at a quarter of the input resolution; uniform textures, where a defect may be a few pixels of noise:
+    the textile demo).
     ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
     0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
     edge must not go unseen). ``resize`` "pad" keeps the aspect ratio (magnetic tiles: mean image AUROC 0.935,
@@ -46,6 +53,7 @@ class InspectConfig:
     seed: int = 0
     batch_size: int = 16
     augment: tuple[str, ...] = ()
+    local: str = "patchcore"
 
     def __post_init__(self) -> None:
         from ..models import BACKBONES
@@ -77,19 +85,29 @@ class InspectConfig:
                 a not in AUGMENTS for a in self.augment) or len(set(self.augment)) != len(self.augment):
             raise ValueError(f"augment must be distinct names among {', '.join(AUGMENTS)}, got {self.augment!r}")
         self.augment = tuple(self.augment)
+        if self.local not in LOCALS:
+            raise ValueError(f"local must be one of {', '.join(LOCALS)}, got {self.local!r}")
         if self.patch_stages is not None:
             stages = self.patch_stages
-            if not isinstance(stages, (tuple, list)) or len(stages) != 2 or any(
-                    isinstance(v, bool) or not isinstance(v, int) for v in stages) or not 1 <= stages[0] < stages[1]:
-                raise ValueError(f"patch_stages must be two unit counts 1 <= a < b, got {stages!r}")
-            self.patch_stages = (int(stages[0]), int(stages[1]))
+            count = 2 if self.local == "patchcore" else 1
+            if not isinstance(stages, (tuple, list)) or len(stages) != count or any(
+                    isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in stages) or (
+                    count == 2 and not stages[0] < stages[1]):
+                what = "two unit counts 1 <= a < b" if count == 2 else "one unit count >= 1 (the gaussian's stage)"
+                raise ValueError(f"patch_stages must be {what}, got {stages!r}")
+            self.patch_stages = tuple(int(v) for v in stages)
 
     @property
-    def stages(self) -> tuple[int, int]:
-        """The two stages PatchCore reads: ``patch_stages``, or the backbone's own."""
+    def stages(self) -> tuple[int, ...]:
+        """The stages the local detector reads: ``patch_stages``, else PatchCore's two (the backbone's own) or the
+        gaussian's one (:data:`GAUSSIAN_STAGE`)."""
         from ..models import BACKBONES
 
-        return tuple(self.patch_stages or BACKBONES.info(self.backbone).extra["patch_stages"])
+        if self.patch_stages:
+            return tuple(self.patch_stages)
+        if self.local == "gaussian":
+            return (GAUSSIAN_STAGE,)
+        return tuple(BACKBONES.info(self.backbone).extra["patch_stages"])
 
     @property
     def size(self) -> int:

@@ -28,11 +28,13 @@ import numpy as np
 from .._validation import check_alpha, check_positive_int
 from ..conformal import ConformalDetector, ConformalEnsemble
 from ..data import TEXTILE_CLASSES, load_textile, train_calibration_test_split
+from ..data.image_files import ImageFiles
 from ..io import write_json
 from ..metrics import decision_metrics, ood_metrics
 from ..models.extract import data_digest
 from ..results import environment, result_header
 from ..scores import get_detector
+from .inspect import InspectConfig, Inspector, run_inspection
 from .sources import get_encoder
 
 METHODS = ("raw_pixels", "backbone_knn", "backbone_patches", "combined")
@@ -143,8 +145,16 @@ def run_inspection_demo(config: InspectionConfig | None, out_dir: str | Path, pr
     images, kinds = data.images[keep], data.labels[keep]
     nominal = np.flatnonzero(kinds == 0)
     split = train_calibration_test_split(np.zeros(nominal.size, np.int64), cfg.fractions, seed=cfg.seed)
-    train, cal = nominal[split.train], nominal[split.calibration]
+    given = np.sort(np.r_[nominal[split.train], nominal[split.calibration]])
     test = np.sort(np.r_[nominal[split.test], np.flatnonzero(kinds != 0)])
+    # the main method is what `conformood inspect fit` builds and `inspect run` applies; the inspector splits the
+    # nominal images it is given into fitting and calibration parts, and every other method uses that split
+    names = [f"{TEXTILE_CLASSES[k]}/{i:04d}.png" for i, k in enumerate(kinds)]
+    inspector = Inspector.fit(_image_files(images, names, given), _inspector_config(cfg), progress=progress)
+    inspector.save(out / "inspector.safetensors")
+    index = {n: i for i, n in enumerate(names)}
+    train = np.array(sorted(index[n] for n in inspector.record["split"]["fit"]))
+    cal = np.array(sorted(index[n] for k in ("reference", "calibration") for n in inspector.record["split"][k]))
 
     pooled = get_encoder(backbone="mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size)
     patches = get_encoder(backbone="mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size,
@@ -173,15 +183,15 @@ def run_inspection_demo(config: InspectionConfig | None, out_dir: str | Path, pr
         results[name] = _evaluate(flags, s_test, kinds[test])
         scores_out[name] = {"test": s_test.tolist(), "flagged": flags.tolist(),
                             "threshold": conformal.threshold(cfg.alpha)}
-    members = ["backbone_knn", "backbone_patches"]
-    ensemble = ConformalEnsemble([detectors[m] for m in members], rule=cfg.rule, seed=cfg.seed)
-    ensemble.calibrate([features[m][cal] for m in members])
-    test_inputs = [features[m][test] for m in members]
-    s_test = ensemble.score_samples(test_inputs)
-    flags = ensemble.predict(test_inputs, cfg.alpha)
+    run = run_inspection(out / "inspector.safetensors", _image_files(images, names, test), out / "inspection",
+                         maps=False, progress=progress)
+    found = {row["image"]: row for row in run["images"]}
+    s_test = -np.array([found[names[i]]["score"] for i in test])  # higher = more normal, as every method here
+    flags = np.array([found[names[i]]["flag"] for i in test])
     results[MAIN_METHOD] = _evaluate(flags, s_test, kinds[test])
     scores_out[MAIN_METHOD] = {"test": s_test.tolist(), "flagged": flags.tolist(),
-                               "threshold": ensemble.conformal_.threshold(cfg.alpha)}
+                               "p_value": [found[names[i]]["p_value"] for i in test],
+                               "threshold": inspector.conformal.threshold(cfg.alpha)}
     maps = detectors["backbone_patches"].patch_distances(features["backbone_patches"][test])
     repeated = _resplit(held_scores, defect_scores, cal.size, cfg)
 
@@ -203,8 +213,10 @@ def run_inspection_demo(config: InspectionConfig | None, out_dir: str | Path, pr
         "counts": {"train": int(train.size), "calibration": int(cal.size),
                    "test_nominal": int((kinds[test] == 0).sum()),
                    **{f"test_{d}": int((kinds[test] == k).sum()) for k, d in enumerate(DEFECTS, start=1)},
-                   "ensemble_reference": int(ensemble.n_reference_),
-                   "ensemble_calibration": int(ensemble.n_calibration_)},
+                   "ensemble_reference": len(inspector.record["split"]["reference"]),
+                   "ensemble_calibration": len(inspector.record["split"]["calibration"])},
+        "inspector": {"file": "inspector.safetensors", "settings": asdict(inspector.config),
+                      "command": inspect_command(inspector.config)},
         "results": results,
         "resplits": {"n_splits": cfg.n_splits, "per_method": repeated},
         "wall_time_s": time.perf_counter() - start,
@@ -216,35 +228,30 @@ def run_inspection_demo(config: InspectionConfig | None, out_dir: str | Path, pr
     from ..report.inspection import render_inspection_report
 
     render_inspection_report(out, images[test], maps)
-    held_maps = detectors["backbone_patches"].patch_distances(features["backbone_patches"][cal])
-    _write_decisions(out / "inspection", images[test], kinds[test], 1.0 - s_test, ensemble.p_values(test_inputs), flags,
-                     maps, float(np.quantile(held_maps.max(axis=1), 1 - cfg.alpha)), cfg, result)
     return result
 
 
-def _write_decisions(out: Path, images: np.ndarray, kinds: np.ndarray, scores: np.ndarray, p_values: np.ndarray,
-                     flags: np.ndarray, patch_maps: np.ndarray, map_scale: float, cfg: InspectionConfig,
-                     result: dict) -> None:
-    """The main method's decisions as ``conformood inspect run`` writes them: results.csv / .json and report.html
-    with an overlay per image (the patch anomaly map brought to the image, on the scale of the calibration
-    images' worst patches)."""
-    import torch
+def _inspector_config(cfg: InspectionConfig) -> InspectConfig:
+    """The inspector of the main method: the patch Gaussian and the pooled kNN of MobileNetV2 at the images' own
+    size, joined by ``rule``; the calibration share of the nominal images as in ``fractions``."""
+    if cfg.patch_window != 3:
+        raise ValueError("the inspector reads patches averaged over 3x3 neighbours; patch_window must be 3")
+    share = cfg.fractions[1] / (cfg.fractions[0] + cfg.fractions[1])
+    return InspectConfig(backbone="mobilenet_v2", weights=cfg.weights, input_size=cfg.input_size, resize="stretch",
+                         local="gaussian", patch_stages=(cfg.patches_after,), pooled=True, rule=cfg.rule,
+                         calibration_fraction=share, alpha=cfg.alpha, seed=cfg.seed, batch_size=cfg.batch_size)
 
-    from ..report.inspect_run import write_inspection
-    from ..scores.patchcore import gaussian_blur
-    from .inspect import Inspection
 
-    side = int(round(np.sqrt(patch_maps.shape[1])))
-    h, w = images.shape[-2:]
-    up = torch.nn.functional.interpolate(torch.from_numpy(patch_maps.astype(np.float32)).reshape(-1, 1, side, side),
-                                         size=(h, w), mode="bilinear", align_corners=False)
-    maps = gaussian_blur(up, 4.0)[:, 0].numpy()
-    names = [f"{TEXTILE_CLASSES[k]}/{i:04d}.png" for i, k in enumerate(kinds)]
-    found = Inspection(names, scores, p_values, flags, maps, [(h, w)] * len(names), [],
-                       [x.astype(np.float32) / 255.0 for x in images], [])
-    summary = {"provenance": result.get("provenance"),
-               "model": {"method": MAIN_METHOD, "rule": cfg.rule,
-                         "score": "1 − the ensemble's statistic (min_p: 1 − the smaller member p-value)"},
-               "guarantee": f"Decision rule: P(flag a nominal image) ≤ α = {cfg.alpha}, calibrated on "
-                            f"{result['counts']['calibration']} held-out nominal images."}
-    write_inspection(out, found, [(0, 0, h, w)] * len(names), map_scale, cfg.alpha, summary, maps=False)
+def inspect_command(cfg: InspectConfig) -> str:
+    """The ``conformood inspect fit`` command line that builds the same inspector from a folder of good images."""
+    return (f"conformood inspect fit --normal GOOD_DIR --backbone {cfg.backbone} --input-size {cfg.size} --resize "
+            f"{cfg.resize} --local {cfg.local} {''.join(f'--patch-stages {v} ' for v in cfg.stages)}"
+            f"{'--pooled ' if cfg.pooled else ''}--rule {cfg.rule} --alpha "
+            f"{cfg.alpha} --calibration-fraction {cfg.calibration_fraction:.4g} --seed {cfg.seed} --out "
+            "inspector.safetensors")
+
+
+def _image_files(images: np.ndarray, names: list[str], idx: np.ndarray) -> ImageFiles:
+    """Images of the data set as ``inspect`` reads a folder: float [0, 1] (c, h, w), named ``kind/NNNN.png``."""
+    return ImageFiles([images[i].astype(np.float32) / 255.0 for i in idx], [names[i] for i in idx],
+                      [tuple(images[i].shape[1:]) for i in idx])

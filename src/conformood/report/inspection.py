@@ -126,8 +126,12 @@ def render_inspection_report(out_dir: str | Path, images: np.ndarray, maps: np.n
         "",
         "## Figures",
         "",
-        "Every test image's decision, p-value and overlay, as `conformood inspect run` writes them: "
-        "[inspection/report.html](inspection/report.html) and `inspection/results.csv`.",
+        "The main method is an inspector (`inspector.safetensors`), built as `conformood inspect fit` builds it "
+        "and applied as `conformood inspect run` applies it; every test image's decision, p-value and overlay: "
+        "[inspection/report.html](inspection/report.html) and `inspection/results.csv`. The same inspector from a "
+        "folder of good images:",
+        "",
+        f"    {metrics['inspector']['command']}" if "inspector" in metrics else "",
         "",
         "![examples](examples.png)",
         "",
