@@ -27,6 +27,7 @@ def files(tmp_path):
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (tmp_path / "pickled.npz").write_bytes((tmp_path / "pickled.npy").read_bytes())
     (tmp_path / "zero.pth").write_bytes(b"")
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1" + bytes(rng.integers(0, 256, 100, dtype=np.uint8)) + b"PAR1")
     images = tmp_path / "images" / "parts"
     images.mkdir(parents=True)
     (images / "text.png").write_text("not a png")
@@ -136,6 +137,11 @@ CASES.update({  # the Ray engine: every one refused before a worker (or Ray itse
     "score --engine ray: an image archive": (lambda t: _ray_score(t, inputs=("--images", "good.npz")), "folder"),
     "score --engine ray: a missing image folder": (lambda t: _ray_score(t, inputs=("--images", "nowhere")),
                                                    "nowhere"),
+    "score --engine ray: NaN features": (lambda t: _ray_score(t, inputs=("--inputs", "nan.npz")), "nan.npz"),
+    "score --engine ray: no rows": (lambda t: _ray_score(t, inputs=("--inputs", "no_rows.npz")), "no_rows.npz"),
+    "score --engine ray: wrong width": (lambda t: _ray_score(t, inputs=("--inputs", "wide.npz")), "wide.npz"),
+    "score --engine ray: a corrupt parquet file": (lambda t: _ray_score(t, inputs=("--inputs", "corrupt.parquet")),
+                                                   "corrupt.parquet"),
 })
 if not torch.cuda.is_available():
     CASES["--device cuda without CUDA"] = (lambda t: ["demo", "--device", "cuda", "--out", str(t / "d")], "CUDA")

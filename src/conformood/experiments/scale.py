@@ -94,6 +94,8 @@ def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None
         watch = ConformalMonitor(cd, **monitor)  # its options checked before any worker starts
     payload, names, origin = _payload(cd, inputs, images, use_logits)
     n = len(names)
+    if n == 0:
+        raise ValueError(f"{inputs if inputs is not None else images}: no rows to score")
     ray = _ray()
     t0 = time.perf_counter()
     started = _connect(ray, address, workers)
@@ -102,6 +104,7 @@ def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # Ray's own deprecation notes about its settings are not the user's
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.")
             found = _run_blocks(ray, scoring, payload, n, workers, skip_bad, progress)
         t_score = time.perf_counter() - t0
     finally:
@@ -159,7 +162,16 @@ def _payload(cd: ConformalDetector, inputs: Any, images: Any, use_logits: bool) 
         if use_logits and feats.logits is None:
             raise ValueError(f"{feats.origin} has no 'logits' array")
         check_feature_source(cd.feature_source, feats.source, feats.origin)
-        x = np.ascontiguousarray(feats.logits if use_logits else feats.inputs())
+        from .._validation import check_features
+
+        x = feats.logits if use_logits else feats.inputs()
+        if x.ndim == 2:  # checked here, naming the file, before any worker starts (patch features: by the workers)
+            width = getattr(cd.detector, "n_features_in_", None)
+            try:
+                check_features(x, "logits" if use_logits else "features", n_features=width)
+            except ValueError as exc:
+                raise ValueError(f"{feats.origin}: {exc}") from None
+        x = np.ascontiguousarray(x)
         if cd.mondrian and feats.labels is None:
             raise ValueError(f"{feats.origin} has no 'labels': the detector is calibrated per class (Mondrian)")
         labels = feats.labels if feats.labels is not None else np.zeros(len(x), np.int64)
@@ -211,6 +223,7 @@ def _run_blocks(ray: Any, scoring: ScoringModel, payload: dict, n: int, workers:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     n_blocks = -(-n // SCORE_BLOCK)
+    workers = min(workers, n_blocks)  # no idle actors
     per_call = max(1, -(-n_blocks // (4 * workers)))  # a few calls per worker: Ray's cost per call is amortised
     blocks = ray.data.from_items([{"block": b} for b in range(n_blocks)])
     scored = blocks.map_batches(BlockScorer, batch_size=per_call, batch_format="numpy", num_cpus=1,
