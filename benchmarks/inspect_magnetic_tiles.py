@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None)
     parser.add_argument("--resize", default="pad")
     parser.add_argument("--good", type=int, default=550, help="good parts given to the inspector")
-    parser.add_argument("--calibration-fraction", type=float, default=0.3)
+    parser.add_argument("--calibration-fraction", type=float, default=0.2)
     parser.add_argument("--coreset-fraction", type=float, default=0.1)
     parser.add_argument("--border", type=int, default=0)
     parser.add_argument("--pooled", action=argparse.BooleanOptionalAction, default=False)

@@ -33,7 +33,7 @@ def inspect_fit(
     delta: Annotated[float | None, typer.Option(help="PAC form: the realised false-alarm rate is ≤ α with "
                                                 "probability ≥ 1 − δ over the calibration draw.")] = None,
     calibration_fraction: Annotated[float, typer.Option(help="Share of the good images kept for calibration "
-                                                        "(never fitted).")] = 0.3,
+                                                        "(never fitted).")] = 0.2,
     coreset_fraction: Annotated[float, typer.Option(help="Share of the good patches kept in PatchCore's memory "
                                                     "bank (greedy k-center coreset).")] = 0.1,
     border: Annotated[int, typer.Option(help="Rings of the patch grid left out of the image score.")] = 0,
