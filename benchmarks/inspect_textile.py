@@ -88,9 +88,13 @@ def main() -> None:
                      f"{r['global_flagged']:.3f} | {r['realised_fpr']:.3f} | {r['nominal_at_floor']:.3f} | "
                      f"{r['defects_at_floor']:.3f} | {r['fit_s']:.0f} | {r['run_s']:.0f} |")
     lines += ["", "\"At the floor\": the statistic (the smaller of the two member p-values against the references) "
-              "at its least value, 1/(references + 1): every such image ties with every other, whatever its "
-              "scores. A nominal test image at the floor ties with the defects there and costs AUROC, while the "
-              "flags still catch the defects.", ""]
+              "at 1/(references + 1), where plain conformal p-values put every image beyond all references, tied "
+              "whatever its scores. The inspector's joined score (file format 2) gives those member p-values a "
+              "continuous tail (`conformood.conformal.detection.ensemble.tail_p_values`), so nothing sits at the "
+              "floor. With the floor (format 1, commit f98c758) the same five seeds gave local / "
+              "global AUROC 0.9991 / 1.0000, 0.9976 / 0.9977, 0.9878 / 0.9880, 0.9935 / 0.9937, 0.9895 / 0.9899 "
+              "(mean 0.9935 / 0.9938), with 0–2.4 % of the nominal test images at the floor beside 97–100 % of "
+              "the defects.", ""]
     write_text(args.out / "inspect_textile.md", "\n".join(lines))
     print("\n".join(lines))
 

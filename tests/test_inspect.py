@@ -291,3 +291,30 @@ def test_flips_join_the_memory_bank_and_never_the_calibration(parts):
     for bad in (("rotate",), "hflip", ("hflip", "hflip")):
         with pytest.raises(ValueError, match="augment"):
             InspectConfig(**settings, augment=bad)
+
+
+def test_an_inspector_of_format_1_is_read_and_scores_as_it_was_calibrated(parts, tmp_path):
+    """Format 2 joins the two scores with a continuous tail below the references; a format-1 file (the floor)
+    still loads, scores with the floor, and is saved again as format 1, never silently converted."""
+    import json
+
+    from safetensors import safe_open
+
+    from conformood.experiments.inspect import Inspector
+    from conformood.io import load_state, save_state
+
+    root, model = parts
+    tensors, config = load_state(model, kind="Inspector")
+    assert config["format"] == 2
+    config["format"] = 1
+    old = tmp_path / "old.safetensors"
+    save_state(old, {k: v.numpy() for k, v in tensors.items()}, config, kind="Inspector")
+    insp, new = Inspector.load(old), Inspector.load(model)
+    assert insp.format == 1 and new.format == 2
+    files = read_image_files(root / "new")
+    bad = [i for i, n in enumerate(files.names) if n.startswith("bad/")]
+    a, b = insp.inspect(files), new.inspect(files)
+    assert not np.allclose(a.scores[bad], b.scores[bad])  # the defects lie beyond the references: the tail counts
+    insp.save(tmp_path / "again.safetensors")
+    with safe_open(str(tmp_path / "again.safetensors"), "np") as fh:
+        assert json.loads(fh.metadata()["config"])["format"] == 1

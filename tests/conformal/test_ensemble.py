@@ -18,7 +18,7 @@ def detectors():
             L2NormDetector().fit(train)]
 
 
-def _fpr_over_draws(detectors, rule, draws, broken=False, alpha=0.1):
+def _fpr_over_draws(detectors, rule, draws, broken=False, alpha=0.1, tail=False):
     rng = np.random.default_rng(1)
     fpr = np.empty(draws)
     for i in range(draws):
@@ -27,7 +27,8 @@ def _fpr_over_draws(detectors, rule, draws, broken=False, alpha=0.1):
             combined = CombinedScore(detectors, rule, [d.score_samples(cal) for d in detectors])
             fpr[i] = ConformalDetector(combined).calibrate(cal).predict(test, alpha).mean()
         else:
-            fpr[i] = ConformalEnsemble(detectors, rule=rule, seed=i).calibrate(cal).predict(test, alpha).mean()
+            fpr[i] = ConformalEnsemble(detectors, rule=rule, seed=i, tail=tail).calibrate(cal).predict(
+                test, alpha).mean()
     return fpr.mean(), fpr.std() / np.sqrt(draws)
 
 
@@ -38,6 +39,27 @@ def test_the_combination_keeps_the_false_alarm_rate_over_500_calibration_draws(d
     mean, se = _fpr_over_draws(detectors, rule, 500)
     assert mean <= 0.1 + 3 * se
     assert mean >= 0.06  # not bought by flagging nothing
+
+
+def test_the_continuous_tail_keeps_the_guarantee_and_orders_what_the_floor_tied(detectors):
+    """``tail=True``: the same guarantee over 300 draws (mean FPR <= α + 3 SE); member p-values equal the
+    conformal ones from the lowest reference up, and below it fall strictly with the score, under the floor."""
+    from conformood.conformal import conformal_p_values
+    from conformood.conformal.detection.ensemble import tail_p_values
+
+    mean, se = _fpr_over_draws(detectors, "min_p", 300, tail=True)
+    assert 0.06 <= mean <= 0.1 + 3 * se
+    refs = np.sort(np.random.default_rng(3).normal(size=50))
+    s = np.r_[np.linspace(refs[0] - 5, refs[0] - 1e-3, 20), refs, refs + 1e-3]
+    q, plain = tail_p_values(refs, s), conformal_p_values(refs, s)
+    below = s < refs[0]
+    assert np.array_equal(q[~below], plain[~below])
+    assert np.all(np.diff(q[below]) > 0) and np.all(q[below] < 1 / 51) and np.all(q[below] > 0)
+    assert np.all(plain[below] == 1 / 51)  # what the floor made equal
+    far = np.random.default_rng(4).normal(size=(40, 8)) * 6  # far beyond every reference on every member
+    ens = ConformalEnsemble(detectors, rule="min_p", tail=True).calibrate(np.random.default_rng(5).normal(size=(200, 8)))
+    assert np.unique(ens.score_samples(far)).size == 40  # no ties among them
+    assert ens.min_p_value() == 1 / (ens.n_calibration_ + 1)
 
 
 def test_calibrating_on_the_reference_points_breaks_the_guarantee(detectors):

@@ -45,7 +45,8 @@ from .inspect_config import RESIZES, InspectConfig, content_box, fit_input  # no
 from .sources import Encoder, check_feature_source, get_encoder
 
 KIND = "Inspector"
-FORMAT = 1
+FORMAT = 2  # 2: the joined score's member p-values have a continuous tail (1: the floor 1/(|R| + 1), still read)
+FORMATS = (1, 2)
 
 
 @dataclass
@@ -70,8 +71,9 @@ class Inspector:
 
     def __init__(self, config: InspectConfig, local: Any, knn: Any | None,
                  references: list[np.ndarray] | None, calibration: np.ndarray, sources: dict[str, dict],
-                 record: dict) -> None:
+                 record: dict, file_format: int = FORMAT) -> None:
         self.config = config
+        self.format = file_format  # how the joined score is computed (see FORMAT); kept when saved again
         self.local = local
         self.knn = knn
         self.references = references
@@ -152,7 +154,7 @@ class Inspector:
             half = np.random.default_rng(cfg.seed + 1).permutation(cal.size)
             ref, rest = np.sort(half[: cal.size // 2]), np.sort(half[cal.size // 2:])
             references = [np.sort(stat_pc[ref]), np.sort(stat_knn[ref])]
-            combined = CombinedScore([_Statistic(), _Statistic()], cfg.rule, references)
+            combined = CombinedScore([_Statistic(), _Statistic()], cfg.rule, references, tail=True)
             calibration = combined.score_samples([stat_pc[rest], stat_knn[rest]])
             split |= {"reference": [files.names[cal[i]] for i in ref],
                       "calibration": [files.names[cal[i]] for i in rest]}
@@ -169,7 +171,7 @@ class Inspector:
                                            else {}, seed=cfg.seed),
                   "seconds": {"fit": t_fit, "total": time.perf_counter() - start}}
         sources = {k: dict(e.record) for k, e in encoders.items()}
-        out = cls(cfg, patchcore, knn, references, calibration, sources, record)
+        out = cls(cfg, patchcore, knn, references, calibration, sources, record, FORMAT)
         out._encoders = encoders
         return out
 
@@ -190,7 +192,8 @@ class Inspector:
         if self.knn is None:
             return stat_pc
         stat_knn = self.knn.score_samples(pooled)
-        return CombinedScore([_Statistic(), _Statistic()], self.config.rule, self.references).score_samples(
+        return CombinedScore([_Statistic(), _Statistic()], self.config.rule, self.references,
+                             tail=self.format >= 2).score_samples(
             [stat_pc, stat_knn])
 
     def inspect(self, images: str | os.PathLike | ImageFiles, alpha: float | None = None, progress: bool = False,
@@ -224,7 +227,7 @@ class Inspector:
         tensors: dict[str, np.ndarray] = {"calibration": self.conformal.calibration_[-1]}
         pc_t, pc_c = self.local.state()
         tensors |= {f"{_LOCAL_PREFIX[self.config.local]}{k}": v for k, v in pc_t.items()}
-        config: dict[str, Any] = {"format": FORMAT, "settings": asdict(self.config), "sources": self.sources,
+        config: dict[str, Any] = {"format": self.format, "settings": asdict(self.config), "sources": self.sources,
                                   "record": self.record, "patchcore": pc_c}
         if self.knn is not None:
             knn_t, knn_c = self.knn.state()
@@ -239,8 +242,9 @@ class Inspector:
         source = str(path)
         tensors, config = load_state(path, kind=KIND)
         arrays = {k: v.numpy() for k, v in tensors.items()}
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{source}: inspector format {config.get('format')!r}, this conformood reads {FORMAT}")
+        if config.get("format") not in FORMATS:
+            raise ValueError(f"{source}: inspector format {config.get('format')!r}, this conformood reads "
+                             f"{', '.join(map(str, FORMATS))}")
         unknown = sorted(set(config) - {"format", "settings", "sources", "record", "patchcore", "knn"})
         if unknown:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
@@ -288,7 +292,7 @@ class Inspector:
         cal = arrays.get("calibration")
         if cal is None or cal.ndim != 1 or cal.size < 1 or not np.isfinite(cal).all() or np.any(np.diff(cal) < 0):
             raise ValueError(f"{source}: calibration statistics missing or damaged")
-        return cls(cfg, patchcore, knn, references, cal, sources, record)
+        return cls(cfg, patchcore, knn, references, cal, sources, record, int(config["format"]))
 
     def describe(self) -> dict:
         """The settings, decision rule and fitting record, as JSON (for results files)."""

@@ -125,7 +125,8 @@ def _resplit(held_out: dict[str, np.ndarray], defects: dict[str, np.ndarray], n_
             fpr[m].append(float(conformal.flags_from_scores(held_out[m][test], cfg.alpha).mean()))
             caught[m].append(float(conformal.flags_from_scores(defects[m], cfg.alpha).mean()))
         joined = {m: np.r_[held_out[m], defects[m]] for m in members}
-        ensemble = ConformalEnsemble([_Indexed(joined[m]) for m in members], rule=cfg.rule, seed=cfg.seed)
+        ensemble = ConformalEnsemble([_Indexed(joined[m]) for m in members], rule=cfg.rule, seed=cfg.seed,
+                                     tail=True)  # the inspector's joined score
         ensemble.calibrate([cal, cal])
         fpr[MAIN_METHOD].append(float(ensemble.predict([test, test], cfg.alpha).mean()))
         d = np.arange(n, n + defects[members[0]].size)

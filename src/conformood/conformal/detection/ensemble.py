@@ -45,14 +45,30 @@ def combine_p_values(q: np.ndarray, rule: str) -> np.ndarray:
     raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
+def tail_p_values(references: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """q_j with the tail below every reference made continuous: a score s under the lowest reference r_1 gets
+    (1 / (|R| + 1)) · exp(−(r_1 − s) / scale), scale = the median reference minus r_1 (1 if zero), instead of
+    the floor 1 / (|R| + 1) that every such score shares. Strictly increasing in s there, unchanged elsewhere:
+    inputs beyond all references no longer tie, so T orders them. T is still a fixed function of the member
+    scores given R, so the calibrated p-values stay exactly conformal."""
+    q = conformal_p_values(references, scores)
+    low = references[0]
+    scale = float(np.median(references) - low) or 1.0
+    below = scores < low
+    q[below] = np.exp(-(low - scores[below]) / scale) / (references.size + 1)
+    return q
+
+
 class CombinedScore:
     """The combined statistic T of :class:`ConformalEnsemble` as a detector (``score_samples``), with each
-    member's sorted reference scores fixed."""
+    member's sorted reference scores fixed; ``tail``: :func:`tail_p_values` for the member p-values."""
 
-    def __init__(self, detectors: Sequence[Any], rule: str, references: Sequence[np.ndarray]) -> None:
+    def __init__(self, detectors: Sequence[Any], rule: str, references: Sequence[np.ndarray],
+                 tail: bool = False) -> None:
         self.detectors = list(detectors)
         self.rule = rule
         self.references = [np.sort(r) for r in references]
+        self.tail = bool(tail)
 
     def member_p_values(self, features: Any) -> np.ndarray:
         """(n, J): each detector's p-value against its reference scores."""
@@ -61,7 +77,8 @@ class CombinedScore:
                   enumerate(zip(self.detectors, inputs))]
         if len({s.size for s in scores}) != 1:
             raise ValueError(f"the detectors scored different numbers of inputs: {[s.size for s in scores]}")
-        return np.stack([conformal_p_values(r, s) for r, s in zip(self.references, scores)], axis=1)
+        member = tail_p_values if self.tail else conformal_p_values
+        return np.stack([member(r, s) for r, s in zip(self.references, scores)], axis=1)
 
     def score_samples(self, features: Any) -> np.ndarray:
         return combine_p_values(self.member_p_values(features), self.rule)
@@ -102,11 +119,13 @@ class ConformalEnsemble:
     >>> ens.predict([test_feats, test_feats, test_logits], alpha=0.05)
 
     ``reference_fraction`` of the calibration data (at least one point) sets each detector's scale; the rest
-    calibrates the combination. ``seed`` fixes that split.
+    calibrates the combination. ``seed`` fixes that split. ``tail``: member p-values below every reference are
+    made continuous (:func:`tail_p_values`), so inputs beyond all references do not tie (the guarantee is
+    unchanged; the order among the most abnormal inputs is kept).
     """
 
     def __init__(self, detectors: Sequence[Any], rule: str = "fisher", reference_fraction: float = 0.5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, tail: bool = False) -> None:
         if isinstance(detectors, (str, bytes)) or not isinstance(detectors, Sequence) or len(detectors) < 1:
             raise ValueError("detectors must be a non-empty list of fitted detectors")
         for j, d in enumerate(detectors):
@@ -118,6 +137,9 @@ class ConformalEnsemble:
         self.rule = rule
         self.reference_fraction = check_alpha(reference_fraction, "reference_fraction")
         self.seed = check_positive_int(seed, "seed", minimum=0)
+        if not isinstance(tail, bool):
+            raise ValueError(f"tail must be True or False, got {tail!r}")
+        self.tail = tail
 
     def calibrate(self, features: Any, *, delta: float | None = None) -> ConformalEnsemble:
         """Split held-out in-distribution data into reference and calibration parts and calibrate the
@@ -131,7 +153,7 @@ class ConformalEnsemble:
         ref_inputs = member_inputs(_take(features, ref, len(self.detectors)), len(self.detectors))
         references = [check_scores(d.score_samples(x), f"reference scores of detector {j}")
                       for j, (d, x) in enumerate(zip(self.detectors, ref_inputs))]
-        self.combined_ = CombinedScore(self.detectors, self.rule, references)
+        self.combined_ = CombinedScore(self.detectors, self.rule, references, tail=self.tail)
         self.conformal_ = ConformalDetector(self.combined_).calibrate(_take(features, cal, len(self.detectors)),
                                                                       delta=delta)
         self.n_reference_, self.n_calibration_ = n_ref, n - n_ref
@@ -161,6 +183,8 @@ class ConformalEnsemble:
         the calibration statistics tied with that lowest T count against it, so this can lie well above 1/(n + 1)
         (the single detector's floor)."""
         cd = self._check_calibrated()
+        if self.tail:  # T has no floor: below every calibration statistic, the single detector's floor
+            return 1.0 / (self.n_calibration_ + 1)
         floor = combine_p_values(np.full((1, len(self.detectors)), 1.0 / (self.n_reference_ + 1)), self.rule)
         return float(cd.p_values_from_scores(floor)[0])
 
