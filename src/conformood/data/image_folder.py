@@ -12,6 +12,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,16 @@ def decode_image(raw: bytes, mode: str = "RGB", size: tuple[int, int] | None = N
     return arr.transpose(2, 0, 1)
 
 
+def encoder_input(image: np.ndarray, size: tuple[int, int]) -> Any:
+    """One uint8 image (c, h, w) as a backbone's preprocessing brings it to ``size``: float [0, 1], resized
+    bilinearly (antialiased when shrinking). The reading of images of mixed sizes, here and on the Ray workers."""
+    import torch
+
+    from .arrays import resize_bilinear
+
+    return resize_bilinear(torch.from_numpy(image[None].astype(np.float32) / 255.0), size)[0]
+
+
 def _cache_key(path: Path, split: str | None, mode: str, size: tuple[int, int] | None,
                mixed: tuple[int, int] | None = None) -> str:
     st = path.stat()
@@ -189,13 +200,9 @@ def load_image_folder(
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {where}/<class>/")
     records.sort(key=lambda r: (r[0], r[1]))
     shapes = {r[2].shape for r in records}
-    if len(shapes) > 1 and mixed_sizes_to is not None:  # each resized as a backbone's preprocessing would,
-        import torch  # in float [0, 1], so that the encoder's own resize is then a no-op
-
-        from .arrays import resize_bilinear
-
-        records = [(c, n, resize_bilinear(torch.from_numpy(a[None].astype(np.float32) / 255.0), mixed_sizes_to)[0]
-                    .numpy()) for c, n, a in records]
+    if len(shapes) > 1 and mixed_sizes_to is not None:  # each resized as a backbone's preprocessing would, in
+        # float [0, 1], so that the encoder's own resize is then a no-op
+        records = [(c, n, encoder_input(a, mixed_sizes_to).numpy()) for c, n, a in records]
         shapes = {r[2].shape for r in records}
     if len(shapes) > 1:
         raise ValueError(f"images have different sizes ({', '.join(f'{s[2]}x{s[1]}' for s in sorted(shapes)[:3])}"

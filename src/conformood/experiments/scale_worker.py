@@ -123,7 +123,7 @@ class BlockScorer:
         import torch
 
         from ..data import decode_image
-        from ..data.arrays import resize_bilinear
+        from ..data.image_folder import encoder_input
 
         size = tuple(self.encoder.record["input_size"])
         images, bad = [], np.full(rows.size, "", dtype=object)
@@ -140,7 +140,7 @@ class BlockScorer:
                                      "counts them)") from None
                 bad[i] = why
                 continue
-            images.append(resize_bilinear(torch.from_numpy(arr[None].astype(np.float32) / 255.0), size)[0])
+            images.append(encoder_input(arr, size))
         if not images:
             return np.empty((0, 0), np.float32), bad
         if self.model.use_logits:
