@@ -119,15 +119,13 @@ def score_ray(detector_file: str | os.PathLike, inputs: str | os.PathLike | None
     t0 = time.perf_counter()
     parts = _write_parts(Path(out), found, names, selected)
     bad = [f"{names[i]}: {found['bad'][i]}" for i in np.flatnonzero(~good)]
-    import ray as _ray_module
-
     config = {"detector_file": str(detector_file), "inputs": None if inputs is None else str(inputs),
               "images": None if images is None else str(images), "alpha": scoring.alpha, "use_logits": use_logits,
               "model": None if model is None else str(model), "backbone": backbone, "skip_bad": skip_bad,
               "engine": "ray", "address": address, "workers": workers, "threads": scoring.threads}
     summary = {
         **result_header("score", config, inputs={"detector_file": detector_file, "inputs": inputs, "model": model}),
-        "engine": {"name": "ray", "ray_version": _ray_module.__version__, "address": address, "workers": workers,
+        "engine": {"name": "ray", "ray_version": ray.__version__, "address": address, "workers": workers,
                    "threads_per_worker": scoring.threads, "block_rows": SCORE_BLOCK, "detector_sha256": scoring.sha256},
         "alpha": scoring.alpha, "rule": flag_rule(cd, scoring.alpha), "feature_source": origin["source"],
         "n": n, "n_scored": int(good.sum()), "n_flagged": int(found["flag"].sum()),
