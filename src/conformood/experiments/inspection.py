@@ -10,9 +10,11 @@ conformal prediction on the held-out nominal images at level α:
   change of the whole texture;
 - ``backbone_patches``: :class:`~conformood.scores.PatchGaussianDetector` on the backbone's early patch
   features (``patches_after``), which sees a small local defect that pooling averages away;
-- ``combined`` (the main method): the two backbone scores joined by a
-  :class:`~conformood.conformal.ConformalEnsemble` (``rule``, default the minimum p-value), itself calibrated,
-  so the combination keeps P(flag a nominal image) ≤ α exactly.
+- ``combined`` (the main method): an :class:`~conformood.experiments.inspect.Inspector`, what ``conformood
+  inspect fit`` builds and ``inspect run`` applies (saved as ``inspector.safetensors``): the two backbone scores
+  joined as :class:`~conformood.conformal.ConformalEnsemble` joins detectors (``rule``, default the minimum
+  p-value, with the continuous tail) and calibrated, so P(flag a nominal image) ≤ α exactly. The inspector splits
+  the nominal images it is given into fitting and calibration parts; every method uses that split.
 
 No training: the point is what a pretrained backbone brings to a data set where raw pixels are at chance.
 """
