@@ -105,6 +105,11 @@ def decode_image(raw: bytes, mode: str = "RGB", size: tuple[int, int] | None = N
     return arr.transpose(2, 0, 1)
 
 
+def unreadable(raw: bytes, exc: BaseException) -> str:
+    """Why a file is not an image, as every reader says it: "an empty file" or "not a readable image (…)"."""
+    return "an empty file" if not raw else f"not a readable image ({type(exc).__name__}: {exc})"
+
+
 def encoder_input(image: np.ndarray, size: tuple[int, int]) -> Any:
     """One uint8 image (c, h, w) as a backbone's preprocessing brings it to ``size``: float [0, 1], resized
     bilinearly (antialiased when shrinking). The reading of images of mixed sizes, here and on the Ray workers."""
@@ -190,7 +195,7 @@ def load_image_folder(
         try:
             records.append((cls, name, decode_image(raw, mode, size)))
         except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one clear error naming the file
-            kind = "an empty file" if not raw else f"not a readable image ({type(exc).__name__}: {exc})"
+            kind = unreadable(raw, exc)
             if not skip_bad:
                 raise ValueError(f"{src}: {cls}/{name} is {kind} (--skip-bad leaves such files out and lists "
                                  "them)") from None

@@ -94,7 +94,7 @@ class Inspector:
         grid = int(round(np.sqrt(patches.shape[1])))
         if isinstance(self.local, PatchCoreDetector):
             return self.local.scores_and_maps(patches, (grid, grid), (size, size))
-        d = self.local.patch_distances(patches)
+        d = _patch_distances(self.local, patches)
         return d.max(axis=1), patch_maps_to_image(d, (grid, grid), (size, size))
 
     # -- building ----------------------------------------------------------------------------------------------
@@ -138,13 +138,13 @@ class Inspector:
                                                             "hflip" else -2)), cfg.batch_size, progress=progress)
                                  for a in cfg.augment]
         if cfg.local == "patchcore":
-            patchcore = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
-                                          projection_dim=None if patches.shape[2] <= 256 else 128, progress=progress)
+            local = PatchCoreDetector(coreset_fraction=cfg.coreset_fraction, border=cfg.border, seed=cfg.seed,
+                                      projection_dim=None if patches.shape[2] <= 256 else 128, progress=progress)
         else:
-            patchcore = get_detector("patch_gaussian")
-        patchcore.fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
+            local = get_detector("patch_gaussian")
+        local.fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
         t_fit = time.perf_counter() - start
-        stat_pc = patchcore.score_samples(patches[cal])
+        stat_pc = local.score_samples(patches[cal])
         knn, references = None, None
         split: dict[str, Any] = {"fit": [files.names[i] for i in fit]}
         if cfg.pooled:
@@ -162,8 +162,7 @@ class Inspector:
             calibration = stat_pc
             split["calibration"] = [files.names[i] for i in cal]
         # the colour scale of the maps: the patch distance that the (1 − α) quantile of good images reaches
-        worst = (patchcore.patch_scores(patches[cal]) if cfg.local == "patchcore" else
-                 patchcore.patch_distances(patches[cal])).max(axis=1)
+        worst = _patch_distances(local, patches[cal]).max(axis=1)
         record = {"split": split, "skipped": list(files.skipped), "ignored": list(files.ignored), "n_good": n,
                   "images_digest": files.digest(),
                   "map_scale": float(np.quantile(worst, 1 - cfg.alpha)),
@@ -171,7 +170,7 @@ class Inspector:
                                            else {}, seed=cfg.seed),
                   "seconds": {"fit": t_fit, "total": time.perf_counter() - start}}
         sources = {k: dict(e.record) for k, e in encoders.items()}
-        out = cls(cfg, patchcore, knn, references, calibration, sources, record, FORMAT)
+        out = cls(cfg, local, knn, references, calibration, sources, record, FORMAT)
         out._encoders = encoders
         return out
 
@@ -271,8 +270,8 @@ class Inspector:
                 np.isfinite(record["map_scale"]) or record["map_scale"] <= 0:
             raise ValueError(f"{source}: the fitting record is missing or damaged")
         prefix = _LOCAL_PREFIX[cfg.local]
-        patchcore = detector_from_state(_LOCAL_KIND[cfg.local], _prefixed(tensors, prefix), config.get("patchcore")
-                                        or {}, source)
+        local = detector_from_state(_LOCAL_KIND[cfg.local], _prefixed(tensors, prefix), config.get("patchcore") or {},
+                                    source)
         knn, references = None, None
         if cfg.pooled:
             inner = config.get("knn")
@@ -292,7 +291,7 @@ class Inspector:
         cal = arrays.get("calibration")
         if cal is None or cal.ndim != 1 or cal.size < 1 or not np.isfinite(cal).all() or np.any(np.diff(cal) < 0):
             raise ValueError(f"{source}: calibration statistics missing or damaged")
-        return cls(cfg, patchcore, knn, references, cal, sources, record, int(config["format"]))
+        return cls(cfg, local, knn, references, cal, sources, record, int(config["format"]))
 
     def describe(self) -> dict:
         """The settings, decision rule and fitting record, as JSON (for results files)."""
@@ -301,6 +300,12 @@ class Inspector:
                 "decision": self.conformal.decision_rule(self.config.alpha),
                 **{k: v for k, v in self.record.items() if k != "split"},
                 "split_sizes": {k: len(v) for k, v in self.record["split"].items()}}
+
+
+def _patch_distances(local: Any, patches: np.ndarray) -> np.ndarray:
+    """(n_images, n_patches): each patch's distance under the local detector (PatchCore: to its nearest memory
+    patch; the patch Gaussian: its Mahalanobis distance)."""
+    return local.patch_scores(patches) if isinstance(local, PatchCoreDetector) else local.patch_distances(patches)
 
 
 _LOCAL_PREFIX = {"patchcore": "patchcore.", "gaussian": "gaussian."}  # the local detector's tensors in the file

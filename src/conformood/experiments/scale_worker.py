@@ -123,18 +123,17 @@ class BlockScorer:
         import torch
 
         from ..data import decode_image
-        from ..data.image_folder import encoder_input
+        from ..data.image_folder import encoder_input, unreadable
 
         size = tuple(self.encoder.record["input_size"])
         images, bad = [], np.full(rows.size, "", dtype=object)
         for i, row in enumerate(rows):
-            path = Path(self.payload["paths"][row])
+            raw = b""
             try:
-                raw = path.read_bytes()
+                raw = Path(self.payload["paths"][row]).read_bytes()
                 arr = decode_image(raw, "RGB", None)
             except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each is one line naming the file
-                why = "an empty file" if path.is_file() and path.stat().st_size == 0 else \
-                    f"not a readable image ({type(exc).__name__}: {exc})"
+                why = unreadable(raw, exc)
                 if not self.skip_bad:
                     raise ValueError(f"{self.payload['names'][row]} is {why} (--skip-bad marks such rows bad and "
                                      "counts them)") from None
