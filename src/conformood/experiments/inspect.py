@@ -88,6 +88,13 @@ class Inspector:
         """The local detector (PatchCore, or the patch Gaussian with ``local="gaussian"``)."""
         return self.local
 
+    @property
+    def score_shift(self) -> float:
+        """An image's anomaly score (higher = more anomalous) is ``score_shift`` − the calibrated statistic: the
+        worst-patch distance alone (0), or with the pooled member the joined statistic turned round (fisher:
+        −Σ log p ≥ 0; min_p and mean_rank: 1 − the p-value statistic)."""
+        return 1.0 if self.knn is not None and self.config.rule in ("min_p", "mean_rank") else 0.0
+
     def local_scores_and_maps(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The local detector's image anomaly scores (the worst patch) and maps on the model input."""
         size = self.config.size
@@ -214,10 +221,7 @@ class Inspector:
         stat = np.concatenate(stats)
         p = self.conformal.p_values_from_scores(stat)
         flags = self.conformal.flags_from_scores(stat, alpha)
-        # anomaly score, higher = more anomalous: PatchCore's worst-patch distance, or with the pooled member the
-        # joined statistic turned round (fisher: −Σ log p ≥ 0; min_p and mean_rank: 1 − the p-value statistic)
-        shift = 1.0 if self.knn is not None and self.config.rule in ("min_p", "mean_rank") else 0.0
-        return Inspection(list(files.names), shift - stat, p, flags, np.concatenate(maps), list(files.sizes),
+        return Inspection(list(files.names), self.score_shift - stat, p, flags, np.concatenate(maps), list(files.sizes),
                           list(files.skipped), files.images, list(files.ignored))
 
     # -- persistence -------------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ def run_inspection_demo(config: InspectionConfig | None, out_dir: str | Path, pr
     run = run_inspection(out / "inspector.safetensors", _image_files(images, names, test), out / "inspection",
                          maps=False, progress=progress)
     found = {row["image"]: row for row in run["images"]}
-    s_test = -np.array([found[names[i]]["score"] for i in test])  # higher = more normal, as every method here
+    # the calibrated statistic (higher = more normal, as every method here), on the scale of its threshold
+    s_test = inspector.score_shift - np.array([found[names[i]]["score"] for i in test])
     flags = np.array([found[names[i]]["flag"] for i in test])
     results[MAIN_METHOD] = _evaluate(flags, s_test, kinds[test])
     scores_out[MAIN_METHOD] = {"test": s_test.tolist(), "flagged": flags.tolist(),
