@@ -15,7 +15,8 @@ from PIL import Image
 
 from conformood.cli import main as _main
 from conformood.data.image_files import read_image_files
-from conformood.experiments.inspect import InspectConfig, Inspector, fit_input, load_inspector
+from conformood.experiments.inspect import InspectConfig, Inspector, fit_input
+from conformood.experiments.inspect_run import load_inspector
 
 
 def main(argv: list[str]) -> int:

@@ -62,28 +62,41 @@ def _make(kind: str, path: Path) -> None:
         cset.save(path)
     elif kind == "inspector":
         path.write_bytes(_inspector_bytes())
+    elif kind == "inspector_regions":
+        path.write_bytes(_inspector_bytes(regions=True))
 
 
-_INSPECTOR: list[bytes] = []
+_INSPECTOR: dict[bool, bytes] = {}
 
 
-def _inspector_bytes() -> bytes:
-    """An inspector fitted once (random MobileNetV2 at 64², 24 small gray parts), its file's bytes."""
-    if not _INSPECTOR:
+def _inspector_bytes(regions: bool = False) -> bytes:
+    """An inspector fitted once (random MobileNetV2 at 64², 24 small gray parts), its file's bytes; with
+    ``regions``, with COAT defect regions (a threshold predictor trained one epoch on 12 defective parts)."""
+    if regions not in _INSPECTOR:
         import tempfile
 
         from conformood.data.image_files import ImageFiles
         from conformood.experiments.inspect import InspectConfig, Inspector
+        from conformood.experiments.inspect_regions import RegionConfig, Regions
 
         rng = np.random.default_rng(0)
         images = [rng.random((1, 40, 48)).astype(np.float32) for _ in range(24)]
         files = ImageFiles(images, [f"p{i}.png" for i in range(24)], [(40, 48)] * 24)
         cfg = InspectConfig(backbone="mobilenet_v2", weights=None, input_size=64, coreset_fraction=0.5, alpha=0.25,
                             calibration_fraction=0.5, pooled=True)
+        inspector = Inspector.fit(files, cfg)
+        if regions:
+            masks = [np.zeros((40, 48), bool) for _ in range(12)]
+            for i, m in enumerate(masks):
+                m[i:i + 9, 2 * i:2 * i + 7] = True
+            defects = ImageFiles([np.where(m, 1.0, x).astype(np.float32) for m, x in zip(masks, images)],
+                                 [f"d{i}.png" for i in range(12)], [(40, 48)] * 12)
+            inspector.regions = Regions.fit(inspector, defects, masks, RegionConfig(method="coat", epochs=1,
+                                                                                      pixel_alpha=0.2))
         with tempfile.TemporaryDirectory() as tmp:
-            Inspector.fit(files, cfg).save(Path(tmp) / "i.safetensors")
-            _INSPECTOR.append((Path(tmp) / "i.safetensors").read_bytes())
-    return _INSPECTOR[0]
+            inspector.save(Path(tmp) / "i.safetensors")
+            _INSPECTOR[regions] = (Path(tmp) / "i.safetensors").read_bytes()
+    return _INSPECTOR[regions]
 
 
 def _load_inspector(path: Path) -> None:
@@ -99,6 +112,7 @@ LOADERS = {
     "model": load_trained_model,
     "set": load_conformal_set,
     "inspector": _load_inspector,
+    "inspector_regions": _load_inspector,
 }
 KINDS = list(LOADERS)
 
@@ -224,6 +238,24 @@ HOSTILE = {
         (lambda c, t: {**t, "extra.tensor": torch.zeros(2)}, "unexpected tensor"),
         (lambda c, t: {k: v for k, v in t.items() if not k.startswith("patchcore.")}, "lacks|memory_bank"),
         (lambda c, t: c["patchcore"]["params"].update(coreset_fraction=7), "coreset_fraction"),
+    ],
+    "inspector_regions": [
+        (lambda c, t: c["regions"]["settings"].update(method="best"), "region method"),
+        (lambda c, t: c["regions"]["settings"].update(pixel_alpha=2.0), "pixel_alpha"),
+        (lambda c, t: c["regions"]["settings"].update(method="crc"), "predictor stored with crc"),
+        (lambda c, t: c["regions"]["settings"].update(evil="x"), "not those of regions"),
+        (lambda c, t: c["regions"]["settings"].update(predictor="../evil"), "predictor"),
+        (lambda c, t: c["regions"].update(threshold="x"), "threshold is damaged"),
+        (lambda c, t: c["regions"].update(threshold=True), "threshold is damaged"),
+        (lambda c, t: c["regions"].update(scale=123.0), "another map scale"),
+        (lambda c, t: c["regions"].pop("record") and None, "stored regions are damaged"),
+        (lambda c, t: c["regions"]["record"].update(n_calibration="x"), "region record"),
+        (lambda c, t: c.pop("regions") and None, "unexpected tensor"),
+        (lambda c, t: {k: v for k, v in t.items() if k != "regions.predictor.head.2.bias"}, "predictor's tensors"),
+        (lambda c, t: {**t, "regions.predictor.head.2.bias": torch.full_like(t["regions.predictor.head.2.bias"],
+                                                                             float("nan"))}, "damaged"),
+        (lambda c, t: {**t, "regions.predictor.head.2.bias": torch.zeros(3)}, "damaged"),
+        (lambda c, t: {**t, "regions.predictor.evil": torch.zeros(3)}, "predictor's tensors"),
     ],
 }
 

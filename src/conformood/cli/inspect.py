@@ -53,14 +53,33 @@ def inspect_fit(
                                                         "memory bank: 'hflip', 'vflip' (repeat the option); for "
                                                         "parts that look the same mirrored.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the coreset.")] = 0,
+    defects: Annotated[Path | None, typer.Option(help="Folder of defective part images whose masks calibrate "
+                                                      "defect regions (with --masks).")] = None,
+    masks: Annotated[Path | None, typer.Option(help="Folder of defect masks named after the images (a.png or "
+                                                    "a_mask.png for a.jpg, same sub-folders; white = defect).")] =
+        None,
+    pixel_alpha: Annotated[float | None, typer.Option(help="Regions: the expected fraction of a defect's pixels "
+                                                      "missed, in (0, 1); default 0.1.")] = None,
+    method: Annotated[str | None, typer.Option(help="Regions: 'crc' (one threshold), 'at' or 'coat' (a threshold "
+                                               "per image, learned on half of the defects), 'ltt' (also bounds "
+                                               "the area flagged on good parts; needs --area-alpha, "
+                                               "--region-delta); default crc.")] = None,
+    area_alpha: Annotated[float | None, typer.Option(help="Regions, ltt: the mean area flagged on good parts.")] =
+        None,
+    region_delta: Annotated[float | None, typer.Option(help="Regions, ltt: both levels hold with probability ≥ 1 − "
+                                                       "this.")] = None,
+    region_epochs: Annotated[int | None, typer.Option(help="Regions, at/coat: epochs of the threshold predictor "
+                                                      "(default 30 / 60).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Leave out unreadable image files (listed) instead of stopping.")] =
         False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT.")] = False,
 ) -> None:
     """Fit PatchCore (and a pooled kNN score) on part of the good images, calibrate the decision on the rest:
-    P(flag a good part) ≤ α."""
-    from ..experiments.inspect import InspectConfig, Inspector
+    P(flag a good part) ≤ α. With --defects and --masks, also calibrate defect regions with a stated miss rate."""
+    from ..experiments.inspect import InspectConfig
+    from ..experiments.inspect_regions import RegionConfig
+    from ..experiments.inspect_run import fit_inspection
     from ._boundary import config
 
     if out.is_dir():
@@ -74,7 +93,21 @@ def inspect_fit(
                  coreset_fraction=coreset_fraction, border=border, pooled=pooled, seed=seed,
                  augment=tuple(augment or ()), local=local, rule=rule,
                  patch_stages=tuple(patch_stages) if patch_stages else None)
-    inspector = echo_warnings(Inspector.fit, normal, cfg, progress=progress, skip_bad=skip_bad)
+    region_options = {"pixel_alpha": pixel_alpha, "method": method, "area_alpha": area_alpha,
+                      "delta": region_delta, "epochs": region_epochs}
+    given = {k: v for k, v in region_options.items() if v is not None}
+    rcfg = None
+    if (defects is None) != (masks is None):
+        fail("--defects and --masks go together: the defective images and their masks")
+    if defects is None and given:
+        fail(f"--{next(iter(given)).replace('_', '-')} needs --defects and --masks to calibrate regions on")
+    if defects is not None:
+        for flag, path in (("--defects", defects), ("--masks", masks)):
+            if not path.exists():
+                fail(f"{flag} {path} does not exist")
+        rcfg = config(RegionConfig, seed=seed, **given)
+    inspector = echo_warnings(fit_inspection, normal, cfg, defects, masks, rcfg, progress=progress,
+                              skip_bad=skip_bad)
     out.parent.mkdir(parents=True, exist_ok=True)
     user_errors(inspector.save, out)
     split = {k: len(v) for k, v in inspector.record["split"].items()}
@@ -87,6 +120,8 @@ def inspect_fit(
                f"{_local_summary(inspector)}; "
                f"P(flag a good part) ≤ {cfg.alpha}{f' with probability ≥ {1 - cfg.delta:g}' if cfg.delta else ''}"
                f" -> {out}")
+    if inspector.regions is not None:
+        typer.echo(inspector.regions.guarantee())
 
 
 @inspect_app.command("run", cls=Command)
@@ -108,7 +143,7 @@ def inspect_run(
     """Score every image: anomaly score, conformal p-value and flag per image (CSV, JSON), anomaly maps,
     overlays and an HTML report."""
     from .._validation import check_alpha
-    from ..experiments.inspect import RUN_OUTPUTS, run_inspection
+    from ..experiments.inspect_run import RUN_OUTPUTS, run_inspection
 
     if alpha is not None:
         user_errors(check_alpha, alpha, "--alpha")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +36,12 @@ from .._validation import check_alpha
 from ..conformal import ConformalDetector
 from ..conformal.detection.ensemble import CombinedScore
 from ..data.image_files import ImageFiles, read_image_files
-from ..io import file_digest, load_state, save_state
+from ..io import load_state, save_state
 from ..results import provenance
 from ..scores import PatchCoreDetector, detector_from_state, get_detector
 from ..scores.patchcore import patch_maps_to_image
 from .inspect_config import RESIZES, InspectConfig, content_box, fit_input  # noqa: F401  (re-exported)
+from .inspect_regions import Regions
 from .sources import Encoder, check_feature_source, get_encoder
 
 KIND = "Inspector"
@@ -64,6 +64,7 @@ class Inspection:
     skipped: list[str]
     images: list[np.ndarray]
     ignored: list[str]
+    regions: list[np.ndarray] | None = None  # with calibrated regions: each image's region at its own size
 
 
 class Inspector:
@@ -82,6 +83,7 @@ class Inspector:
         self.conformal = ConformalDetector(_Statistic(), alpha=config.alpha).calibrate_scores(
             calibration, delta=config.delta)
         self._encoders: dict[str, Encoder] = {}
+        self.regions: Regions | None = None  # defect regions with a stated miss rate (inspect_regions)
 
     @property
     def patchcore(self) -> Any:
@@ -210,7 +212,7 @@ class Inspector:
                                                                               progress=progress)
         encoders = self.encoders()
         size = self.config.size
-        stats, maps = [], []
+        stats, maps, regions = [], [], []
         for s in range(0, len(files), batch):
             x = fit_input(files.images[s:s + batch], size, self.config.resize)
             patches = encoders["patches"].encode(x, self.config.batch_size, progress=progress)
@@ -218,11 +220,14 @@ class Inspector:
             s_pc, m = self.local_scores_and_maps(patches)
             stats.append(self._combine(-s_pc, pooled))
             maps.append(m)
+            if self.regions is not None:
+                regions += self.regions.apply(x, m, list(files.sizes[s:s + batch]), self.config)
         stat = np.concatenate(stats)
         p = self.conformal.p_values_from_scores(stat)
         flags = self.conformal.flags_from_scores(stat, alpha)
         return Inspection(list(files.names), self.score_shift - stat, p, flags, np.concatenate(maps), list(files.sizes),
-                          list(files.skipped), files.images, list(files.ignored))
+                          list(files.skipped), files.images, list(files.ignored),
+                          regions if self.regions is not None else None)
 
     # -- persistence -------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -237,6 +242,9 @@ class Inspector:
             tensors |= {f"knn.{k}": v for k, v in knn_t.items()}
             tensors |= {f"reference.{j}": r for j, r in enumerate(self.references or [])}
             config["knn"] = {"kind": type(self.knn).__name__, "config": knn_c}
+        if self.regions is not None:
+            reg_t, config["regions"] = self.regions.state()
+            tensors |= {f"regions.{k}": v for k, v in reg_t.items()}
         save_state(path, tensors, config, kind=KIND)
 
     @classmethod
@@ -248,7 +256,7 @@ class Inspector:
         if config.get("format") not in FORMATS:
             raise ValueError(f"{source}: inspector format {config.get('format')!r}, this conformood reads "
                              f"{', '.join(map(str, FORMATS))}")
-        unknown = sorted(set(config) - {"format", "settings", "sources", "record", "patchcore", "knn"})
+        unknown = sorted(set(config) - {"format", "settings", "sources", "record", "patchcore", "knn", "regions"})
         if unknown:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         settings = config.get("settings")
@@ -290,12 +298,17 @@ class Inspector:
             raise ValueError(f"{source}: pooled members stored in an inspector without pooled=True")
         expected = {"calibration"} | {f"{prefix}{k}" for k in _prefixed(arrays, prefix)} | \
             ({f"knn.{k}" for k in _prefixed(arrays, "knn.")} | {"reference.0", "reference.1"} if cfg.pooled else set())
+        expected |= {f"regions.{k}" for k in _prefixed(arrays, "regions.")} if "regions" in config else set()
         if set(arrays) != expected:
             raise ValueError(f"{source}: unexpected tensor {sorted(set(arrays) - expected)[0]!r}")
         cal = arrays.get("calibration")
         if cal is None or cal.ndim != 1 or cal.size < 1 or not np.isfinite(cal).all() or np.any(np.diff(cal) < 0):
             raise ValueError(f"{source}: calibration statistics missing or damaged")
-        return cls(cfg, local, knn, references, cal, sources, record, int(config["format"]))
+        out = cls(cfg, local, knn, references, cal, sources, record, int(config["format"]))
+        if "regions" in config:
+            out.regions = Regions.from_state(_prefixed(tensors, "regions."), config["regions"], source,
+                                             record["map_scale"])
+        return out
 
     def describe(self) -> dict:
         """The settings, decision rule and fitting record, as JSON (for results files)."""
@@ -325,56 +338,3 @@ class _Statistic:
 
     def score_samples(self, x: Any) -> np.ndarray:
         return np.asarray(x, dtype=np.float64)
-
-
-
-RUN_OUTPUTS = ("results.csv", "results.json", "report.html", "maps", "overlays")
-
-
-def load_inspector(path: str | os.PathLike) -> Inspector:
-    """:meth:`Inspector.load`, with a clear error for a file of another kind (a detector, a model)."""
-    from ..io import saved_kind
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no inspector file at {p}")
-    kind = saved_kind(p)
-    if kind != KIND:
-        what = f"a {kind!r}" if kind else "no conformood artefact"
-        raise ValueError(f"{p} holds {what}, not an inspector (write one with `conformood inspect fit`)")
-    return Inspector.load(p)
-
-
-def run_inspection(model: str | os.PathLike, images: str | os.PathLike | ImageFiles, out: str | os.PathLike,
-                   alpha: float | None = None, maps: bool = True, progress: bool = False,
-                   skip_bad: bool = False) -> dict:
-    """Judge every image of a folder (or :class:`ImageFiles` read already) with a saved inspector; write the
-    results, maps, overlays and report into ``out`` (see :func:`conformood.report.inspect_run.write_inspection`)."""
-    from ..report.inspect_run import write_inspection
-
-    start = time.perf_counter()
-    inspector = load_inspector(model)
-    alpha = inspector.config.alpha if alpha is None else check_alpha(alpha)
-    files = images if isinstance(images, ImageFiles) else read_image_files(images, skip_bad=skip_bad,
-                                                                          progress=progress)
-    found = inspector.inspect(files, alpha=alpha, progress=progress)
-    boxes = [content_box(s, inspector.config.size, inspector.config.resize) for s in found.sizes]
-    cfg = inspector.config
-    rule = "PAC: realised false-alarm rate ≤ α with probability ≥ 1 − δ = " + f"{1 - cfg.delta:g}" if cfg.delta \
-        else "marginal: P(flag a good part) ≤ α"
-    summary = {
-        "provenance": provenance({"model": str(model), "images": f"{len(files)} images given in memory" if
-                                  isinstance(images, ImageFiles) else str(images), "alpha": alpha, "maps": maps,
-                                  "skip_bad": skip_bad}, {"model": model}),
-        "images_digest": files.digest(),
-        "model": {"file": Path(model).name, "sha256": file_digest(Path(model)), "backbone": cfg.backbone,
-                  "local": cfg.local, "input_size": cfg.size, "resize": cfg.resize, "pooled": cfg.pooled,
-                  "rule": cfg.rule,
-                  "n_calibration": int(inspector.conformal.calibration_[-1].size), "fitted_alpha": cfg.alpha,
-                  "delta": cfg.delta, "map_scale": inspector.record["map_scale"]},
-        "guarantee": f"Decision rule {rule}, at α = {alpha}, for parts exchangeable with the "
-                     f"{int(inspector.conformal.calibration_[-1].size)} good calibration parts.",
-    }
-    result = write_inspection(out, found, boxes, inspector.record["map_scale"], alpha, summary, maps=maps)
-    result["seconds"] = time.perf_counter() - start
-    return result

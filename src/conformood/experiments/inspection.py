@@ -36,7 +36,8 @@ from ..metrics import decision_metrics, ood_metrics
 from ..models.extract import data_digest
 from ..results import environment, result_header
 from ..scores import get_detector
-from .inspect import InspectConfig, Inspector, run_inspection
+from .inspect import InspectConfig, Inspector
+from .inspect_run import run_inspection
 from .sources import get_encoder
 
 METHODS = ("raw_pixels", "backbone_knn", "backbone_patches", "combined")

@@ -64,6 +64,41 @@ def overlay(image: np.ndarray, scaled_map: np.ndarray) -> np.ndarray:
     return (gray * (1 - weight) + colour * weight + 0.5).astype(np.uint8)
 
 
+def region_overlay(shown: np.ndarray, region: np.ndarray, caption: str) -> np.ndarray:
+    """An overlay with the region's outline in cyan and a strip below stating the region's guarantee (wrapped to
+    the image's width)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    inside = np.pad(region, 1, mode="edge")
+    edge = region & ~(inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:])
+    out = shown.copy()
+    out[edge] = (0, 220, 255)
+    w = out.shape[1]
+    font = ImageFont.load_default(size=11)
+    lines = [""]
+    for word in caption.split():
+        trial = f"{lines[-1]} {word}".strip()
+        if lines[-1] and font.getlength(trial) > w - 4:
+            lines.append(word)
+        else:
+            lines[-1] = trial
+    strip = Image.new("RGB", (w, 13 * len(lines) + 4), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for k, line in enumerate(lines):
+        draw.text((2, 2 + 13 * k), line, fill=(0, 0, 0), font=font)
+    return np.concatenate([out, np.asarray(strip)], axis=0)
+
+
+def region_png_names(names: list[str]) -> list[str]:
+    """``regions/<dir>/<image stem>_region.png`` for every image; where two images of one folder share a stem
+    (``a.jpg`` and ``a.png``), the full name keeps them apart (``a.jpg_region.png``)."""
+    stems = [n.rsplit(".", 1)[0] for n in names]
+    seen: dict[str, int] = {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+    return [f"{stem if seen[stem] == 1 else name}_region.png" for stem, name in zip(stems, names)]
+
+
 def _png(array: np.ndarray, path: Path | None = None, thumb: int | None = None) -> bytes:
     """PNG bytes of ``array`` (written to ``path`` when given); a ``thumb`` is a JPEG of that long side instead, to
     keep the report small."""
@@ -93,23 +128,34 @@ def write_inspection(out: str | Path, inspection: Any, boxes: list[tuple[int, in
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"image": n, "score": float(s), "p_value": float(p), "flag": bool(f)}
             for n, s, p, f in zip(inspection.names, inspection.scores, inspection.p_values, inspection.flags)]
+    regions = getattr(inspection, "regions", None)
+    region_files = region_png_names(inspection.names) if regions is not None else []
+    for i, r in enumerate(rows if regions is not None else []):
+        r |= {"region_area": float(regions[i].mean()), "region": f"regions/{region_files[i]}"}
     with atomic_path(out / "results.csv") as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["image", "score", "p_value", "flag"])
+            writer = csv.DictWriter(fh, fieldnames=["image", "score", "p_value", "flag"] + (
+                ["region_area", "region"] if regions is not None else []))
             writer.writeheader()
             writer.writerows({**r, "score": f"{r['score']:.6g}", "p_value": f"{r['p_value']:.6g}",
-                              "flag": int(r["flag"])} for r in rows)
+                              "flag": int(r["flag"]), **({"region_area": f"{r['region_area']:.6g}"} if
+                                                         regions is not None else {})} for r in rows)
     thumbs: dict[int, bytes] = {}
     peaks = inspection.maps.reshape(len(rows), -1).max(axis=1) if len(rows) else np.empty(0)
     order = sorted(range(len(rows)), key=lambda i: (not rows[i]["flag"], -rows[i]["score"], -peaks[i]))
     gallery = set(order[:MAX_GALLERY])
     for i, name in enumerate(inspection.names):
+        if regions is not None:
+            _png((regions[i] * 255).astype(np.uint8), out / "regions" / region_files[i])
         if not maps and i not in gallery:
             continue
         scaled = map_on_image(inspection.maps[i], boxes[i], inspection.sizes[i]) / map_scale
         if maps:
             _png(_colormap(scaled), out / "maps" / f"{name}.png")
         shown = overlay(inspection.images[i], scaled)
+        if regions is not None:
+            shown = region_overlay(shown, regions[i], f"{summary['regions']['caption']}; this region: "
+                                                      f"{regions[i].mean():.1%} of the image")
         if maps:
             _png(shown, out / "overlays" / f"{name}.png")
         if i in gallery:
@@ -117,7 +163,9 @@ def write_inspection(out: str | Path, inspection: Any, boxes: list[tuple[int, in
     result = {**summary, "alpha": alpha, "columns": {
         "score": "anomaly score (higher = more anomalous)",
         "p_value": "conformal p-value against the good calibration parts",
-        "flag": "true where the decision rule flags the part (p-value <= alpha, or the PAC rule)"},
+        "flag": "true where the decision rule flags the part (p-value <= alpha, or the PAC rule)",
+        **({"region_area": "fraction of the image inside its defect region",
+            "region": "the region as a mask PNG at the image's own size"} if regions is not None else {})},
         "counts": {"images": len(rows), "flagged": int(sum(r["flag"] for r in rows)),
                    "skipped": len(inspection.skipped)},
         "skipped": inspection.skipped, "ignored": inspection.ignored, "images": rows}
@@ -141,6 +189,8 @@ def _report(path: Path, rows: list[dict], order: list[int], thumbs: dict[int, by
              f"<p><strong>{counts['flagged']}</strong> of {counts['images']} image(s) flagged at α = {alpha}"
              f"{left_out}.</p>",
              f"<p>{html.escape(guarantee)}</p>",
+             *([f"<p><strong>Defect regions</strong> (cyan outline; mask PNGs in <code>regions/</code>): "
+                f"{html.escape(result['regions']['guarantee'])}</p>"] if result.get("regions") else []),
              "<p>Overlays: the anomaly map on one scale for every image. Unmarked: like the good parts; yellow to "
              "red: from 70 % to 100 % and more of the distance that the worst patch of a good part reaches in "
              "(1 − α) of the good calibration parts.</p>",
