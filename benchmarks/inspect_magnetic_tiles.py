@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--pooled", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--rule", default="fisher")
     parser.add_argument("--augment", nargs="*", default=[], help="flips of the fitting parts: hflip vflip")
+    parser.add_argument("--image-score", default="worst_patch")
+    parser.add_argument("--map-sigma", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--resplits", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -103,7 +105,7 @@ def main() -> None:
     cfg = InspectConfig(backbone=args.backbone, input_size=args.input_size, resize=args.resize, alpha=args.alpha,
                         calibration_fraction=args.calibration_fraction, coreset_fraction=args.coreset_fraction,
                         border=args.border, pooled=args.pooled, rule=args.rule, seed=args.seed,
-                        augment=tuple(args.augment))
+                        augment=tuple(args.augment), image_score=args.image_score, map_sigma=args.map_sigma)
     t0 = time.perf_counter()
     inspector = Inspector.fit(subset(files, given), cfg, progress=True)
     t_fit = time.perf_counter() - t0
@@ -162,12 +164,14 @@ def main() -> None:
         f"--good {args.good} {f'--input-size {args.input_size} ' if args.input_size else ''}"
         f"--calibration-fraction {args.calibration_fraction} --coreset-fraction {args.coreset_fraction} --border "
         f"{args.border} {'--pooled' if args.pooled else '--no-pooled'}"
-        f"{' --augment ' + ' '.join(args.augment) if args.augment else ''} --name {args.name}` "
+        f"{' --augment ' + ' '.join(args.augment) if args.augment else ''} --image-score {args.image_score} "
+        f"--map-sigma {args.map_sigma:g} --name {args.name}` "
         f"({torch.get_num_threads()} threads; fit "
         f"{t_fit:.0f} s, {1000 * t_run / test.size:.0f} ms per test image with its map, "
         f"{result['seconds']['total']:.0f} s in all).", "",
         f"One inspector: {args.backbone} at {cfg.size}² ({cfg.resize}), PatchCore on two stages "
-        f"(coreset {cfg.coreset_fraction:.0%}, {args.border} border ring(s) left out of the image score)"
+        f"(coreset {cfg.coreset_fraction:.0%}, {args.border} border ring(s) left out of the image score; image "
+        f"score {cfg.image_score}, maps smoothed with σ = {cfg.map_sigma:g})"
         f"{f', joined with the pooled kNN score ({cfg.rule})' if cfg.pooled else ''}; {given.size} good parts given "
         f"({', '.join(f'{v} {k}' for k, v in s['split_sizes'].items())}), {test_good.size} good and "
         f"{(~is_good).sum()} defective test parts.", "",

@@ -160,10 +160,19 @@ def test_cli_fits_regions_and_run_writes_masks_overlays_and_report(folders):
         assert o.size[0] == x.size[0] and o.size[1] > x.size[1]  # the guarantee's strip below the part
 
 
-def test_read_defects_matches_masks_by_name(folders):
+def test_read_defects_matches_masks_by_name(folders, tmp_path):
     files, masks = read_defects(folders / "defects", folders / "masks")
     assert len(files) == len(masks) == 20
     assert all(m.shape == tuple(s) and m.dtype == bool and m.any() for m, s in zip(masks, files.sizes))
+    # the same masks as label images (defect = 1), in a sub-folder layout without the _mask suffix
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "m" / "sub").mkdir(parents=True)
+    for name, m in zip(files.names[:3], masks[:3]):
+        Image.open(folders / "defects" / name).save(tmp_path / "d" / "sub" / name)
+        Image.fromarray(m.astype(np.uint8)).save(tmp_path / "m" / "sub" / name.replace(".png", ".bmp"))
+    again, label_masks = read_defects(tmp_path / "d", tmp_path / "m")
+    assert again.names == [f"sub/{n}" for n in files.names[:3]]
+    assert all(np.array_equal(a, b) for a, b in zip(label_masks, masks[:3]))
 
 
 @pytest.fixture

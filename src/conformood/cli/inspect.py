@@ -52,6 +52,11 @@ def inspect_fit(
     augment: Annotated[list[str] | None, typer.Option(help="Flips of the fitting images whose patches join the "
                                                         "memory bank: 'hflip', 'vflip' (repeat the option); for "
                                                         "parts that look the same mirrored.")] = None,
+    image_score: Annotated[str, typer.Option(help="A part's score: 'worst_patch' (PatchCore's reweighted worst "
+                                                  "patch) or 'map_peak' (the peak of the smoothed anomaly map).")] =
+        "worst_patch",
+    map_sigma: Annotated[float, typer.Option(help="Smoothing of the anomaly maps, in input pixels (PatchCore: 4).")]
+        = 4.0,
     seed: Annotated[int, typer.Option(help="Seed of the split and the coreset.")] = 0,
     defects: Annotated[Path | None, typer.Option(help="Folder of defective part images whose masks calibrate "
                                                       "defect regions (with --masks).")] = None,
@@ -91,7 +96,7 @@ def inspect_fit(
     cfg = config(InspectConfig, backbone=backbone, weights=weights_option(weights), input_size=input_size,
                  resize=resize, alpha=alpha, delta=delta, calibration_fraction=calibration_fraction,
                  coreset_fraction=coreset_fraction, border=border, pooled=pooled, seed=seed,
-                 augment=tuple(augment or ()), local=local, rule=rule,
+                 augment=tuple(augment or ()), local=local, rule=rule, image_score=image_score, map_sigma=map_sigma,
                  patch_stages=tuple(patch_stages) if patch_stages else None)
     region_options = {"pixel_alpha": pixel_alpha, "method": method, "area_alpha": area_alpha,
                       "delta": region_delta, "epochs": region_epochs}
@@ -129,7 +134,8 @@ def inspect_run(
     model: Annotated[Path, typer.Option(help="Inspector file from `conformood inspect fit`.")],
     images: Annotated[Path, typer.Option(help="Folder (or .tar/.tar.gz) of part images to judge, in any "
                                               "sub-folders.")],
-    out: Annotated[Path, typer.Option(help="Folder for results.csv, results.json, maps/, overlays/, report.html.")]
+    out: Annotated[Path, typer.Option(help="Folder for results.csv, results.json, maps/, overlays/, report.html "
+                                           "(and regions/ when the inspector has defect regions).")]
         = Path("inspection"),
     alpha: Annotated[float | None, typer.Option(help="Decide at this level instead of the fitted α, in (0, 1).")] =
         None,
@@ -141,7 +147,7 @@ def inspect_run(
     overwrite: Annotated[bool, typer.Option(help="Replace the results of an earlier run in OUT.")] = False,
 ) -> None:
     """Score every image: anomaly score, conformal p-value and flag per image (CSV, JSON), anomaly maps,
-    overlays and an HTML report."""
+    overlays and an HTML report; with calibrated regions, each image's region as <stem>_region.png."""
     from .._validation import check_alpha
     from ..experiments.inspect_run import RUN_OUTPUTS, run_inspection
 

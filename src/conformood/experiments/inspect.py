@@ -98,13 +98,8 @@ class Inspector:
         return 1.0 if self.knn is not None and self.config.rule in ("min_p", "mean_rank") else 0.0
 
     def local_scores_and_maps(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The local detector's image anomaly scores (the worst patch) and maps on the model input."""
-        size = self.config.size
-        grid = int(round(np.sqrt(patches.shape[1])))
-        if isinstance(self.local, PatchCoreDetector):
-            return self.local.scores_and_maps(patches, (grid, grid), (size, size))
-        d = _patch_distances(self.local, patches)
-        return d.max(axis=1), patch_maps_to_image(d, (grid, grid), (size, size))
+        """The local detector's image anomaly scores and maps on the model input (see :func:`local_scores_and_maps`)."""
+        return local_scores_and_maps(self.local, self.config, patches)
 
     # -- building ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -153,7 +148,7 @@ class Inspector:
             local = get_detector("patch_gaussian")
         local.fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
         t_fit = time.perf_counter() - start
-        stat_pc = local.score_samples(patches[cal])
+        stat_pc = -local_scores_and_maps(local, cfg, patches[cal])[0]
         knn, references = None, None
         split: dict[str, Any] = {"fit": [files.names[i] for i in fit]}
         if cfg.pooled:
@@ -261,7 +256,7 @@ class Inspector:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         settings = config.get("settings")
         names = {f.name for f in fields(InspectConfig)}
-        if not isinstance(settings, dict) or not names - {"augment", "local"} <= set(settings) <= names:
+        if not isinstance(settings, dict) or not names - {"augment", "local", "image_score", "map_sigma"} <= set(settings) <= names:
             raise ValueError(f"{source}: the stored settings are not those of an inspector")
         try:
             cfg = InspectConfig(**settings)
@@ -317,6 +312,17 @@ class Inspector:
                 "decision": self.conformal.decision_rule(self.config.alpha),
                 **{k: v for k, v in self.record.items() if k != "split"},
                 "split_sizes": {k: len(v) for k, v in self.record["split"].items()}}
+
+
+def local_scores_and_maps(local: Any, cfg: InspectConfig, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image anomaly scores (``cfg.image_score``: the worst patch, or the peak of the map) and anomaly maps on the
+    model input (patch distances upsampled and smoothed with ``cfg.map_sigma``) of the local detector."""
+    size, grid = cfg.size, int(round(np.sqrt(patches.shape[1])))
+    if isinstance(local, PatchCoreDetector) and cfg.image_score == "worst_patch":
+        return local.scores_and_maps(patches, (grid, grid), (size, size), cfg.map_sigma)
+    d = _patch_distances(local, patches)
+    maps = patch_maps_to_image(d, (grid, grid), (size, size), cfg.map_sigma)
+    return (d.max(axis=1) if cfg.image_score == "worst_patch" else maps.reshape(len(maps), -1).max(axis=1)), maps
 
 
 def _patch_distances(local: Any, patches: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ RESIZES = ("stretch", "pad")
 AUGMENTS = ("hflip", "vflip")
 #: the local (patch) detector: PatchCore's nearest-patch distances, or one Gaussian of all good patches
 LOCALS = ("patchcore", "gaussian")
+IMAGE_SCORES = ("worst_patch", "map_peak")
 GAUSSIAN_STAGE = 3  # the gaussian's default stage: 3 units (stride 4), the inspection demo's
 
 
@@ -31,6 +32,10 @@ class InspectConfig:
     "gaussian" (:class:`~conformood.scores.PatchGaussianDetector`, one Gaussian of every good patch, on one early
     stage at a quarter of the input resolution; uniform textures, where a defect may be a few pixels of noise:
     the textile demo).
+    ``image_score``: "worst_patch" (PatchCore's reweighted worst patch, its eq. 7; the patch Gaussian's largest
+    distance) or "map_peak" (the peak of the anomaly map, the patch distances upsampled and smoothed with a Gaussian
+    of ``map_sigma`` pixels: a lone outlying patch counts less than a defect that spans several). ``map_sigma``: the
+    maps' smoothing (PatchCore: 4).
     ``border``: rings of the patch grid left out of the image score (:class:`~conformood.scores.PatchCoreDetector`;
     0 by default, since the counted zero padding already keeps the part's edge from dominating, and a defect at the
     edge must not go unseen). ``resize`` "pad" keeps the aspect ratio (magnetic tiles: mean image AUROC 0.935,
@@ -56,6 +61,8 @@ class InspectConfig:
     batch_size: int = 16
     augment: tuple[str, ...] = ()
     local: str = "patchcore"
+    image_score: str = "worst_patch"
+    map_sigma: float = 4.0
 
     def __post_init__(self) -> None:
         from ..models import BACKBONES
@@ -89,6 +96,9 @@ class InspectConfig:
         self.augment = tuple(self.augment)
         if self.local not in LOCALS:
             raise ValueError(f"local must be one of {', '.join(LOCALS)}, got {self.local!r}")
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score must be one of {', '.join(IMAGE_SCORES)}, got {self.image_score!r}")
+        self.map_sigma = check_positive_float(self.map_sigma, "map_sigma")
         if self.patch_stages is not None:
             stages = self.patch_stages
             count = 2 if self.local == "patchcore" else 1

@@ -84,8 +84,8 @@ MASK_SUFFIXES = ("", "_mask")  # a mask of a.jpg is a.<any image extension> or a
 def read_defects(images: str | os.PathLike | ImageFiles, masks: str | os.PathLike | ImageFiles,
                  progress: bool = False) -> tuple[ImageFiles, list[np.ndarray]]:
     """Defective images and their masks, matched by name: the mask of ``sub/a.jpg`` is ``sub/a.<ext>`` or
-    ``sub/a_mask.<ext>`` under the mask folder (any image format; a pixel is defect where the mask is > 0.5 of its
-    range). A missing mask, a mask without an image, a mask of another size or an empty mask is an error."""
+    ``sub/a_mask.<ext>`` under the mask folder (any image format; a pixel is defect where the mask is above half its
+    range, or, in a mask whose values all lie below that, such as a label mask of 0 and 1, where it is not 0). A missing mask, a mask without an image, a mask of another size or an empty mask is an error."""
     files = images if isinstance(images, ImageFiles) else read_image_files(images, progress=progress)
     mask_files = masks if isinstance(masks, ImageFiles) else read_image_files(masks, progress=progress)
     where = "the masks" if isinstance(masks, ImageFiles) else str(masks)
@@ -106,7 +106,8 @@ def read_defects(images: str | os.PathLike | ImageFiles, masks: str | os.PathLik
         if tuple(mask_files.sizes[j]) != tuple(size):
             raise ValueError(f"{where}: the mask {mask_files.names[j]} is {mask_files.sizes[j][0]}x"
                              f"{mask_files.sizes[j][1]}, its image {name} is {size[0]}x{size[1]}")
-        mask = mask_files.images[j].max(axis=0) > 0.5
+        level = mask_files.images[j].max(axis=0)
+        mask = level > (0.5 if level.max() > 0.5 else 0.0)  # 0/255 masks, and label masks that mark defects by 1
         if not mask.any():
             raise ValueError(f"{where}: the mask {mask_files.names[j]} of {name} is empty; a defective image needs "
                              "a marked defect (leave good parts out of --defects)")
@@ -117,12 +118,13 @@ def read_defects(images: str | os.PathLike | ImageFiles, masks: str | os.PathLik
     return files, out
 
 
-def _model_input(files: ImageFiles, cfg: Any) -> np.ndarray:
-    """The images as the backbone sees them, with three channels (the threshold predictor's input)."""
+def model_input_images(files: ImageFiles, cfg: Any) -> np.ndarray:
+    """The images as the inspector's backbone sees them (``cfg`` its InspectConfig), with three channels: the
+    threshold predictor's input."""
     return _three(fit_input(files, cfg.size, cfg.resize))
 
 
-def _mask_on_input(mask: np.ndarray, cfg: Any) -> np.ndarray:
+def mask_on_input(mask: np.ndarray, cfg: Any) -> np.ndarray:
     """A mask on the model input as its image is placed there; a pixel is defect where any of its own is (so that
     a defect of a few pixels never vanishes from the predictor's training target)."""
     import torch
@@ -263,9 +265,9 @@ class Regions:
                              f"{cfg.train_fraction:.0%} of them (at least 2) and the rest calibrate (at least 1)")
         order = np.random.default_rng(cfg.seed).permutation(n)
         train, cal = np.sort(order[:n_train]), np.sort(order[n_train:])
-        x = _model_input(defects, inspector.config)
+        x = model_input_images(defects, inspector.config)
         u = unit_maps(maps, scale).astype(np.float32)
-        m = np.stack([_mask_on_input(masks[i], inspector.config) for i in range(n)])
+        m = np.stack([mask_on_input(masks[i], inspector.config) for i in range(n)])
         trained = train_threshold_predictor(x[train], u[train], m[train], cfg.pixel_alpha, cfg.method, cfg.epochs,
                                             seed=cfg.seed, progress=progress, predictor=cfg.predictor)
         probe = Regions(cfg, scale, 0.0, trained.model)

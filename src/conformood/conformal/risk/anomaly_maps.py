@@ -167,19 +167,35 @@ def ltt_region_threshold(values: Sequence[np.ndarray], good_unit: Sequence[np.nd
         raise ValueError("the LTT grid must be finite and strictly increasing")
     if not len(values) or not len(good_unit):
         raise ValueError("LTT needs defective images (for the miss rate) and good images (for the area)")
-    fnr = fnr_at(values, t).mean(axis=0)
-    area = area_at(good_unit, t).mean(axis=0)
-    n_def, n_good = len(values), len(good_unit)
+    return ltt_from_risks(fnr_at(values, t), area_at(good_unit, t), alpha, beta, delta, t)
+
+
+def ltt_from_risks(fnr: ArrayLike, area: ArrayLike, alpha: float, area_alpha: float, delta: float,
+                   grid: ArrayLike) -> LTTRegion:
+    """:func:`ltt_region_threshold` from the per-image risks on the grid: ``fnr`` (n_defective, K) and ``area``
+    (n_good, K), each in [0, 1], for the K increasing thresholds of ``grid``."""
+    alpha, beta, delta = check_alpha(alpha), check_alpha(area_alpha, "area_alpha"), check_alpha(delta, "delta")
+    t = np.asarray(grid, dtype=np.float64).reshape(-1)
+    f, a = np.asarray(fnr, dtype=np.float64), np.asarray(area, dtype=np.float64)
+    if f.ndim != 2 or a.ndim != 2 or f.shape[1] != t.size or a.shape[1] != t.size or not f.shape[0] or not \
+            a.shape[0]:
+        raise ValueError(f"risks must be (n, {t.size}) for the grid's {t.size} thresholds, got {f.shape} and "
+                         f"{a.shape}")
+    if not (np.isfinite(f).all() and np.isfinite(a).all()) or f.min() < 0 or f.max() > 1 or a.min() < 0 or \
+            a.max() > 1:
+        raise ValueError("risks must lie in [0, 1]")
+    n_def, n_good = f.shape[0], a.shape[0]
+    fnr_mean, area_mean = f.mean(axis=0), a.mean(axis=0)
     miss_ok = 0  # fixed sequence from the lowest threshold (fewest misses) upward
-    while miss_ok < t.size and hb_p_value(fnr[miss_ok], n_def, alpha) <= delta / 2:
+    while miss_ok < t.size and hb_p_value(fnr_mean[miss_ok], n_def, alpha) <= delta / 2:
         miss_ok += 1
     area_ok = t.size  # fixed sequence from the highest threshold (least area) downward
-    while area_ok > 0 and hb_p_value(area[area_ok - 1], n_good, beta) <= delta / 2:
+    while area_ok > 0 and hb_p_value(area_mean[area_ok - 1], n_good, beta) <= delta / 2:
         area_ok -= 1
     if area_ok >= miss_ok:
         raise ValueError(
             f"no threshold holds both a miss rate <= {alpha} and a good-part area <= {beta} with probability >= "
             f"{1 - delta:g} on {n_def} defective and {n_good} good calibration images; raise a level, delta, or give "
             "more images")
-    return LTTRegion(float(t[area_ok]), float(t[area_ok]), float(t[miss_ok - 1]), float(fnr[area_ok]),
-                     float(area[area_ok]))
+    return LTTRegion(float(t[area_ok]), float(t[area_ok]), float(t[miss_ok - 1]), float(fnr_mean[area_ok]),
+                     float(area_mean[area_ok]))
