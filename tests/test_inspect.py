@@ -324,3 +324,22 @@ def test_an_inspector_of_format_1_is_read_and_scores_as_it_was_calibrated(parts,
     insp.save(tmp_path / "again.safetensors")
     with safe_open(str(tmp_path / "again.safetensors"), "np") as fh:
         assert json.loads(fh.metadata()["config"])["format"] == 1
+
+
+@pytest.mark.parametrize("local", ["patchcore", "gaussian"])
+def test_map_peak_image_score_is_calibrated_on_what_it_scores(local):
+    """With ``image_score="map_peak"`` the calibration statistics are the peaks of the calibration parts' maps, as
+    ``inspect`` computes them (the worst patch would be another statistic, and the false-alarm rate would not hold)."""
+    from conformood.data.image_files import ImageFiles
+
+    rng = np.random.default_rng(0)
+    images = [(_part(rng, 60, 70, False) / 255.0).astype(np.float32)[None] for _ in range(20)]
+    files = ImageFiles(images, [f"g{i}.png" for i in range(20)], [(60, 70)] * 20)
+    cfg = InspectConfig(backbone="mobilenet_v2", weights=None, input_size=64, alpha=0.25, calibration_fraction=0.5,
+                        local=local, image_score="map_peak", map_sigma=3.0,
+                        **({"patch_stages": (3,)} if local == "gaussian" else {"coreset_fraction": 0.5}))
+    insp = Inspector.fit(files, cfg)
+    cal = [files.names.index(n) for n in insp.record["split"]["calibration"]]
+    found = insp.inspect(ImageFiles([images[i] for i in cal], [files.names[i] for i in cal], [(60, 70)] * len(cal)))
+    assert np.allclose(np.sort(-found.scores), insp.conformal.calibration_[-1], rtol=1e-5, atol=1e-7)
+    assert np.allclose(found.scores, found.maps.reshape(len(cal), -1).max(axis=1), rtol=1e-6)

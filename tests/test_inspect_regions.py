@@ -225,6 +225,9 @@ def test_bad_masks_are_one_line_and_nothing_is_written(bad_masks, folders, kind,
     (["--defects", "D", "--masks", "M", "--area-alpha", "0.1", "--region-delta", "0.1"], "belong to ltt"),
     (["--defects", "D", "--masks", "M", "--region-epochs", "0"], "epochs"),
     (["--defects", "nowhere", "--masks", "M"], "does not exist"),
+    (["--image-score", "mean"], "image_score"),
+    (["--map-sigma", "0"], "map_sigma"),
+    (["--map-sigma", "inf"], "map_sigma"),
 ])
 def test_bad_region_options_are_one_line(folders, extra, match, capsys):
     model = folders / "never.safetensors"
