@@ -244,3 +244,17 @@ def test_too_few_defective_images_are_refused(inspector, method, n, match):
     defects, masks = _defect_files(n, 1)
     with pytest.raises(ValueError, match=match):
         Regions.fit(inspector, defects, masks, RegionConfig(method=method, pixel_alpha=0.1))
+
+
+def test_cli_ltt_regions_use_the_good_calibration_parts(folders):
+    root = folders
+    model = root / "ltt.safetensors"
+    assert main(["inspect", "fit", "--normal", str(root / "good"), "--out", str(model), "--defects",
+                 str(root / "defects"), "--masks", str(root / "masks"), "--method", "ltt", "--pixel-alpha", "0.5",
+                 "--area-alpha", "0.9", "--region-delta", "0.5", *FIT]) == 0
+    insp = load_inspector(model)
+    rec = insp.regions.record
+    assert rec["n_good"] == len(insp.record["split"]["calibration"]) == 12
+    low, high = rec["certified"]
+    assert low <= insp.regions.threshold <= high
+    assert "probability ≥ 0.5" in insp.regions.guarantee()
