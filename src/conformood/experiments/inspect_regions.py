@@ -200,8 +200,8 @@ class Regions:
     def caption(self) -> str:
         """The guarantee in a few words, for the overlays (plain ASCII)."""
         c = self.config
-        area = f", good-part area <= {c.area_alpha:.0%}, w.p. >= {1 - c.delta:g}" if c.method == "ltt" else ""
-        return (f"{c.method.upper()} region: misses <= {c.pixel_alpha:.0%} of defect pixels on average{area} "
+        area = f", good-part area <= {100 * c.area_alpha:g}%, w.p. >= {1 - c.delta:g}" if c.method == "ltt" else ""
+        return (f"{c.method.upper()} region: misses <= {100 * c.pixel_alpha:g}% of defect pixels on average{area} "
                 f"({self.record.get('n_calibration', '?')} calibration parts)")
 
     # -- fitting -----------------------------------------------------------------------------------------------
