@@ -7,8 +7,9 @@ Data (``--data``):
   ``inspect_magnetic_tiles.py``) is fitted on 550 good parts; every defective part (blowhole, break, crack, with its
   pixel mask) and the 133 other good parts are scored once, at their own sizes.
 - ``textile``: the demo's textile images. An inspector (the demo's: patch Gaussian + pooled kNN of MobileNetV2) is
-  fitted on 600 nominal images; 300 other nominal images get a synthetic defect whose mask is known (half CutPaste,
-  half NSA: the project's outliers), and 100 stay good.
+  fitted on 600 nominal images; 300 other nominal images get a synthetic defect whose mask is known (a third each:
+  CutPaste and NSA, the project's outliers, and a rectangle of pixel noise like the data set's own local defects), and
+  100 stay good.
 
 Protocol: a fixed ``--train-fraction`` of the defective images (seeded) trains the AT and COAT threshold predictors
 (COAT eq. 8 / Algorithm 1, the small f_D, the paper's 30 / 60 epochs), once per α. The other defective images are
@@ -80,11 +81,13 @@ def textile(args: argparse.Namespace) -> dict:
     fit, defect_base, test_good = order[:600], order[600:900], order[900:1000]
     x = torch.from_numpy(data.images[defect_base].astype(np.float32) / 255.0)
     g = torch.Generator().manual_seed(args.seed)
-    half = x.shape[0] // 2
-    cp, cp_masks = cutpaste(x[:half], area=(0.005, 0.05), jitter=0.3, generator=g)
-    nsa, nsa_masks = nsa_outliers(x[half:], area=(0.005, 0.05), generator=g)
-    defects = torch.cat([cp, nsa]).numpy()
-    masks = list(torch.cat([cp_masks, nsa_masks]).numpy())
+    third = x.shape[0] // 3
+    cp, cp_masks = cutpaste(x[:third], area=(0.005, 0.05), jitter=0.3, generator=g)
+    nsa, nsa_masks = nsa_outliers(x[third:2 * third], area=(0.005, 0.05), generator=g)
+    noise, noise_masks = _noise_patches(x[2 * third:], np.random.default_rng(args.seed))
+    defects = torch.cat([cp, nsa, noise]).numpy()
+    masks = list(torch.cat([cp_masks, nsa_masks, noise_masks]).numpy())
+    kinds = ["cutpaste"] * third + ["nsa"] * third + ["noise"] * (len(masks) - 2 * third)
 
     def files(images: np.ndarray, prefix: str) -> ImageFiles:
         imgs = [im.astype(np.float32) / 255.0 if im.dtype == np.uint8 else im.astype(np.float32) for im in images]
@@ -94,8 +97,25 @@ def textile(args: argparse.Namespace) -> dict:
                         patch_stages=(3,), pooled=True, rule="min_p", calibration_fraction=1 / 3, seed=args.seed,
                         batch_size=50)
     return {"fit": files(data.images[fit], "n"), "config": cfg, "defects": files(defects, "d"), "masks": masks,
-            "kinds": np.array(["cutpaste"] * half + ["nsa"] * (len(masks) - half)),
+            "kinds": np.array(kinds),
             "good": files(data.images[test_good], "g"), "source": {"data": "conformal-clip-data textile"}}
+
+
+def _noise_patches(x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rectangle of 0.2–2 % of the image (aspect 1/3 to 3) half replaced by uniform noise: the kind of local defect
+    the textile data set holds, here with its mask."""
+    out, masks = x.clone(), torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.bool)
+    h, w = x.shape[2:]
+    for i in range(x.shape[0]):
+        area, aspect = rng.uniform(0.002, 0.02) * h * w, np.exp(rng.uniform(np.log(1 / 3), np.log(3)))
+        ph, pw = max(2, min(h - 1, int(round(np.sqrt(area * aspect))))), max(2, min(w - 1, int(round(np.sqrt(
+            area / aspect)))))
+        top, left = int(rng.integers(0, h - ph)), int(rng.integers(0, w - pw))
+        patch = out[i, :, top:top + ph, left:left + pw]
+        out[i, :, top:top + ph, left:left + pw] = 0.5 * patch + 0.5 * torch.from_numpy(
+            rng.random(patch.shape).astype(np.float32))
+        masks[i, top:top + ph, left:left + pw] = True
+    return out, masks
 
 
 def prepare(args: argparse.Namespace) -> dict:
