@@ -3,8 +3,6 @@ the miss-rate guarantee over many random splits, LTT's joint guarantee, and refu
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 

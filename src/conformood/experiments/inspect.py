@@ -256,7 +256,8 @@ class Inspector:
             raise ValueError(f"{source}: unknown field {unknown[0]!r}")
         settings = config.get("settings")
         names = {f.name for f in fields(InspectConfig)}
-        if not isinstance(settings, dict) or not names - {"augment", "local", "image_score", "map_sigma"} <= set(settings) <= names:
+        later = {"augment", "local", "image_score", "map_sigma"}  # settings added since format 1: defaults when absent
+        if not isinstance(settings, dict) or not names - later <= set(settings) <= names:
             raise ValueError(f"{source}: the stored settings are not those of an inspector")
         try:
             cfg = InspectConfig(**settings)

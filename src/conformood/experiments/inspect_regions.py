@@ -85,7 +85,8 @@ def read_defects(images: str | os.PathLike | ImageFiles, masks: str | os.PathLik
                  progress: bool = False) -> tuple[ImageFiles, list[np.ndarray]]:
     """Defective images and their masks, matched by name: the mask of ``sub/a.jpg`` is ``sub/a.<ext>`` or
     ``sub/a_mask.<ext>`` under the mask folder (any image format; a pixel is defect where the mask is above half its
-    range, or, in a mask whose values all lie below that, such as a label mask of 0 and 1, where it is not 0). A missing mask, a mask without an image, a mask of another size or an empty mask is an error."""
+    range, or, in a mask whose values all lie below that, such as a label mask of 0 and 1, where it is not 0). A
+    missing mask, a mask without an image, a mask of another size or an empty mask is an error."""
     files = images if isinstance(images, ImageFiles) else read_image_files(images, progress=progress)
     mask_files = masks if isinstance(masks, ImageFiles) else read_image_files(masks, progress=progress)
     where = "the masks" if isinstance(masks, ImageFiles) else str(masks)
