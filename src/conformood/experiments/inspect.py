@@ -148,7 +148,8 @@ class Inspector:
             local = get_detector("patch_gaussian")
         local.fit(np.concatenate(bank) if len(bank) > 1 else bank[0])
         t_fit = time.perf_counter() - start
-        stat_pc = -local_scores_and_maps(local, cfg, patches[cal])[0]
+        stat_pc = -np.concatenate([local_scores_and_maps(local, cfg, patches[cal[i:i + 64]])[0]  # maps in chunks
+                                   for i in range(0, cal.size, 64)])
         knn, references = None, None
         split: dict[str, Any] = {"fit": [files.names[i] for i in fit]}
         if cfg.pooled:
@@ -312,7 +313,9 @@ class Inspector:
                 "n_calibration": int(self.conformal.calibration_[-1].size),
                 "decision": self.conformal.decision_rule(self.config.alpha),
                 **{k: v for k, v in self.record.items() if k != "split"},
-                "split_sizes": {k: len(v) for k, v in self.record["split"].items()}}
+                "split_sizes": {k: len(v) for k, v in self.record["split"].items()},
+                **({"regions": {"guarantee": self.regions.guarantee(), **self.regions.state()[1]}}
+                   if self.regions is not None else {})}
 
 
 def local_scores_and_maps(local: Any, cfg: InspectConfig, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
