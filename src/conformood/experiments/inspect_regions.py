@@ -10,7 +10,8 @@ inspector. It is calibrated on defective images with pixel masks, on the anomaly
   by the exact AT/COAT correction (Algorithm 1 lines 15–17);
 - ``ltt``: one threshold that holds both the miss rate on defective parts (≤ ``pixel_alpha``) and the flagged area
   on good parts (≤ ``area_alpha``) with probability ≥ 1 − ``delta`` (Learn-then-Test), on the inspector's good
-  calibration images.
+  calibration images. Its grid of thresholds is fixed in u, and u's scale c is a quantile of those same good
+  images: one scalar that LTT's statement takes as given (the regions benchmark tests the area on other good parts).
 
 The guarantee of crc/at/coat: over defective parts exchangeable with the calibration ones, the expected fraction of
 a part's defect pixels that its region misses is ≤ ``pixel_alpha``. It says nothing of one part: a region may
