@@ -71,10 +71,6 @@ def mask_on_input(mask: np.ndarray, size: int, resize: str) -> np.ndarray:
     return out
 
 
-def subset(files: ImageFiles, idx: np.ndarray) -> ImageFiles:
-    return ImageFiles([files.images[i] for i in idx], [files.names[i] for i in idx], [files.sizes[i] for i in idx])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -107,10 +103,10 @@ def main() -> None:
                         border=args.border, pooled=args.pooled, rule=args.rule, seed=args.seed,
                         augment=tuple(args.augment), image_score=args.image_score, map_sigma=args.map_sigma)
     t0 = time.perf_counter()
-    inspector = Inspector.fit(subset(files, given), cfg, progress=True)
+    inspector = Inspector.fit(files.subset(given), cfg, progress=True)
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
-    found = inspector.inspect(subset(files, test), progress=True)
+    found = inspector.inspect(files.subset(test), progress=True)
     t_run = time.perf_counter() - t0
     is_good = kinds[test] == "free"
     per_kind = {}

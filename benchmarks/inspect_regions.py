@@ -53,7 +53,7 @@ from conformood.io import file_digest, write_json, write_text
 from conformood.results import environment, provenance
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inspect_magnetic_tiles import read_parts, subset  # noqa: E402
+from inspect_magnetic_tiles import read_parts  # noqa: E402
 
 METHODS = ("CRC", "AT", "COAT", "LTT")
 
@@ -66,8 +66,8 @@ def magnetic_tiles(args: argparse.Namespace) -> dict:
     defective = np.flatnonzero(kinds != "free")
     cfg = InspectConfig(input_size=args.input_size, image_score=args.image_score, map_sigma=args.map_sigma,
                         seed=args.seed)
-    return {"fit": subset(files, given), "config": cfg, "defects": subset(files, defective),
-            "masks": [masks[i] for i in defective], "kinds": kinds[defective], "good": subset(files, test_good),
+    return {"fit": files.subset(given), "config": cfg, "defects": files.subset(defective),
+            "masks": [masks[i] for i in defective], "kinds": kinds[defective], "good": files.subset(test_good),
             "source": {"data": str(args.tiles), "data_sha256": file_digest(args.tiles)}}
 
 

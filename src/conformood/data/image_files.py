@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,11 @@ class ImageFiles:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def subset(self, indices: Sequence[int]) -> ImageFiles:
+        """The images at ``indices``, in that order (the folder's skipped and ignored files stay with the folder)."""
+        return ImageFiles([self.images[i] for i in indices], [self.names[i] for i in indices],
+                          [self.sizes[i] for i in indices])
 
     def digest(self) -> str:
         """SHA-256 over every image's name, shape and pixels, in order: what was read, whatever the files."""

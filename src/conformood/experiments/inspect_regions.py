@@ -334,10 +334,3 @@ def _load_predictor(name: str, tensors: dict[str, Any], source: str) -> Any:
 
 def _three(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x[:, :3], dtype=np.float32)
-
-
-def region_risks(regions: list[np.ndarray], masks: list[np.ndarray | None]) -> dict[str, Any]:
-    """Per image the fraction of its defect pixels missed (None without a defect) and the area of its region."""
-    fnr = [None if m is None or not m.any() else float(1 - (r & m).sum() / m.sum()) for r, m in zip(regions, masks)]
-    return {"fnr": fnr, "area": [float(r.mean()) for r in regions]}
-

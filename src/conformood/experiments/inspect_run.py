@@ -90,8 +90,6 @@ def fit_inspection(normal: str | os.PathLike, config: InspectConfig | None = Non
         if rcfg.method == "ltt":
             files = read_image_files(normal, skip_bad=skip_bad)
             keep = set(inspector.record["split"]["calibration"]) | set(inspector.record["split"].get("reference", []))
-            idx = [i for i, n in enumerate(files.names) if n in keep]
-            good = ImageFiles([files.images[i] for i in idx], [files.names[i] for i in idx],
-                              [files.sizes[i] for i in idx])
+            good = files.subset([i for i, n in enumerate(files.names) if n in keep])
         inspector.regions = Regions.fit(inspector, found[0], found[1], rcfg, good=good, progress=progress)
     return inspector
