@@ -1,5 +1,5 @@
-"""Features of a fine-tuned MobileNetV2 whose first blocks stayed the pretrained ones (the fine-tuning recipes
-freeze the first ``freeze_blocks`` blocks and every BatchNorm statistic).
+"""Features of a fine-tuned pretrained backbone (MobileNetV2, EfficientNet-Lite) whose first units stayed the
+pretrained ones (the fine-tuning recipes freeze the first ``freeze_blocks`` units and every BatchNorm statistic).
 
 The frozen blocks' output for a set of images is the same for every model fine-tuned from the same weights,
 so it is computed once through ``extract_features`` (cached by weights, data and preprocessing) and only the
@@ -17,23 +17,31 @@ from conformood.models import backbone_from_module, extract_features, get_backbo
 from conformood.models.backbones import cache_dir
 
 
-def trunk_features(images: np.ndarray, blocks: int, input_size: int) -> torch.Tensor:
-    """The frozen first ``blocks`` blocks' output maps of every image, flattened (cached)."""
-    pretrained = get_backbone("mobilenet_v2", input_size=input_size)
-    net = pretrained.module.net
-    trunk = backbone_from_module(lambda x: net.features[:blocks](x).flatten(1), input_size=input_size,
-                                 name=f"mobilenet_v2-first-{blocks}-blocks",
-                                 weights_digest=pretrained.weights_digest)
+def _run(units: list, x: torch.Tensor) -> torch.Tensor:
+    for unit in units:
+        x = unit(x)
+    return x
+
+
+def trunk_features(images: np.ndarray, blocks: int, input_size: int, backbone: str = "mobilenet_v2"
+                   ) -> torch.Tensor:
+    """The frozen first ``blocks`` units' output maps of every image, flattened (cached)."""
+    pretrained = get_backbone(backbone, input_size=input_size)
+    units = pretrained.module.net.units()[:blocks]
+    trunk = backbone_from_module(lambda x: _run(units, x).flatten(1), input_size=input_size,
+                                 name=f"{backbone}-first-{blocks}-blocks", weights_digest=pretrained.weights_digest,
+                                 mean=pretrained.mean, std=pretrained.std)
     return torch.from_numpy(extract_features(trunk, np.ascontiguousarray(images), cache=cache_dir() / "features"))
 
 
 def head_features(model, trunk: torch.Tensor, blocks: int, input_size: int, batch: int = 1000) -> np.ndarray:
-    """The fine-tuned encoder's pooled features from the frozen blocks' output."""
+    """The fine-tuned encoder's pooled features from the frozen units' output."""
     net = model.encoder.net.net
     net.eval()
+    units = net.units()
     with torch.no_grad():
-        shape = net.features[:blocks](torch.zeros(1, 3, input_size, input_size)).shape[1:]
-        out = [net.features[blocks:](trunk[s : s + batch].view(-1, *shape)).mean(dim=(2, 3))
+        shape = _run(units[:blocks], torch.zeros(1, 3, input_size, input_size)).shape[1:]
+        out = [_run(units[blocks:], trunk[s : s + batch].view(-1, *shape)).mean(dim=(2, 3))
                for s in range(0, trunk.shape[0], batch)]
     return torch.cat(out).numpy()
 
@@ -45,7 +53,8 @@ def finetuned_features(model, config: dict, images: np.ndarray, sample: int = 8)
     blocks, size = int(options["freeze_blocks"]), int(options["input_size"])
     if blocks < 1:
         raise ValueError("the model has no frozen blocks: extract its features with extract_features directly")
-    feats = head_features(model, trunk_features(images, blocks, size), blocks, size)
+    feats = head_features(model, trunk_features(images, blocks, size, config.get("encoder", "mobilenet_v2")),
+                          blocks, size)
     rows = np.linspace(0, len(images) - 1, min(sample, len(images))).astype(int)
     direct = model.features(to_float_images(np.ascontiguousarray(images[rows]))).numpy()
     diff = float(np.abs(direct - feats[rows]).max() / (np.abs(direct).max() + 1e-12))

@@ -1,4 +1,4 @@
-"""CIFAR-10 one-vs-rest, all 10 classes: FIRM fine-tuning of the ImageNet MobileNetV2, beside the frozen backbone.
+"""CIFAR-10 one-vs-rest, all 10 classes: FIRM fine-tuning of an ImageNet backbone, beside the frozen backbone.
 
 For each class c: the shipped recipe ``firm_mobilenet_v2`` (FIRM with rotations as synthetic outliers; the first
 14 of 19 blocks and every BatchNorm statistic frozen, the backbone's last blocks at lr 5e-4, the head at 0.05;
@@ -16,6 +16,10 @@ from its checkpoint). Processes given disjoint ``--classes`` may run side by sid
 finished classes when it writes).
 
     python benchmarks/finetune_cifar10.py [--classes 0,1,...] [--train-images 2000] [--out benchmarks/results]
+
+``--recipe firm_efficientnet_lite1`` fine-tunes EfficientNet-Lite1 the same way (its stem and first 15 blocks
+frozen, the last six blocks and the head trained: the units of the stride-32 stages, as for MobileNetV2), written
+as ``finetune_cifar10_efficientnet_lite1.json``.
 
 ``--train-images 5000`` is the full training split of each class; a run with any other count than the default
 is written under its own name (``finetune_cifar10_n5000.json``, its runs directory beside it), and so is a run
@@ -49,6 +53,7 @@ RECIPE = "firm_mobilenet_v2"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--recipe", default=RECIPE, help="a shipped fine-tuning recipe (its encoder is the backbone)")
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="where the fine-tuning runs (cpu, cuda); features as always")
@@ -56,7 +61,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     keep_freed_memory()  # as the conformood command does (see benchmarks/allocator.py)
-    stem = "finetune_cifar10" if args.train_images == 2000 else f"finetune_cifar10_n{args.train_images}"
+    cfg0 = load_train_config(find_recipe(args.recipe), seed=args.seed)
+    backbone, blocks, size = cfg0.encoder, cfg0.freeze_blocks, cfg0.backbone_input_size
+    stem = "finetune_cifar10" + ("" if backbone == "mobilenet_v2" else f"_{backbone}")
+    stem += "" if args.train_images == 2000 else f"_n{args.train_images}"
     stem += "" if args.device == "cpu" else f"_{args.device.split(':')[0]}"
     out_json = args.out / f"{stem}.json"
     runs = args.out / f"{stem}_runs"
@@ -64,12 +72,10 @@ def main() -> None:
     recorded = result.get("provenance", {}).get("config", {})
     if recorded and (recorded.get("train_images"), recorded.get("seed")) != (args.train_images, args.seed):
         raise SystemExit(f"{out_json} was run with {recorded}; move it away to start another configuration")
-    cfg0 = load_train_config(find_recipe(RECIPE), seed=args.seed)
-    blocks, size = cfg0.freeze_blocks, cfg0.backbone_input_size
     archive = args.data_dir / "cifar10-jpg.tar.gz"
     train, test = load_image_folder(archive, split="train"), load_image_folder(archive, split="test")
     t0 = time.perf_counter()
-    trunk_test = trunk_features(test.images, blocks, size)
+    trunk_test = trunk_features(test.images, blocks, size, backbone)
     trunk_s = time.perf_counter() - t0
     for c in (int(x) for x in args.classes.split(",")):
         name = train.class_names[c]
@@ -78,7 +84,7 @@ def main() -> None:
         w0, c0 = time.perf_counter(), time.process_time()
         idx = np.flatnonzero(train.labels == c)
         chosen = np.sort(np.random.default_rng(args.seed + c).permutation(idx)[: args.train_images])
-        cfg = load_train_config(find_recipe(RECIPE), seed=args.seed * 1000 + c)
+        cfg = load_train_config(find_recipe(args.recipe), seed=args.seed * 1000 + c)
         checkpoint = runs / f"class_{c}" / "checkpoint.safetensors"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         model, history = train_contrastive_encoder(
@@ -86,7 +92,7 @@ def main() -> None:
             description=f"FIRM fine-tune {name}")
         model = model.cpu()
         train_s = time.perf_counter() - w0
-        f_train = head_features(model, trunk_features(train.images[idx], blocks, size), blocks, size)
+        f_train = head_features(model, trunk_features(train.images[idx], blocks, size, backbone), blocks, size)
         f_test = head_features(model, trunk_test, blocks, size)
         sample = np.arange(0, len(test.images), 997)[:8]
         direct = model.features(test.tensor(sample)).numpy()
@@ -101,7 +107,7 @@ def main() -> None:
                                    "cpu_s": time.process_time() - c0, "allocator": allocator_state(),
                                    "max_relative_feature_difference_check": check}
         print(f"{name}: fine-tuned s_con AUROC {score:.4f} ({time.perf_counter() - w0:.0f} s)", flush=True)
-        result.update({"benchmark": "finetune_cifar10", "recipe": RECIPE, "config": vars(cfg0) | {"seed": args.seed},
+        result.update({"benchmark": "finetune_cifar10", "recipe": args.recipe, "config": vars(cfg0) | {"seed": args.seed},
                        "trunk_features_wall_s": trunk_s, "threads": torch.get_num_threads(),
                        "provenance": provenance({"train_images": args.train_images, "seed": args.seed},
                                                 {"cifar10": archive})})
@@ -142,31 +148,39 @@ def render(result: dict, out: Path, stem: str = "finetune_cifar10") -> None:
         path = out / name
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    frozen = read("backbone_cifar10.json").get("classes", {})
+    backbone = result["config"].get("encoder", "mobilenet_v2")
+    pixels = read("backbone_cifar10.json").get("classes", {})
+    frozen = read("backbone_cifar10.json" if backbone == "mobilenet_v2" else f"backbone_cifar10_{backbone}.json"
+                  ).get("classes", {})
     scratch = read("cifar10.json").get("results", {})
     names = list(result["classes"])
     tuned = [result["classes"][n]["auroc"] for n in names]
-    base = [frozen.get(n, {}).get("mobilenet_v2 s_con", float("nan")) for n in names]
+    base = [frozen.get(n, {}).get(f"{backbone} s_con", float("nan")) for n in names]
     columns = {
-        "raw pixels": [frozen.get(n, {}).get("raw_pixels s_con", float("nan")) for n in names],
+        "raw pixels": [pixels.get(n, {}).get("raw_pixels s_con", float("nan")) for n in names],
         "FIRM from scratch (small CNN)": [scratch.get(n, {}).get("firm", {}).get("auroc", float("nan")) for n in names],
         "frozen s_con": base,
-        "frozen Mahalanobis": [frozen.get(n, {}).get("mobilenet_v2 mahalanobis", float("nan")) for n in names],
-        "frozen s_center": [frozen.get(n, {}).get("mobilenet_v2 s_center", float("nan")) for n in names],
+        "frozen Mahalanobis": [frozen.get(n, {}).get(f"{backbone} mahalanobis", float("nan")) for n in names],
+        "frozen s_center": [frozen.get(n, {}).get(f"{backbone} s_center", float("nan")) for n in names],
         "**FIRM fine-tuned s_con**": tuned,
     }
+    config = result["config"]
     first = result["classes"][names[0]]
-    flag = "" if first["train_images"] == 2000 else f" --train-images {first['train_images']}"
+    flag = "" if result["recipe"] == RECIPE else f" --recipe {result['recipe']}"
+    flag += "" if first["train_images"] == 2000 else f" --train-images {first['train_images']}"
     flag += "" if first.get("device", "cpu") == "cpu" else f" --device {first['device']}"
     cpu = sum(r["cpu_s"] or 0.0 for r in result["classes"].values()) / 60  # None: trained by an earlier process
     lines = [
-        "# CIFAR-10 one-vs-rest: FIRM fine-tuning of the pretrained MobileNetV2, beside every other row",
+        f"# CIFAR-10 one-vs-rest: FIRM fine-tuning of the pretrained {backbone}, beside every other row",
         "",
-        f"Fine-tuned: recipe `{result['recipe']}` (FIRM, rotations as synthetic outliers, first 14 of 19 blocks and "
-        "BatchNorm frozen, backbone lr 5e-4, 3 epochs, 128 × 128) on "
+        f"Fine-tuned: recipe `{result['recipe']}` (FIRM, rotations as synthetic outliers, first "
+        f"{config['freeze_blocks']} units and BatchNorm frozen, backbone lr {config['backbone_lr']:g}, "
+        f"{config['epochs']} epochs, {config['backbone_input_size']} × {config['backbone_input_size']}) on "
         f"{result['classes'][names[0]]['train_images']} training images of the class; s_con (k = 2) fitted on all "
         "5,000 training images of the class, scored on the full test set (10,000). Frozen rows and raw pixels: the "
-        "same protocol without training ([backbone_cifar10.md](backbone_cifar10.md)); from scratch: the small CNN, "
+        "same protocol without training ([backbone_cifar10.md](backbone_cifar10.md)"
+        + ("" if backbone == "mobilenet_v2" else f", [backbone_cifar10_{backbone}.md](backbone_cifar10_{backbone}.md)")
+        + "); from scratch: the small CNN, "
         "5 epochs, s_con k = 5 ([cifar10.md](cifar10.md)).",
         "",
         f"Reproduce: `python benchmarks/finetune_cifar10.py{flag}` (CPU {cpu:.0f} min for the fine-tuned classes below on "

@@ -68,7 +68,7 @@ def test_fine_tuning_options_are_refused_for_encoders_trained_from_scratch():
         build_contrastive_model(3, "mobilenet_v2", encoder_options={**OPTIONS, "freeze_blocks": 40})
 
 
-@pytest.mark.parametrize("recipe", ["clp_mobilenet_v2", "firm_mobilenet_v2"])
+@pytest.mark.parametrize("recipe", ["clp_mobilenet_v2", "firm_mobilenet_v2", "firm_efficientnet_lite1"])
 def test_shipped_fine_tuning_recipes_train_stably_from_imagenet_weights(recipe):
     """Regression: the CLP recipe carried the paper's supervised weight λ = 100, which the paper pairs with LARS
     (per-layer step normalisation); with the recipe's SGD the loss went from 1e4 to 2e6 in three epochs. The
@@ -77,14 +77,51 @@ def test_shipped_fine_tuning_recipes_train_stably_from_imagenet_weights(recipe):
     from conformood.train.recipes import train_contrastive_encoder
     from conformood.train.run_config import find_recipe, load_train_config
 
-    if not weights_installed("mobilenet_v2"):
-        pytest.skip("the ImageNet MobileNetV2 weights are not installed (make weights)")
+    cfg = load_train_config(find_recipe(recipe), epochs=3, backbone_input_size=64, batch_size=32)
+    if not weights_installed(cfg.encoder):
+        pytest.skip(f"the ImageNet {cfg.encoder} weights are not installed (make weights)")
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(96) % 4
     # Four classes of textured colour images: a class colour plus noise.
     images = (0.5 * torch.rand(4, 3, 1, 1, generator=g)[labels] + 0.5 * torch.rand(96, 3, 32, 32, generator=g))
-    cfg = load_train_config(find_recipe(recipe), epochs=3, backbone_input_size=64, batch_size=32)
     _, history = train_contrastive_encoder(images, cfg, None, progress=False,
                                            labels=labels if recipe.startswith("clp") else None)
     assert all(torch.isfinite(torch.tensor(history.loss))) and max(history.loss) < 50, history.loss
     assert history.loss[-1] < history.loss[0], history.loss
+
+
+def test_efficientnet_lite_fine_tuning_freezes_its_stem_and_first_blocks_only():
+    """freeze_blocks counts the units of EfficientNet-Lite (the stem, then the blocks), as the recipe
+    ``firm_efficientnet_lite1`` relies on: after a training step the frozen units and every BatchNorm statistic
+    are unchanged and the next unit has moved."""
+    from conformood.models import ENCODERS
+
+    assert ENCODERS.info("efficientnet_lite1").extra.get("pretrained")
+    options = {"weights": None, "input_size": 32, "freeze_blocks": 4, "freeze_bn": True}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_contrastive_model(3, "efficientnet_lite0", "mlp", (32, 64, 128), 16, encoder_options=options)
+    net = model.encoder.net.net
+    units = net.unit_modules()
+    assert len(units) == len(net.units()) == 18
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainRunConfig(encoder="efficientnet_lite0", weights="none", backbone_lr=0.01, lr=0.1, freeze_blocks=4,
+                         freeze_bn=True)
+    (optimizer,) = optimizer_groups(model, cfg)
+    model.train()
+    loss = model(torch.rand(8, 3, 16, 16)).pow(2).sum()
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    frozen = {id(p) for u in units[:4] for p in u.parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert frozen and all(torch.equal(before[names[i]], after[names[i]]) for i in frozen)
+    stats = [k for k in before if k.startswith("encoder.") and k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+    moved = [n for n, p in units[4].named_parameters()]
+    prefix = next(n for n, p in model.named_parameters() if p is next(units[4].parameters()))
+    assert moved and not torch.equal(before[prefix], after[prefix])
+    assert not any(p.requires_grad for u in units[:4] for p in u.parameters())
+    assert all(p.requires_grad for p in units[4].parameters())
+    with pytest.raises(ValueError, match="freeze_blocks = 19"):
+        build_contrastive_model(3, "efficientnet_lite0", encoder_options={**options, "freeze_blocks": 19})

@@ -311,7 +311,8 @@ class BackboneEncoder(nn.Module):
     """A backbone as the encoder f_θ of the contrastive recipes: images in [0, 1] (the augmented views) are
     preprocessed as the backbone declares (resize, normalisation), then encoded; ``feature_dim`` as any encoder.
 
-    ``freeze_blocks`` stops the gradient of the first blocks (MobileNetV2: ``features[:k]``); ``freeze_bn``
+    ``freeze_blocks`` stops the gradient of the first k units of the network (its ``unit_modules()``: for
+    MobileNetV2 ``features[:k]``, for EfficientNet-Lite the stem and then the blocks); ``freeze_bn``
     keeps every BatchNorm in evaluation mode while training, so its running statistics stay the pretrained ones.
     """
 
@@ -330,13 +331,15 @@ class BackboneEncoder(nn.Module):
             raise ValueError(f"freeze_blocks must be a non-negative integer, got {freeze_blocks!r}")
         self.freeze_blocks = freeze_blocks
         if freeze_blocks:
-            blocks = getattr(getattr(self.net, "net", None), "features", None)
-            if blocks is None:
+            units = getattr(getattr(self.net, "net", None), "unit_modules", None)
+            if units is None:
                 raise ValueError(f"freeze_blocks needs a backbone with numbered blocks ({backbone.name} has none)")
+            blocks = units()
             if freeze_blocks > len(blocks):
                 raise ValueError(f"freeze_blocks = {freeze_blocks} but {backbone.name} has {len(blocks)} blocks")
-            for p in blocks[:freeze_blocks].parameters():
-                p.requires_grad_(False)
+            for block in blocks[:freeze_blocks]:
+                for p in block.parameters():
+                    p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> BackboneEncoder:
         super().train(mode)

@@ -84,6 +84,24 @@ def _mobilenet_v2(in_channels: int, widths: tuple[int, ...], weights: str | None
                            freeze_bn)
 
 
+def _lite_encoder(name: str):
+    def build(in_channels: int, widths: tuple[int, ...], weights: str | None = None, input_size: int = 128,
+              freeze_blocks: int = 0, freeze_bn: bool = False) -> nn.Module:
+        from .backbones import BackboneEncoder, get_backbone
+
+        return BackboneEncoder(get_backbone(name, weights=weights, input_size=input_size), freeze_blocks, freeze_bn)
+
+    build.__name__ = name
+    return build
+
+
+for _lite in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+    ENCODERS.register(_lite, reference="Tan & Le 2019 (EfficientNet-Lite); efficientnet_pytorch keys",
+                      description=f"pretrained EfficientNet-Lite{_lite[-1]} (options: weights, input_size, "
+                                  "freeze_blocks (the stem, then the blocks), freeze_bn)",
+                      pretrained=True)(_lite_encoder(_lite))
+
+
 @HEADS.register("mlp", reference="SimCLR", description="2-layer projection head")
 def _mlp_head(feature_dim: int, projection_dim: int) -> nn.Module:
     return ProjectionHead(feature_dim, out_dim=projection_dim)

@@ -116,6 +116,12 @@ class EfficientNetLite(nn.Module):
         after the first k of them (the stem counts as the first)."""
         return [self._stem, *self._blocks, self._head]
 
+    def unit_modules(self) -> list[nn.Module]:
+        """The modules holding each unit's parameters, in the order of :meth:`units` (what freezing the first k
+        units stops the gradient of)."""
+        return [nn.ModuleList([self._conv_stem, self._bn0]), *self._blocks,
+                nn.ModuleList([self._conv_head, self._bn1])]
+
     def features_of(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for unit in self.units():

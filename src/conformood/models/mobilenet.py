@@ -82,6 +82,11 @@ class MobileNetV2(nn.Module):
         """The blocks of ``features`` in order: ``units()[:k]`` applied in turn give the map after k blocks."""
         return list(self.features)
 
+    def unit_modules(self) -> list[nn.Module]:
+        """The modules holding each unit's parameters, in the order of :meth:`units` (what freezing the first k
+        units stops the gradient of)."""
+        return list(self.features)
+
     def features_of(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled output of ``features``: (n, 1280)."""
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
