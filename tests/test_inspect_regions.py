@@ -246,7 +246,14 @@ def test_too_few_defective_images_are_refused(inspector, method, n, match):
         Regions.fit(inspector, defects, masks, RegionConfig(method=method, pixel_alpha=0.1))
 
 
-def test_cli_ltt_regions_use_the_good_calibration_parts(folders):
+def test_cli_ltt_regions_use_the_good_calibration_parts(folders, monkeypatch):
+    import conformood.experiments.inspect as inspect_module
+    import conformood.experiments.inspect_run as inspect_run
+
+    reads = []
+    real = inspect_run.read_image_files
+    for module in (inspect_module, inspect_run):
+        monkeypatch.setattr(module, "read_image_files", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
     root = folders
     model = root / "ltt.safetensors"
     assert main(["inspect", "fit", "--normal", str(root / "good"), "--out", str(model), "--defects",
@@ -258,3 +265,5 @@ def test_cli_ltt_regions_use_the_good_calibration_parts(folders):
     low, high = rec["certified"]
     assert low <= insp.regions.threshold <= high
     assert "probability ≥ 0.5" in insp.regions.guarantee()
+    assert [Path(r) for r in reads] == [root / "good"]  # the good folder is read once (it was read twice)
+    assert insp.record["provenance"]["inputs"]["normal"]["path"] == str(root / "good")

@@ -116,9 +116,10 @@ class Inspector:
 
     @classmethod
     def fit(cls, normal: str | os.PathLike | ImageFiles, config: InspectConfig | None = None,
-            progress: bool = False, skip_bad: bool = False) -> Inspector:
+            progress: bool = False, skip_bad: bool = False, source: str | os.PathLike | None = None) -> Inspector:
         """Fit on the good images of a folder (or :class:`ImageFiles`): split, extract, build the memory bank,
-        calibrate."""
+        calibrate. ``source``: the folder that given :class:`ImageFiles` were read from, for the provenance
+        record (a folder given as ``normal`` is recorded itself)."""
         cfg = config or InspectConfig()
         start = time.perf_counter()
         files = normal if isinstance(normal, ImageFiles) else read_image_files(normal, skip_bad=skip_bad,
@@ -172,7 +173,7 @@ class Inspector:
                   "images_digest": files.digest(),
                   "map_scale": float(np.quantile(worst, 1 - cfg.alpha)),
                   "provenance": provenance(asdict(cfg), {"normal": normal} if not isinstance(normal, ImageFiles)
-                                           else {}, seed=cfg.seed),
+                                           else {"normal": source} if source is not None else {}, seed=cfg.seed),
                   "seconds": {"fit": t_fit, "total": time.perf_counter() - start}}
         sources = {k: dict(e.record) for k, e in encoders.items()}
         out = cls(cfg, local, knn, references, calibration, sources, record, FORMAT)

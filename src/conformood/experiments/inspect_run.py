@@ -83,12 +83,12 @@ def fit_inspection(normal: str | os.PathLike, config: InspectConfig | None = Non
     if regions is not None and defects is None:
         raise ValueError("region settings were given without defective images and masks to calibrate them")
     found = read_defects(defects, masks, progress=progress) if defects is not None else None
-    inspector = Inspector.fit(normal, config, progress=progress, skip_bad=skip_bad)
+    rcfg = regions or RegionConfig()
+    files = read_image_files(normal, skip_bad=skip_bad, progress=progress)  # read once: LTT needs them again
+    inspector = Inspector.fit(files, config, progress=progress, source=normal)
     if found is not None:
-        rcfg = regions or RegionConfig()
         good = None
         if rcfg.method == "ltt":
-            files = read_image_files(normal, skip_bad=skip_bad)
             keep = set(inspector.record["split"]["calibration"]) | set(inspector.record["split"].get("reference", []))
             good = files.subset([i for i, n in enumerate(files.names) if n in keep])
         inspector.regions = Regions.fit(inspector, found[0], found[1], rcfg, good=good, progress=progress)
