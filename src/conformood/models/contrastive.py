@@ -73,18 +73,8 @@ def _resnet18(in_channels: int, widths: tuple[int, ...]) -> nn.Module:
     return CifarResNet18(in_channels)
 
 
-@ENCODERS.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision's ImageNet weights",
-                   description="pretrained MobileNetV2 (options: weights, input_size, freeze_blocks, freeze_bn)",
-                   pretrained=True)
-def _mobilenet_v2(in_channels: int, widths: tuple[int, ...], weights: str | None = None, input_size: int = 128,
-                  freeze_blocks: int = 0, freeze_bn: bool = False) -> nn.Module:
-    from .backbones import BackboneEncoder, get_backbone
-
-    return BackboneEncoder(get_backbone("mobilenet_v2", weights=weights, input_size=input_size), freeze_blocks,
-                           freeze_bn)
-
-
-def _lite_encoder(name: str):
+def _pretrained_encoder(name: str):
+    """The encoder factory of a registered pretrained backbone (:class:`~.backbones.BackboneEncoder`)."""
     def build(in_channels: int, widths: tuple[int, ...], weights: str | None = None, input_size: int = 128,
               freeze_blocks: int = 0, freeze_bn: bool = False) -> nn.Module:
         from .backbones import BackboneEncoder, get_backbone
@@ -95,11 +85,14 @@ def _lite_encoder(name: str):
     return build
 
 
+ENCODERS.register("mobilenet_v2", reference="Sandler et al. 2018; torchvision's ImageNet weights",
+                  description="pretrained MobileNetV2 (options: weights, input_size, freeze_blocks, freeze_bn)",
+                  pretrained=True)(_pretrained_encoder("mobilenet_v2"))
 for _lite in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
     ENCODERS.register(_lite, reference="Tan & Le 2019 (EfficientNet-Lite); efficientnet_pytorch keys",
                       description=f"pretrained EfficientNet-Lite{_lite[-1]} (options: weights, input_size, "
                                   "freeze_blocks (the stem, then the blocks), freeze_bn)",
-                      pretrained=True)(_lite_encoder(_lite))
+                      pretrained=True)(_pretrained_encoder(_lite))
 
 
 @HEADS.register("mlp", reference="SimCLR", description="2-layer projection head")
